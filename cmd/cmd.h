@@ -1,0 +1,28 @@
+/*
+ * The `sluice` command line: one entry per subcommand. Each command parses its own arguments
+ * (argv[0] is the command name), answers --help, and returns the process exit code:
+ * 0 success, 1 failure at run time, 2 bad usage or configuration.
+ */
+#ifndef SL_CMD_H
+#define SL_CMD_H
+
+#include "common/conf.h"
+
+typedef struct sl_cmd {
+    const char *name;
+    const char *summary;
+    int (*fn)(int argc, char **argv, const char *config_file);
+} sl_cmd_t;
+
+/* Loads the configuration (defaults, config_file or SLUICE_CONFIG, environment) and applies
+ * the log settings. On error prints it and returns 2; on success returns 0 and *confp. */
+int cmd_load_conf(const char *config_file, sl_conf_t **confp);
+
+int cmd_role(int argc, char **argv, const char *config_file);      /* cmd/role.c */
+int cmd_config(int argc, char **argv, const char *config_file);    /* cmd/config.c */
+int cmd_migrate(int argc, char **argv, const char *config_file);   /* cmd/migrate.c */
+int cmd_dev_kafka(int argc, char **argv, const char *config_file); /* cmd/dev_kafka.c */
+int cmd_dev_sink(int argc, char **argv, const char *config_file);  /* cmd/dev_sink.c */
+int cmd_version(int argc, char **argv, const char *config_file);   /* cmd/sluice.c */
+
+#endif

@@ -1,0 +1,83 @@
+/* The `sluice` binary: dispatches to one subcommand, see cmd.h. */
+#include "cmd/cmd.h"
+#include "common/log.h"
+#include "sluice_version.h"
+
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <string.h>
+
+static const sl_cmd_t commands[] = {
+    {"gateway", "run the HTTP ingest gateway", cmd_role},
+    {"processor", "run the processor (destination selection and transformations)", cmd_role},
+    {"router", "run the router (delivery to destinations)", cmd_role},
+    {"all", "run every role in one process (the single-process install)", cmd_role},
+    {"migrate", "apply pending Postgres migrations and exit", cmd_migrate},
+    {"config", "print the effective configuration or the configuration reference", cmd_config},
+    {"dev-kafka", "run the embedded Kafka-protocol dev broker with a fault-injection control",
+     cmd_dev_kafka},
+    {"dev-sink", "run a local HTTP sink that records what destinations receive", cmd_dev_sink},
+    {"version", "print the version", cmd_version},
+};
+
+#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static void usage(FILE *out)
+{
+    fputs("usage: sluice [--config FILE] COMMAND [ARGS]\n\n"
+          "Sluice is a Kafka-based customer event pipeline compatible with the Segment and\n"
+          "RudderStack HTTP APIs. Commands:\n\n",
+          out);
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fputs("\nEvery command takes --help. Configuration comes from SLUICE_* environment variables\n"
+          "and an optional properties file (--config or SLUICE_CONFIG); `sluice config\n"
+          "--reference` lists every option.\n",
+          out);
+}
+
+int cmd_version(int argc, char **argv, const char *config_file)
+{
+    (void)config_file;
+    if (argc > 1 && strcmp(argv[1], "--help") == 0) {
+        puts("usage: sluice version\n\nPrints the version, the commit and the library versions.");
+        return 0;
+    }
+    printf("sluice %s (commit %s, librdkafka %s)\n", SLUICE_VERSION, SLUICE_GIT_COMMIT,
+           rd_kafka_version_str());
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *config_file = NULL;
+    int i = 1;
+    while (i < argc && argv[i][0] == '-') {
+        if ((strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "-c") == 0) && i + 1 < argc) {
+            config_file = argv[i + 1];
+            i += 2;
+        } else if (strncmp(argv[i], "--config=", 9) == 0) {
+            config_file = argv[i] + 9;
+            i++;
+        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            return cmd_version(0, NULL, NULL);
+        } else {
+            fprintf(stderr, "sluice: unknown option \"%s\"\n\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    for (size_t c = 0; c < N_COMMANDS; c++)
+        if (strcmp(argv[i], commands[c].name) == 0)
+            return commands[c].fn(argc - i, argv + i, config_file);
+    fprintf(stderr, "sluice: unknown command \"%s\"; `sluice --help` lists the commands\n",
+            argv[i]);
+    return 2;
+}

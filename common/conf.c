@@ -1,0 +1,598 @@
+/*
+ * The option table and its loader, see conf.h. The table below is the single source of the
+ * configuration: `sluice config --reference` prints it for the README.
+ */
+#include "common/conf.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/mem.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern char **environ;
+
+typedef enum sl_conf_type {
+    SL_CONF_STR,
+    SL_CONF_INT,
+    SL_CONF_BOOL,
+    SL_CONF_ENUM,
+    SL_CONF_DURATION,
+    SL_CONF_SIZE
+} sl_conf_type_t;
+
+#define SL_CONF_SECRET 0x1 /* masked by `sluice config` */
+
+typedef struct sl_conf_opt {
+    const char *name;
+    sl_conf_type_t type;
+    const char *def;
+    int64_t min, max;    /* INT, DURATION (ms), SIZE (bytes); ignored when min > max */
+    const char *choices; /* ENUM: "a|b|c" */
+    int flags;
+    const char *desc;
+} sl_conf_opt_t;
+
+#define NO_RANGE 1, 0
+
+static const sl_conf_opt_t options[] = {
+    /* Logging */
+    {"log.level", SL_CONF_ENUM, "info", NO_RANGE, "debug|info|warn|error", 0,
+     "Lowest level of log lines written to stderr."},
+    {"log.format", SL_CONF_ENUM, "text", NO_RANGE, "text|json", 0,
+     "Log line format: `text` or one JSON object per line."},
+
+    /* Kafka */
+    {"kafka.brokers", SL_CONF_STR, "", NO_RANGE, NULL, 0,
+     "Kafka bootstrap servers, comma-separated. Empty: `sluice all` starts the embedded dev "
+     "broker (events held in memory only) and the other roles refuse to start."},
+    {"kafka.topic_prefix", SL_CONF_STR, "sluice.", NO_RANGE, NULL, 0,
+     "Prefix of every topic Sluice uses (`<prefix>events`, `<prefix>delivery`)."},
+    {"kafka.partitions", SL_CONF_INT, "8", 1, 1024, NULL, 0,
+     "Partitions per topic when Sluice creates topics (dev broker, `sluice topics create`)."},
+
+    /* Postgres */
+    {"postgres.dsn", SL_CONF_STR, "", NO_RANGE, NULL, SL_CONF_SECRET,
+     "libpq connection string or URI for job status, uploads and the last good workspace "
+     "config, e.g. `host=localhost port=5432 dbname=sluice user=sluice`."},
+    {"postgres.migrate", SL_CONF_BOOL, "true", NO_RANGE, NULL, 0,
+     "Apply pending SQL migrations when a role starts (always safe to run concurrently)."},
+
+    /* Workspace config */
+    {"workspace.config", SL_CONF_STR, "", NO_RANGE, NULL, 0,
+     "Workspace config in RudderStack's `workspaceConfig.json` format: a file path, or an "
+     "http(s) URL served by a control plane."},
+    {"workspace.poll_interval", SL_CONF_DURATION, "5s", 100, 3600000, NULL, 0,
+     "How often the workspace config file or URL is checked for a new version (the file is "
+     "also reloaded on SIGHUP)."},
+
+    /* Gateway */
+    {"gateway.host", SL_CONF_STR, "0.0.0.0", NO_RANGE, NULL, 0, "Address the gateway listens on."},
+    {"gateway.port", SL_CONF_INT, "8080", 1, 65535, NULL, 0,
+     "Port of the gateway's HTTP API (also /health, /metrics, /version)."},
+    {"gateway.threads", SL_CONF_INT, "0", 0, 256, NULL, 0,
+     "HTTP worker threads of the gateway; 0 means one per CPU."},
+    {"gateway.max_request_size", SL_CONF_SIZE, "4000KB", 1024, 1073741824, NULL, 0,
+     "Largest request body accepted; larger requests get 413."},
+    {"gateway.max_event_size", SL_CONF_SIZE, "32KB", 256, 67108864, NULL, 0,
+     "Largest single event accepted; larger events get 413."},
+    {"gateway.ack_timeout", SL_CONF_DURATION, "10s", 100, 600000, NULL, 0,
+     "How long the gateway waits for Kafka to acknowledge a request's events before it "
+     "answers 503 with Retry-After."},
+
+    /* Processor */
+    {"processor.port", SL_CONF_INT, "8081", 1, 65535, NULL, 0,
+     "Port of the processor's /health, /metrics and /version when it runs as its own role."},
+
+    /* Router */
+    {"router.port", SL_CONF_INT, "8082", 1, 65535, NULL, 0,
+     "Port of the router's /health, /metrics and /version when it runs as its own role."},
+    {"router.workers", SL_CONF_INT, "32", 1, 4096, NULL, 0,
+     "Concurrent deliveries of the router; one user's events for one destination always go "
+     "through the same worker, in order."},
+    {"router.timeout", SL_CONF_DURATION, "30s", 100, 600000, NULL, 0,
+     "Timeout of one HTTP delivery attempt; a timeout is retried."},
+    {"router.retry_base", SL_CONF_DURATION, "10s", 1, 86400000, NULL, 0,
+     "Backoff before the first retry; it doubles with each attempt up to `router.retry_max`."},
+    {"router.retry_max", SL_CONF_DURATION, "300s", 1, 86400000, NULL, 0,
+     "Longest backoff between two attempts."},
+    {"router.give_up_after", SL_CONF_DURATION, "180m", 0, 604800000, NULL, 0,
+     "A job is aborted only when this long has passed since its first attempt and at least "
+     "`router.min_attempts` attempts were made."},
+    {"router.min_attempts", SL_CONF_INT, "3", 1, 1000, NULL, 0,
+     "Attempts made before a job may be aborted (see `router.give_up_after`)."},
+};
+
+#define N_OPTIONS (sizeof(options) / sizeof(options[0]))
+
+typedef enum { SRC_DEFAULT, SRC_FILE, SRC_ENV, SRC_SET } sl_conf_src_t;
+static const char *const src_names[] = {"default", "file", "env", "set"};
+
+typedef struct sl_kv {
+    char *name, *value;
+    sl_conf_src_t src;
+} sl_kv_t;
+
+struct sl_conf {
+    char *values[N_OPTIONS];
+    sl_conf_src_t src[N_OPTIONS];
+    sl_kv_t *props; /* librdkafka pass-through properties */
+    size_t nprops, capprops;
+};
+
+static int opt_index(const char *name)
+{
+    for (size_t i = 0; i < N_OPTIONS; i++)
+        if (strcmp(options[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+static int opt_index_or_die(const char *name)
+{
+    int i = opt_index(name);
+    if (i < 0) {
+        sl_error("conf", "internal error: option \"%s\" is not in the option table", name);
+        abort();
+    }
+    return i;
+}
+
+/* Parses "250ms", "5s", "2m", "1h", "1d" or a bare number of milliseconds. */
+static int parse_duration_ms(const char *s, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || v < 0)
+        return -1;
+    while (isspace((unsigned char)*end))
+        end++;
+    double mul;
+    if (!*end || strcmp(end, "ms") == 0)
+        mul = 1;
+    else if (strcmp(end, "s") == 0)
+        mul = 1000;
+    else if (strcmp(end, "m") == 0)
+        mul = 60e3;
+    else if (strcmp(end, "h") == 0)
+        mul = 3600e3;
+    else if (strcmp(end, "d") == 0)
+        mul = 86400e3;
+    else
+        return -1;
+    *out = (int64_t)(v * mul);
+    return 0;
+}
+
+/* Parses "512", "32KB", "4MB", "1GB" (also "32K", "32kib"); 1024-based. */
+static int parse_size(const char *s, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || errno || v < 0)
+        return -1;
+    while (isspace((unsigned char)*end))
+        end++;
+    int64_t mul = 1;
+    char unit = (char)toupper((unsigned char)*end);
+    if (unit == 'K')
+        mul = 1024;
+    else if (unit == 'M')
+        mul = 1024 * 1024;
+    else if (unit == 'G')
+        mul = 1024 * 1024 * 1024;
+    else if (unit == 'B' || !unit)
+        mul = 1;
+    else
+        return -1;
+    if (unit && unit != 'B') {
+        end++;
+        if (tolower((unsigned char)*end) == 'i')
+            end++;
+        if (toupper((unsigned char)*end) == 'B')
+            end++;
+    } else if (unit == 'B') {
+        end++;
+    }
+    if (*end)
+        return -1;
+    *out = v * mul;
+    return 0;
+}
+
+static int parse_bool(const char *s, bool *out)
+{
+    static const char *const yes[] = {"true", "1", "yes", "on"};
+    static const char *const no[] = {"false", "0", "no", "off"};
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(s, yes[i]) == 0) {
+            *out = true;
+            return 0;
+        }
+        if (strcasecmp(s, no[i]) == 0) {
+            *out = false;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static bool enum_has(const char *choices, const char *v)
+{
+    size_t n = strlen(v);
+    for (const char *p = choices; p && *p;) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && strncmp(p, v, n) == 0)
+            return true;
+        p = bar ? bar + 1 : NULL;
+    }
+    return false;
+}
+
+static int validate(const sl_conf_opt_t *o, const char *v, const char *origin, char *errstr,
+                    size_t errstr_size)
+{
+    int64_t n;
+    bool b;
+    char *end;
+
+    switch (o->type) {
+    case SL_CONF_STR:
+        return 0;
+    case SL_CONF_BOOL:
+        if (parse_bool(v, &b) < 0)
+            return sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
+                              "invalid value \"%s\" for option %s (%s): expected true or false", v,
+                              o->name, origin);
+        return 0;
+    case SL_CONF_ENUM:
+        if (!enum_has(o->choices, v))
+            return sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
+                              "invalid value \"%s\" for option %s (%s): expected one of %s", v,
+                              o->name, origin, o->choices);
+        return 0;
+    case SL_CONF_INT:
+        errno = 0;
+        n = strtoll(v, &end, 10);
+        if (end == v || *end || errno)
+            return sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
+                              "invalid value \"%s\" for option %s (%s): expected an integer", v,
+                              o->name, origin);
+        break;
+    case SL_CONF_DURATION:
+        if (parse_duration_ms(v, &n) < 0)
+            return sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
+                              "invalid value \"%s\" for option %s (%s): expected a duration such "
+                              "as 500ms, 10s, 5m or 1h",
+                              v, o->name, origin);
+        break;
+    case SL_CONF_SIZE:
+        if (parse_size(v, &n) < 0)
+            return sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
+                              "invalid value \"%s\" for option %s (%s): expected a size such as "
+                              "512, 32KB or 4MB",
+                              v, o->name, origin);
+        break;
+    }
+    if (o->min <= o->max && (n < o->min || n > o->max))
+        return sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
+                          "value \"%s\" for option %s (%s) is out of range [%lld, %lld]%s", v,
+                          o->name, origin, (long long)o->min, (long long)o->max,
+                          o->type == SL_CONF_DURATION ? " milliseconds"
+                          : o->type == SL_CONF_SIZE   ? " bytes"
+                                                      : "");
+    return 0;
+}
+
+static void set_prop(sl_conf_t *conf, const char *name, const char *value, sl_conf_src_t src)
+{
+    for (size_t i = 0; i < conf->nprops; i++) {
+        if (strcmp(conf->props[i].name, name) == 0) {
+            free(conf->props[i].value);
+            conf->props[i].value = sl_strdup(value);
+            conf->props[i].src = src;
+            return;
+        }
+    }
+    if (conf->nprops == conf->capprops) {
+        conf->capprops = conf->capprops ? conf->capprops * 2 : 8;
+        conf->props = sl_realloc(conf->props, conf->capprops * sizeof(*conf->props));
+    }
+    conf->props[conf->nprops++] = (sl_kv_t){sl_strdup(name), sl_strdup(value), src};
+}
+
+static int set_value(sl_conf_t *conf, const char *name, const char *value, sl_conf_src_t src,
+                     const char *origin, char *errstr, size_t errstr_size)
+{
+    int i = opt_index(name);
+    if (i < 0) {
+        if (strncmp(name, "kafka.", 6) == 0 && name[6]) {
+            set_prop(conf, name + 6, value, src);
+            return 0;
+        }
+        return sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
+                          "unknown option \"%s\" (%s); `sluice config --reference` lists them",
+                          name, origin);
+    }
+    int err = validate(&options[i], value, origin, errstr, errstr_size);
+    if (err)
+        return err;
+    free(conf->values[i]);
+    conf->values[i] = sl_strdup(value);
+    conf->src[i] = src;
+    return 0;
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+static int load_file(sl_conf_t *conf, const char *path, char *errstr, size_t errstr_size)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
+                          "could not open config file \"%s\": %s", path, strerror(errno));
+    char *line = NULL;
+    size_t cap = 0;
+    int lineno = 0, err = 0;
+    while (getline(&line, &cap, f) > 0) {
+        lineno++;
+        char *s = trim(line);
+        if (!*s || *s == '#' || *s == '!')
+            continue;
+        char *eq = strpbrk(s, "=:");
+        if (!eq) {
+            err = sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
+                             "config file \"%s\" line %d: expected `name = value`", path, lineno);
+            break;
+        }
+        *eq = '\0';
+        char origin[512];
+        snprintf(origin, sizeof(origin), "%s line %d", path, lineno);
+        err = set_value(conf, trim(s), trim(eq + 1), SRC_FILE, origin, errstr, errstr_size);
+        if (err)
+            break;
+    }
+    free(line);
+    fclose(f);
+    return err;
+}
+
+/* SLUICE_KAFKA_TOPIC_PREFIX -> kafka.topic_prefix when that is in the table; otherwise
+ * SLUICE_KAFKA_SASL_MECHANISM -> kafka.sasl.mechanism (a librdkafka property). */
+static void env_to_name(const char *env, char *out, size_t outsz)
+{
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        char want[128];
+        size_t j = 0;
+        for (const char *p = options[i].name; *p && j < sizeof(want) - 1; p++)
+            want[j++] = *p == '.' ? '_' : (char)toupper((unsigned char)*p);
+        want[j] = '\0';
+        if (strcmp(env, want) == 0) {
+            snprintf(out, outsz, "%s", options[i].name);
+            return;
+        }
+    }
+    size_t j = 0;
+    for (const char *p = env; *p && j < outsz - 1; p++)
+        out[j++] = *p == '_' ? '.' : (char)tolower((unsigned char)*p);
+    out[j] = '\0';
+}
+
+static int load_env(sl_conf_t *conf, char *errstr, size_t errstr_size)
+{
+    for (char **e = environ; *e; e++) {
+        if (strncmp(*e, "SLUICE_", 7) != 0)
+            continue;
+        const char *eq = strchr(*e, '=');
+        if (!eq)
+            continue;
+        char env[256], name[256];
+        snprintf(env, sizeof(env), "%.*s", (int)(eq - *e - 7), *e + 7);
+        /* SLUICE_CONFIG names the file; SLUICE_TEST_* belong to the test suite. */
+        if (strcmp(env, "CONFIG") == 0 || strncmp(env, "TEST_", 5) == 0)
+            continue;
+        env_to_name(env, name, sizeof(name));
+        char origin[300];
+        snprintf(origin, sizeof(origin), "environment variable SLUICE_%s", env);
+        if (opt_index(name) < 0 && strncmp(name, "kafka.", 6) != 0) {
+            sl_warn("conf", "ignoring unknown environment variable SLUICE_%s", env);
+            continue;
+        }
+        int err = set_value(conf, name, eq + 1, SRC_ENV, origin, errstr, errstr_size);
+        if (err)
+            return err;
+    }
+    return 0;
+}
+
+int sl_conf_load(sl_conf_t **confp, const char *file, char *errstr, size_t errstr_size)
+{
+    sl_conf_t *conf = sl_calloc(1, sizeof(*conf));
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        conf->values[i] = sl_strdup(options[i].def);
+        conf->src[i] = SRC_DEFAULT;
+    }
+    if (!file || !*file)
+        file = getenv("SLUICE_CONFIG");
+    int err = 0;
+    if (file && *file)
+        err = load_file(conf, file, errstr, errstr_size);
+    if (!err)
+        err = load_env(conf, errstr, errstr_size);
+    if (err) {
+        sl_conf_destroy(conf);
+        return err;
+    }
+    *confp = conf;
+    return 0;
+}
+
+int sl_conf_set(sl_conf_t *conf, const char *name, const char *value, char *errstr,
+                size_t errstr_size)
+{
+    return set_value(conf, name, value, SRC_SET, "set by program", errstr, errstr_size);
+}
+
+void sl_conf_destroy(sl_conf_t *conf)
+{
+    if (!conf)
+        return;
+    for (size_t i = 0; i < N_OPTIONS; i++)
+        free(conf->values[i]);
+    for (size_t i = 0; i < conf->nprops; i++) {
+        free(conf->props[i].name);
+        free(conf->props[i].value);
+    }
+    free(conf->props);
+    free(conf);
+}
+
+const char *sl_conf_str(const sl_conf_t *conf, const char *name)
+{
+    return conf->values[opt_index_or_die(name)];
+}
+
+int64_t sl_conf_int(const sl_conf_t *conf, const char *name)
+{
+    return strtoll(conf->values[opt_index_or_die(name)], NULL, 10);
+}
+
+bool sl_conf_bool(const sl_conf_t *conf, const char *name)
+{
+    bool b = false;
+    parse_bool(conf->values[opt_index_or_die(name)], &b);
+    return b;
+}
+
+int64_t sl_conf_duration_ms(const sl_conf_t *conf, const char *name)
+{
+    int64_t v = 0;
+    parse_duration_ms(conf->values[opt_index_or_die(name)], &v);
+    return v;
+}
+
+int64_t sl_conf_size(const sl_conf_t *conf, const char *name)
+{
+    int64_t v = 0;
+    parse_size(conf->values[opt_index_or_die(name)], &v);
+    return v;
+}
+
+void sl_conf_kafka_props_foreach(const sl_conf_t *conf,
+                                 void (*fn)(const char *name, const char *value, void *opaque),
+                                 void *opaque)
+{
+    for (size_t i = 0; i < conf->nprops; i++)
+        fn(conf->props[i].name, conf->props[i].value, opaque);
+}
+
+static bool name_is_secret(const char *name)
+{
+    static const char *const words[] = {"password", "secret", "token", "jaas", "credential"};
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+        if (strcasestr(name, words[i]))
+            return true;
+    return false;
+}
+
+/* Masks the password of a libpq DSN, in both keyword (password=x) and URI (user:x@) forms. */
+static void print_masked_dsn(FILE *out, const char *dsn)
+{
+    const char *p = strcasestr(dsn, "password=");
+    if (p) {
+        const char *end = p + 9;
+        if (*end == '\'') {
+            end++;
+            while (*end && *end != '\'')
+                end += (*end == '\\' && end[1]) ? 2 : 1;
+            if (*end)
+                end++;
+        } else {
+            while (*end && !isspace((unsigned char)*end))
+                end++;
+        }
+        fprintf(out, "%.*spassword=****%s", (int)(p - dsn), dsn, end);
+        return;
+    }
+    const char *scheme = strstr(dsn, "://");
+    const char *at = scheme ? strchr(scheme + 3, '@') : NULL;
+    const char *colon = scheme ? strchr(scheme + 3, ':') : NULL;
+    if (at && colon && colon < at) {
+        fprintf(out, "%.*s:****%s", (int)(colon - dsn), dsn, at);
+        return;
+    }
+    fputs(dsn, out);
+}
+
+void sl_conf_print(const sl_conf_t *conf, FILE *out)
+{
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        fprintf(out, "%s = ", options[i].name);
+        if ((options[i].flags & SL_CONF_SECRET) && strcmp(options[i].name, "postgres.dsn") == 0)
+            print_masked_dsn(out, conf->values[i]);
+        else if (options[i].flags & SL_CONF_SECRET)
+            fputs(*conf->values[i] ? "****" : "", out);
+        else
+            fputs(conf->values[i], out);
+        fprintf(out, "    # %s\n", src_names[conf->src[i]]);
+    }
+    for (size_t i = 0; i < conf->nprops; i++)
+        fprintf(out, "kafka.%s = %s    # %s, passed to librdkafka\n", conf->props[i].name,
+                name_is_secret(conf->props[i].name) ? "****" : conf->props[i].value,
+                src_names[conf->props[i].src]);
+}
+
+void sl_conf_print_reference(FILE *out)
+{
+    fputs("| Option | Environment variable | Type | Default | Description |\n", out);
+    fputs("|---|---|---|---|---|\n", out);
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        const sl_conf_opt_t *o = &options[i];
+        char env[128];
+        size_t j = 0;
+        for (const char *p = o->name; *p && j < sizeof(env) - 1; p++)
+            env[j++] = *p == '.' ? '_' : (char)toupper((unsigned char)*p);
+        env[j] = '\0';
+        const char *type = "string";
+        char range[160] = "";
+        switch (o->type) {
+        case SL_CONF_STR:
+            break;
+        case SL_CONF_BOOL:
+            type = "bool";
+            break;
+        case SL_CONF_ENUM:
+            type = "enum";
+            snprintf(range, sizeof(range), " One of `%s`.", o->choices);
+            break;
+        case SL_CONF_INT:
+            type = "int";
+            break;
+        case SL_CONF_DURATION:
+            type = "duration";
+            break;
+        case SL_CONF_SIZE:
+            type = "size";
+            break;
+        }
+        if (o->min <= o->max && (o->type == SL_CONF_INT))
+            snprintf(range, sizeof(range), " Range %lld to %lld.", (long long)o->min,
+                     (long long)o->max);
+        fprintf(out, "| `%s` | `SLUICE_%s` | %s | %s%s%s | %s%s |\n", o->name, env, type,
+                *o->def ? "`" : "", *o->def ? o->def : "(empty)", *o->def ? "`" : "", o->desc,
+                range);
+    }
+}

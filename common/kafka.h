@@ -1,0 +1,78 @@
+/*
+ * Kafka client helpers shared by every role: client configuration (our defaults, then the
+ * user's librdkafka properties passed through), topic names, and an offset tracker that lets
+ * a consumer commit only what is durable downstream.
+ *
+ * Roles use librdkafka's own API for producing and consuming; this module only builds the
+ * handles the same way everywhere and routes librdkafka's logs and errors to ours.
+ */
+#ifndef SL_KAFKA_H
+#define SL_KAFKA_H
+
+#include <librdkafka/rdkafka.h>
+#include <stdbool.h>
+
+#include "common/conf.h"
+
+/* Topic suffixes: the full name is kafka.topic_prefix + suffix (default "sluice.events"). */
+#define SL_TOPIC_EVENTS   "events"   /* gateway -> processor, keyed by rudderId */
+#define SL_TOPIC_DELIVERY "delivery" /* processor -> router, keyed by rudderId */
+
+/* Every topic of the pipeline, for the dev broker and `sluice topics create`. NULL-terminated. */
+extern const char *const sl_kafka_pipeline_topics[];
+
+/* Returns prefix + suffix; the caller frees it. */
+char *sl_kafka_topic(const sl_conf_t *conf, const char *suffix);
+
+typedef enum sl_kafka_role { SL_KAFKA_PRODUCER, SL_KAFKA_CONSUMER } sl_kafka_role_t;
+
+/*
+ * Builds a librdkafka configuration: bootstrap.servers from kafka.brokers; for producers
+ * enable.idempotence=true, acks=all, partitioner=murmur2_random; for consumers group.id,
+ * enable.auto.commit=false, auto.offset.reset=earliest, isolation.level=read_committed.
+ * Then the pass-through properties from the configuration, which win over our defaults.
+ * librdkafka's log and error callbacks go to sl_log and to the "kafka" health check.
+ * Returns NULL with errstr naming the bad property. The caller owns the result (until it is
+ * handed to rd_kafka_new).
+ */
+rd_kafka_conf_t *sl_kafka_conf_new(const sl_conf_t *conf, sl_kafka_role_t role,
+                                   const char *group_id, char *errstr, size_t errstr_size);
+
+/* A producer with sl_kafka_conf_new's settings. dr_msg_cb (may be NULL) is called from
+ * rd_kafka_poll()/rd_kafka_flush() with the per-message opaque; opaque is the rk opaque.
+ * Fails with errstr when kafka.brokers is empty or the configuration is invalid. */
+rd_kafka_t *sl_kafka_producer_new(const sl_conf_t *conf,
+                                  void (*dr_msg_cb)(rd_kafka_t *rk, const rd_kafka_message_t *m,
+                                                    void *opaque),
+                                  void *opaque, char *errstr, size_t errstr_size);
+
+/* A consumer in group_id subscribed to the NULL-terminated topics. On a rebalance the
+ * assignment is applied; before partitions are revoked, revoke_cb (may be NULL) is called so
+ * the role can commit what is durable and forget the rest. */
+rd_kafka_t *sl_kafka_consumer_new(
+    const sl_conf_t *conf, const char *group_id, const char *const *topics,
+    void (*revoke_cb)(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts, void *opaque),
+    void *opaque, char *errstr, size_t errstr_size);
+
+/*
+ * Offset tracker: commit only offsets whose work is durable downstream.
+ * The consumer thread calls _track for each message in the order consumed; any thread calls
+ * _done when that message's work is durable (in any order). _commit commits, per partition,
+ * the offset after the longest run of done messages from the start. Thread-safe.
+ */
+typedef struct sl_kafka_offsets sl_kafka_offsets_t;
+
+sl_kafka_offsets_t *sl_kafka_offsets_new(void);
+void sl_kafka_offsets_destroy(sl_kafka_offsets_t *o);
+void sl_kafka_offsets_track(sl_kafka_offsets_t *o, const char *topic, int32_t partition,
+                            int64_t offset);
+void sl_kafka_offsets_done(sl_kafka_offsets_t *o, const char *topic, int32_t partition,
+                           int64_t offset);
+/* Messages tracked but not yet done, over all partitions. */
+size_t sl_kafka_offsets_pending(sl_kafka_offsets_t *o);
+/* Commits what is committable (async unless sync). Returns 0 or an rd_kafka_resp_err_t. */
+int sl_kafka_offsets_commit(sl_kafka_offsets_t *o, rd_kafka_t *consumer, bool sync);
+/* Forgets the partitions (after a revoke); their uncommitted messages will be redelivered. */
+void sl_kafka_offsets_forget(sl_kafka_offsets_t *o, const rd_kafka_topic_partition_list_t *parts);
+
+#endif

@@ -1,0 +1,18 @@
+/* Time helpers: clocks in milliseconds and RFC 3339 formatting and parsing. */
+#ifndef SL_TIMEUTIL_H
+#define SL_TIMEUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SL_TIME_STRLEN 32
+
+int64_t sl_time_now_ms(void);  /* wall clock, ms since the epoch */
+int64_t sl_time_mono_ms(void); /* monotonic clock, ms */
+/* 2026-11-25T10:00:00.123Z */
+void sl_time_format_ms(int64_t ms, char out[SL_TIME_STRLEN]);
+/* Parses RFC 3339 / ISO 8601 date-times (with or without fraction and offset). Returns 0 and
+ * ms since the epoch, or -1. */
+int sl_time_parse_ms(const char *s, int64_t *ms);
+
+#endif
