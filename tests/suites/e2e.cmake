@@ -1,0 +1,10 @@
+# End-to-end tests: the sluice binary as a user runs it, talked to over HTTP.
+sluice_py_test(NAME e2e.pipeline.real SCRIPT e2e/test_pipeline.py ARGS --kafka real
+               FIXTURES "postgres;kafka")
+sluice_py_test(NAME e2e.pipeline.embedded SCRIPT e2e/test_pipeline.py ARGS --kafka embedded
+               FIXTURES postgres)
+sluice_py_test(NAME e2e.drain SCRIPT e2e/test_drain.py FIXTURES "postgres;kafka")
+foreach(case workspace postgres kafka oneshot)
+  sluice_py_test(NAME e2e.failures.${case} SCRIPT e2e/test_failures.py ARGS --case ${case}
+                 FIXTURES postgres)
+endforeach()
