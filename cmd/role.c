@@ -160,7 +160,8 @@ int cmd_role(int argc, char **argv, const char *config_file)
 
     if (all && !*sl_conf_str(conf, "kafka.brokers")) {
         dev = sl_devkafka_start(1, (int)sl_conf_int(conf, "kafka.partitions"),
-                                sl_kafka_pipeline_topics, err, sizeof(err));
+                                sl_conf_str(conf, "kafka.topic_prefix"), sl_kafka_pipeline_topics,
+                                err, sizeof(err));
         if (!dev) {
             fprintf(stderr, "sluice all: could not start the embedded dev broker: %s\n", err);
             rc = 1;
@@ -234,7 +235,6 @@ int cmd_role(int argc, char **argv, const char *config_file)
     }
 
     if (!stopping) {
-        sl_health_set("workspace", true, NULL);
         if (gw)
             gw_gateway_set_wsconf(gw, ws);
         if (run_pr && !(pr = pr_processor_start(conf, ws, err, sizeof(err)))) {

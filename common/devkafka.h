@@ -13,10 +13,11 @@
 
 typedef struct sl_devkafka sl_devkafka_t;
 
-/* Starts a cluster of nbrokers (ids 1..nbrokers) and creates the NULL-terminated topics with
- * `partitions` partitions each. Returns NULL with errstr on failure. */
-sl_devkafka_t *sl_devkafka_start(int nbrokers, int partitions, const char *const *topics,
-                                 char *errstr, size_t errstr_size);
+/* Starts a cluster of nbrokers (ids 1..nbrokers) and creates the topics prefix + each of the
+ * NULL-terminated suffixes, with `partitions` partitions each (other topics are created on
+ * first use by the mock). Returns NULL with errstr on failure. */
+sl_devkafka_t *sl_devkafka_start(int nbrokers, int partitions, const char *prefix,
+                                 const char *const *suffixes, char *errstr, size_t errstr_size);
 /* "127.0.0.1:port,..."; owned by d. */
 const char *sl_devkafka_bootstraps(const sl_devkafka_t *d);
 

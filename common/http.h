@@ -60,6 +60,11 @@ const char *sl_http_req_peer(const sl_http_req_t *req);
 /* Basic auth user (the writeKey for the gateway) or NULL; password ignored. */
 const char *sl_http_req_basic_user(const sl_http_req_t *req);
 
+/* Calls fn for each request header, in the order received. */
+void sl_http_req_headers_foreach(const sl_http_req_t *req,
+                                 void (*fn)(const char *name, const char *value, void *opaque),
+                                 void *opaque);
+
 /* Adds a response header; call before sl_http_respond*. */
 void sl_http_req_add_header(sl_http_req_t *req, const char *name, const char *value);
 /* Answers the request; body is copied. Exactly once per request. */

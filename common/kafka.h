@@ -54,6 +54,9 @@ rd_kafka_t *sl_kafka_consumer_new(
     void (*revoke_cb)(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts, void *opaque),
     void *opaque, char *errstr, size_t errstr_size);
 
+/* Destroys a consumer made by sl_kafka_consumer_new (after rd_kafka_consumer_close). */
+void sl_kafka_consumer_destroy(rd_kafka_t *rk);
+
 /*
  * Offset tracker: commit only offsets whose work is durable downstream.
  * The consumer thread calls _track for each message in the order consumed; any thread calls

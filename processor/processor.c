@@ -381,7 +381,7 @@ pr_processor_t *pr_processor_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
 fail:
     if (pr->consumer) {
         rd_kafka_consumer_close(pr->consumer);
-        rd_kafka_destroy(pr->consumer);
+        sl_kafka_consumer_destroy(pr->consumer);
     }
     if (pr->producer)
         rd_kafka_destroy(pr->producer);
@@ -399,7 +399,7 @@ void pr_processor_stop(pr_processor_t *pr)
         return;
     atomic_store(&pr->stop, true);
     pthread_join(pr->thread, NULL);
-    rd_kafka_destroy(pr->consumer);
+    sl_kafka_consumer_destroy(pr->consumer);
     rd_kafka_flush(pr->producer, 1000);
     rd_kafka_destroy(pr->producer);
     sl_kafka_offsets_destroy(pr->offsets);
