@@ -206,15 +206,14 @@ int cmd_role(int argc, char **argv, const char *config_file)
     }
     sl_info("sluice", "%s started; http on port %d", role, sl_http_server_port(srv));
 
-    /* Dependencies: retried with backoff until they work or we are told to stop. */
+    /* Dependencies: retried with backoff until they work or we are told to stop. The gateway
+     * and the processor need only the workspace config; the router also needs Postgres. */
     if (*dsn)
         pg = sl_pg_new(dsn);
     bool migrated = !pg || !sl_conf_bool(conf, "postgres.migrate");
     int64_t backoff = 500;
     bool stopping = false;
     for (;;) {
-        if (!migrated)
-            migrated = try_migrate(pg) == 0;
         if (!ws) {
             ws = sl_wsconf_start(sl_conf_str(conf, "workspace.config"), dsn,
                                  sl_conf_duration_ms(conf, "workspace.poll_interval"), err,
@@ -222,8 +221,17 @@ int cmd_role(int argc, char **argv, const char *config_file)
             if (!ws) {
                 sl_error("sluice", "%s", err);
                 sl_health_set("workspace", false, "%s", err);
+            } else {
+                if (gw)
+                    gw_gateway_set_wsconf(gw, ws);
+                if (run_pr && !(pr = pr_processor_start(conf, ws, err, sizeof(err)))) {
+                    fprintf(stderr, "sluice %s: could not start the processor: %s\n", role, err);
+                    goto drain;
+                }
             }
         }
+        if (!migrated)
+            migrated = try_migrate(pg) == 0;
         if (migrated && ws)
             break;
         char c = wait_signal((int)backoff);
@@ -235,12 +243,6 @@ int cmd_role(int argc, char **argv, const char *config_file)
     }
 
     if (!stopping) {
-        if (gw)
-            gw_gateway_set_wsconf(gw, ws);
-        if (run_pr && !(pr = pr_processor_start(conf, ws, err, sizeof(err)))) {
-            fprintf(stderr, "sluice %s: could not start the processor: %s\n", role, err);
-            goto drain;
-        }
         if (run_rt && !(rt = rt_router_start(conf, ws, err, sizeof(err)))) {
             fprintf(stderr, "sluice %s: could not start the router: %s\n", role, err);
             goto drain;
