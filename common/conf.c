@@ -237,7 +237,7 @@ static bool enum_has(const char *choices, const char *v)
 static int validate(const sl_conf_opt_t *o, const char *v, const char *origin, char *errstr,
                     size_t errstr_size)
 {
-    int64_t n;
+    int64_t n = 0;
     bool b;
     char *end;
 
