@@ -32,37 +32,96 @@ struct gw_gateway {
     pthread_t poller;
     atomic_bool stop;
     atomic_long inflight; /* events produced but not yet acknowledged */
+    int64_t ack_timeout_ms;
+    pthread_mutex_t rlock; /* requests not yet seen answered by the poller, oldest first */
+    struct gw_request *rhead, *rtail;
     sl_metric_t *m_events, *m_req_ok, *m_req_bad, *m_req_auth, *m_req_unavail, *m_ack_seconds;
 };
 
-/* One ingest request waiting for Kafka: answered when `pending` drops to zero. */
+/*
+ * One ingest request waiting for Kafka. It is answered once, by whichever comes first: the
+ * last acknowledgement (200, or 503 if any event failed) or its deadline (503, by the poller).
+ * It is freed when the handler, every delivery report and the poller's list let go of it.
+ */
 typedef struct gw_request {
     gw_gateway_t *gw;
     sl_http_req_t *req;
-    atomic_int pending; /* produced events not yet acknowledged, plus one held by the handler */
-    atomic_int err;     /* first delivery error (rd_kafka_resp_err_t), 0 if none */
-    int64_t start_ms;
+    atomic_int events_left; /* events not yet settled, plus one held by the handler */
+    atomic_int refs;        /* events + handler + the pending list */
+    atomic_int err;         /* first delivery error (rd_kafka_resp_err_t), 0 if none */
+    atomic_bool answered;
+    int64_t start_ms, deadline_ms;
+    struct gw_request *next;
 } gw_request_t;
 
 static const char *const single_types[] = {"track", "identify", "page", "screen", "group", "alias"};
 
-/* Answers the request once every event is acknowledged (or failed). Any thread. */
-static void request_release(gw_request_t *r)
+/* Answers the request unless it was answered already. Any thread. */
+static void request_answer(gw_request_t *r, bool timed_out)
 {
-    if (atomic_fetch_sub(&r->pending, 1) != 1)
+    if (atomic_exchange(&r->answered, true))
         return;
     int err = atomic_load(&r->err);
-    if (err) {
+    if (timed_out || err) {
         sl_http_req_add_header(r->req, "Retry-After", "5");
-        sl_http_respond_error(r->req, 503, "could not persist events to kafka: %s; retry later",
-                              rd_kafka_err2str((rd_kafka_resp_err_t)err));
+        if (timed_out)
+            sl_http_respond_error(r->req, 503,
+                                  "kafka did not acknowledge the events within %lld ms; retry "
+                                  "later",
+                                  (long long)r->gw->ack_timeout_ms);
+        else
+            sl_http_respond_error(r->req, 503, "could not persist events to kafka: %s; retry later",
+                                  rd_kafka_err2str((rd_kafka_resp_err_t)err));
         sl_metrics_add(r->gw->m_req_unavail, 1);
     } else {
         sl_http_respond(r->req, 200, "text/plain", "OK", 2);
         sl_metrics_add(r->gw->m_req_ok, 1);
         sl_metrics_observe(r->gw->m_ack_seconds, (double)(sl_time_mono_ms() - r->start_ms) / 1e3);
     }
-    free(r);
+}
+
+static void request_unref(gw_request_t *r, int n)
+{
+    if (atomic_fetch_sub(&r->refs, n) == n)
+        free(r);
+}
+
+/* n events are settled (acknowledged, failed or never produced). */
+static void request_settle(gw_request_t *r, int n)
+{
+    if (atomic_fetch_sub(&r->events_left, n) == n)
+        request_answer(r, false);
+    request_unref(r, n);
+}
+
+/* On the poller thread: answers requests past their deadline with 503 and drops the list's
+ * hold on requests that are answered. */
+static void expire_requests(gw_gateway_t *gw)
+{
+    int64_t now = sl_time_mono_ms();
+    pthread_mutex_lock(&gw->rlock);
+    gw_request_t *prev = NULL, *r = gw->rhead;
+    while (r) {
+        gw_request_t *next = r->next;
+        bool done = atomic_load(&r->answered);
+        if (!done && now >= r->deadline_ms) {
+            request_answer(r, true);
+            done = true;
+        }
+        if (done) {
+            if (prev)
+                prev->next = next;
+            else
+                gw->rhead = next;
+            if (gw->rtail == r)
+                gw->rtail = prev;
+            request_unref(r, 1);
+        } else {
+            prev = r;
+        }
+        r = next;
+    }
+    pthread_mutex_unlock(&gw->rlock);
 }
 
 /* Delivery report: called on the poller thread for every produced event. */
@@ -79,14 +138,16 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     } else {
         sl_health_set("kafka", true, NULL);
     }
-    request_release(r);
+    request_settle(r, 1);
 }
 
 static void *poller_main(void *arg)
 {
     gw_gateway_t *gw = arg;
-    while (!atomic_load(&gw->stop))
-        rd_kafka_poll(gw->rk, 100);
+    while (!atomic_load(&gw->stop)) {
+        rd_kafka_poll(gw->rk, 50);
+        expire_requests(gw);
+    }
     return NULL;
 }
 
@@ -302,7 +363,16 @@ static sl_http_result_t handle_ingest(sl_http_req_t *req, void *opaque)
     r->gw = gw;
     r->req = req;
     r->start_ms = sl_time_mono_ms();
-    atomic_init(&r->pending, (int)n + 1);
+    r->deadline_ms = r->start_ms + gw->ack_timeout_ms;
+    atomic_init(&r->events_left, (int)n + 1);
+    atomic_init(&r->refs, (int)n + 2);
+    pthread_mutex_lock(&gw->rlock);
+    if (gw->rtail)
+        gw->rtail->next = r;
+    else
+        gw->rhead = r;
+    gw->rtail = r;
+    pthread_mutex_unlock(&gw->rlock);
     for (size_t i = 0; i < n; i++) {
         rd_kafka_resp_err_t err = rd_kafka_producev(
             gw->rk, RD_KAFKA_V_TOPIC(gw->topic), RD_KAFKA_V_KEY(keys[i], SL_UUID_STRLEN - 1),
@@ -313,7 +383,7 @@ static sl_http_result_t handle_ingest(sl_http_req_t *req, void *opaque)
         if (err) {
             int expected = 0;
             atomic_compare_exchange_strong(&r->err, &expected, (int)err);
-            atomic_fetch_sub(&r->pending, (int)(n - i));
+            request_settle(r, (int)(n - i));
             sl_warn("gateway", "could not produce to kafka: %s", rd_kafka_err2str(err));
             break;
         }
@@ -321,7 +391,7 @@ static sl_http_result_t handle_ingest(sl_http_req_t *req, void *opaque)
     }
     sl_metrics_add(gw->m_events, (double)n);
     result = SL_HTTP_ASYNC;
-    request_release(r); /* drops the handler's hold; answers now if everything already failed */
+    request_settle(r, 1); /* the handler's hold: answers now if every event is settled */
     goto done;
 
 invalid:
@@ -346,6 +416,8 @@ gw_gateway_t *gw_gateway_new(const sl_conf_t *conf, sl_wsconf_t *ws, sl_http_ser
     gw_gateway_t *gw = sl_calloc(1, sizeof(*gw));
     atomic_init(&gw->ws, ws);
     gw->max_event_size = (size_t)sl_conf_size(conf, "gateway.max_event_size");
+    gw->ack_timeout_ms = sl_conf_duration_ms(conf, "gateway.ack_timeout");
+    pthread_mutex_init(&gw->rlock, NULL);
     gw->topic = sl_kafka_topic(conf, SL_TOPIC_EVENTS);
 
     rd_kafka_conf_t *kconf = sl_kafka_conf_new(conf, SL_KAFKA_PRODUCER, NULL, errstr, errstr_size);
@@ -422,7 +494,9 @@ void gw_gateway_destroy(gw_gateway_t *gw)
     atomic_store(&gw->stop, true);
     pthread_join(gw->poller, NULL);
     rd_kafka_flush(gw->rk, 1000);
-    rd_kafka_destroy(gw->rk);
+    rd_kafka_destroy(gw->rk); /* serves the last delivery reports */
+    expire_requests(gw);
+    pthread_mutex_destroy(&gw->rlock);
     free(gw->topic);
     free(gw);
 }
