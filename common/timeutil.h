@@ -9,6 +9,9 @@
 
 int64_t sl_time_now_ms(void);  /* wall clock, ms since the epoch */
 int64_t sl_time_mono_ms(void); /* monotonic clock, ms */
+/* The CLOCK_REALTIME time ms from now, for pthread_cond_timedwait. */
+struct timespec;
+void sl_time_deadline(struct timespec *ts, int64_t ms);
 /* 2026-11-25T10:00:00.123Z */
 void sl_time_format_ms(int64_t ms, char out[SL_TIME_STRLEN]);
 /* Parses RFC 3339 / ISO 8601 date-times (with or without fraction and offset). Returns 0 and

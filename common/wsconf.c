@@ -292,6 +292,23 @@ static void *watch_main(void *arg)
     return NULL;
 }
 
+/* Frees w and what it holds; the watcher thread is not running. */
+static void wsconf_free(sl_wsconf_t *w)
+{
+    if (w->cur)
+        sl_workspace_unref(w->cur);
+    if (w->wake[0] > 0) {
+        close(w->wake[0]);
+        close(w->wake[1]);
+    }
+    sl_pg_destroy(w->pg);
+    pthread_mutex_destroy(&w->lock);
+    free(w->location);
+    free(w->etag);
+    free(w->last_modified);
+    free(w);
+}
+
 sl_wsconf_t *sl_wsconf_start(const char *location, const char *pg_dsn, int64_t poll_ms,
                              char *errstr, size_t errstr_size)
 {
@@ -335,18 +352,7 @@ sl_wsconf_t *sl_wsconf_start(const char *location, const char *pg_dsn, int64_t p
     }
     return w;
 fail:
-    if (w->cur)
-        sl_workspace_unref(w->cur);
-    if (w->wake[0] > 0) {
-        close(w->wake[0]);
-        close(w->wake[1]);
-    }
-    sl_pg_destroy(w->pg);
-    pthread_mutex_destroy(&w->lock);
-    free(w->location);
-    free(w->etag);
-    free(w->last_modified);
-    free(w);
+    wsconf_free(w);
     return NULL;
 }
 
@@ -377,13 +383,5 @@ void sl_wsconf_stop(sl_wsconf_t *w)
     atomic_store(&w->stop, true);
     sl_wsconf_request_reload(w);
     pthread_join(w->thread, NULL);
-    sl_workspace_unref(w->cur);
-    close(w->wake[0]);
-    close(w->wake[1]);
-    sl_pg_destroy(w->pg);
-    pthread_mutex_destroy(&w->lock);
-    free(w->location);
-    free(w->etag);
-    free(w->last_modified);
-    free(w);
+    wsconf_free(w);
 }

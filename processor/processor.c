@@ -328,6 +328,21 @@ static void *processor_main(void *arg)
     return NULL;
 }
 
+/* Frees pr and its clients (the consumer already closed); the thread is not running. */
+static void processor_free(pr_processor_t *pr)
+{
+    sl_kafka_consumer_destroy(pr->consumer);
+    if (pr->producer) {
+        rd_kafka_flush(pr->producer, 1000);
+        rd_kafka_destroy(pr->producer);
+    }
+    sl_kafka_offsets_destroy(pr->offsets);
+    free(pr->events_topic);
+    free(pr->delivery_topic);
+    free(pr->group);
+    free(pr);
+}
+
 pr_processor_t *pr_processor_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errstr,
                                    size_t errstr_size)
 {
@@ -379,17 +394,9 @@ pr_processor_t *pr_processor_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
     return pr;
 
 fail:
-    if (pr->consumer) {
+    if (pr->consumer)
         rd_kafka_consumer_close(pr->consumer);
-        sl_kafka_consumer_destroy(pr->consumer);
-    }
-    if (pr->producer)
-        rd_kafka_destroy(pr->producer);
-    sl_kafka_offsets_destroy(pr->offsets);
-    free(pr->events_topic);
-    free(pr->delivery_topic);
-    free(pr->group);
-    free(pr);
+    processor_free(pr);
     return NULL;
 }
 
@@ -399,12 +406,5 @@ void pr_processor_stop(pr_processor_t *pr)
         return;
     atomic_store(&pr->stop, true);
     pthread_join(pr->thread, NULL);
-    sl_kafka_consumer_destroy(pr->consumer);
-    rd_kafka_flush(pr->producer, 1000);
-    rd_kafka_destroy(pr->producer);
-    sl_kafka_offsets_destroy(pr->offsets);
-    free(pr->events_topic);
-    free(pr->delivery_topic);
-    free(pr->group);
-    free(pr);
+    processor_free(pr);
 }

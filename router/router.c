@@ -210,13 +210,7 @@ static long attempt(rt_worker_t *w, rt_job_t *j, sl_buf_t *resp)
 static bool backoff_wait(rt_worker_t *w, int64_t ms)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    sl_time_deadline(&ts, ms);
     pthread_mutex_lock(&w->lock);
     while (!atomic_load(&w->rt->stop_workers))
         if (pthread_cond_timedwait(&w->cond, &w->lock, &ts) != 0)
@@ -353,12 +347,7 @@ static void *writer_main(void *arg)
         pthread_mutex_lock(&rt->wlock);
         if (!rt->whead && !atomic_load(&rt->stop_writer)) {
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += RT_FLUSH_MS * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            sl_time_deadline(&ts, RT_FLUSH_MS);
             pthread_cond_timedwait(&rt->wcond, &rt->wlock, &ts);
         }
         bool stopping = atomic_load(&rt->stop_writer);
