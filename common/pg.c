@@ -135,7 +135,11 @@ int sl_pg_exec(sl_pg_t *pg, const char *sql, int nparams, const char *const *par
             PQclear(r);
         return 0;
     }
+    char state_buf[8] = "";
     const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    if (state)
+        snprintf(state_buf, sizeof(state_buf), "%s", state);
+    state = state ? state_buf : NULL; /* the result is freed below */
     char msg[400];
     snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
     one_line(msg);
