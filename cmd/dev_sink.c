@@ -10,10 +10,12 @@
 #include "common/mem.h"
 #include "common/timeutil.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <json-c/json.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,19 +26,27 @@
 typedef struct sink {
     pthread_mutex_t lock;
     FILE *out;
-    char **recs; /* ring of recorded requests as JSON objects */
-    size_t head, n;
+    char **recs;    /* ring of recorded requests as JSON objects */
+    size_t head, n; /* the ring holds indexes dropped .. dropped + n - 1 */
+    unsigned long dropped;
     unsigned long received;
     unsigned long by_status[600];
     int status; /* mode */
     int delay_ms;
     char *match; /* only bodies containing this get the mode; NULL for all */
     long count;  /* matching requests left before the mode reverts; -1 forever */
+    /* delayed answers, sorted by due time, answered by the timer thread */
+    struct delayed *delayed;
+    pthread_cond_t timer_cond;
+    pthread_t timer;
+    bool closing; /* the timer has stopped: answer at once */
 } sink_t;
 
 typedef struct delayed {
     sl_http_req_t *req;
-    int status, delay_ms;
+    int status;
+    int64_t due_ms; /* monotonic */
+    struct delayed *next;
 } delayed_t;
 
 static void add_header_json(const char *name, const char *value, void *opaque)
@@ -49,16 +59,52 @@ static void add_header_json(const char *name, const char *value, void *opaque)
     sl_buf_json_str(b, value, strlen(value));
 }
 
-static void *answer_later(void *arg)
+static void answer(sl_http_req_t *req, int status)
 {
-    delayed_t *d = arg;
-    struct timespec ts = {d->delay_ms / 1000, (long)(d->delay_ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
     char body[64];
-    int n = snprintf(body, sizeof(body), "{\"ok\":%s}", d->status < 300 ? "true" : "false");
-    sl_http_respond(d->req, d->status, "application/json", body, (size_t)n);
-    free(d);
+    int n = snprintf(body, sizeof(body), "{\"ok\":%s}", status < 300 ? "true" : "false");
+    sl_http_respond(req, status, "application/json", body, (size_t)n);
+}
+
+/* The timer thread: answers each delayed request when it is due; at close, answers the rest
+ * at once so that the server can drain. */
+static void *timer_main(void *arg)
+{
+    sink_t *s = arg;
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        delayed_t *d = s->delayed;
+        if (d && (s->closing || d->due_ms <= sl_time_mono_ms())) {
+            s->delayed = d->next;
+            pthread_mutex_unlock(&s->lock);
+            answer(d->req, d->status);
+            free(d);
+            pthread_mutex_lock(&s->lock);
+            continue;
+        }
+        if (s->closing)
+            break;
+        struct timespec ts;
+        sl_time_deadline(&ts, d ? d->due_ms - sl_time_mono_ms() : 1000);
+        pthread_cond_timedwait(&s->timer_cond, &s->lock, &ts);
+    }
+    pthread_mutex_unlock(&s->lock);
     return NULL;
+}
+
+/* Queues req to be answered after delay_ms (caller holds s->lock). False once closing. */
+static bool answer_later(sink_t *s, sl_http_req_t *req, int status, int delay_ms)
+{
+    if (s->closing)
+        return false;
+    delayed_t *d = sl_malloc(sizeof(*d)), **pp = &s->delayed;
+    *d = (delayed_t){req, status, sl_time_mono_ms() + delay_ms, NULL};
+    while (*pp && (*pp)->due_ms <= d->due_ms)
+        pp = &(*pp)->next;
+    d->next = *pp;
+    *pp = d;
+    pthread_cond_signal(&s->timer_cond);
+    return true;
 }
 
 static sl_http_result_t handle_record(sl_http_req_t *req, void *opaque)
@@ -104,29 +150,16 @@ static sl_http_result_t handle_record(sl_http_req_t *req, void *opaque)
         free(s->recs[s->head]);
         slot = s->head;
         s->head = (s->head + 1) % SINK_KEEP;
+        s->dropped++;
     } else {
         s->n++;
     }
     s->recs[slot] = sl_buf_steal(&b);
+    bool later = delay > 0 && answer_later(s, req, status, delay);
     pthread_mutex_unlock(&s->lock);
-
-    if (delay > 0) {
-        delayed_t *d = sl_malloc(sizeof(*d));
-        *d = (delayed_t){req, status, delay};
-        pthread_t t;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&t, &attr, answer_later, d) == 0) {
-            pthread_attr_destroy(&attr);
-            return SL_HTTP_ASYNC;
-        }
-        pthread_attr_destroy(&attr);
-        free(d);
-    }
-    char resp[64];
-    int n = snprintf(resp, sizeof(resp), "{\"ok\":%s}", status < 300 ? "true" : "false");
-    sl_http_respond(req, status, "application/json", resp, (size_t)n);
+    if (later)
+        return SL_HTTP_ASYNC;
+    answer(req, status);
     return SL_HTTP_DONE;
 }
 
@@ -134,12 +167,19 @@ static sl_http_result_t handle_requests(sl_http_req_t *req, void *opaque)
 {
     sink_t *s = opaque;
     const char *since = sl_http_req_query(req, "since");
-    size_t from = since ? strtoul(since, NULL, 10) : 0;
+    char *end = NULL;
+    unsigned long from = since ? strtoul(since, &end, 10) : 0;
+    if (since && (!*since || *end)) {
+        sl_http_respond_error(req, 400, "since must be a request index (a number from 0)");
+        return SL_HTTP_DONE;
+    }
     sl_buf_t b = SL_BUF_INIT;
     sl_buf_putc(&b, '[');
     pthread_mutex_lock(&s->lock);
-    for (size_t i = from; i < s->n; i++) {
-        if (i > from)
+    /* Indexes count every request since the last reset; evicted ones are skipped. */
+    size_t i = from > s->dropped ? from - s->dropped : 0;
+    for (size_t first = i; i < s->n; i++) {
+        if (i > first)
             sl_buf_putc(&b, ',');
         sl_buf_puts(&b, s->recs[(s->head + i) % SINK_KEEP]);
     }
@@ -191,14 +231,21 @@ static sl_http_result_t handle_mode(sl_http_req_t *req, void *opaque)
         sl_http_respond_error(req, 400, "status must be an HTTP status from 100 to 599");
         return SL_HTTP_DONE;
     }
+    int delay = json_object_object_get_ex(o, "delay_ms", &v) ? json_object_get_int(v) : 0;
+    long count = json_object_object_get_ex(o, "count", &v) ? (long)json_object_get_int64(v) : -1;
+    if (delay < 0 || delay > 3600000 || count == 0 || count < -1) {
+        json_object_put(o);
+        sl_http_respond_error(req, 400, "delay_ms must be 0..3600000 and count a positive number");
+        return SL_HTTP_DONE;
+    }
     pthread_mutex_lock(&s->lock);
     s->status = status;
-    s->delay_ms = json_object_object_get_ex(o, "delay_ms", &v) ? json_object_get_int(v) : 0;
+    s->delay_ms = delay;
     free(s->match);
     s->match = json_object_object_get_ex(o, "match", &v) && json_object_get_string_len(v)
                    ? sl_strdup(json_object_get_string(v))
                    : NULL;
-    s->count = json_object_object_get_ex(o, "count", &v) ? json_object_get_int64(v) : -1;
+    s->count = count;
     pthread_mutex_unlock(&s->lock);
     json_object_put(o);
     sl_http_respond(req, 200, "application/json", "{\"ok\":true}", 11);
@@ -212,6 +259,7 @@ static sl_http_result_t handle_reset(sl_http_req_t *req, void *opaque)
     for (size_t i = 0; i < s->n; i++)
         free(s->recs[(s->head + i) % SINK_KEEP]);
     s->head = s->n = 0;
+    s->dropped = 0;
     s->received = 0;
     memset(s->by_status, 0, sizeof(s->by_status));
     s->status = 200;
@@ -271,18 +319,21 @@ int cmd_dev_sink(int argc, char **argv, const char *config_file)
     if (rc)
         return rc;
     sink_t s = {.status = 200, .count = -1};
-    pthread_mutex_init(&s.lock, NULL);
-    s.recs = sl_calloc(SINK_KEEP, sizeof(char *));
     s.out = out ? fopen(out, "a") : stdout;
     if (!s.out) {
-        fprintf(stderr, "sluice dev-sink: could not open \"%s\"\n", out);
+        fprintf(stderr, "sluice dev-sink: could not open \"%s\": %s\n", out, strerror(errno));
+        sl_conf_destroy(conf);
         return 1;
     }
+    pthread_mutex_init(&s.lock, NULL);
+    pthread_cond_init(&s.timer_cond, NULL);
+    s.recs = sl_calloc(SINK_KEEP, sizeof(char *));
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    pthread_sigmask(SIG_BLOCK, &set, NULL); /* before any thread starts, so all inherit it */
+    pthread_create(&s.timer, NULL, timer_main, &s);
 
     sl_http_opts_t opts = {.component = "dev-sink",
                            .host = host,
@@ -304,12 +355,21 @@ int cmd_dev_sink(int argc, char **argv, const char *config_file)
         sl_info("dev-sink", "dev-sink listening on http://%s:%d", host, sl_http_server_port(srv));
         int sig;
         sigwait(&set, &sig);
+        sl_info("dev-sink", "stopping on signal %d", sig);
+        sl_http_server_quiesce(srv);
     }
+    pthread_mutex_lock(&s.lock);
+    s.closing = true;
+    pthread_cond_signal(&s.timer_cond);
+    pthread_mutex_unlock(&s.lock);
+    pthread_join(s.timer, NULL);
     sl_http_server_destroy(srv);
     for (size_t i = 0; i < s.n; i++)
         free(s.recs[(s.head + i) % SINK_KEEP]);
     free(s.recs);
     free(s.match);
+    pthread_cond_destroy(&s.timer_cond);
+    pthread_mutex_destroy(&s.lock);
     if (out)
         fclose(s.out);
     sl_conf_destroy(conf);

@@ -19,6 +19,7 @@
 #include <json-c/json.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,7 +73,6 @@ struct rt_router {
     pthread_cond_t wcond;
     rt_job_t *whead, *wtail;
     size_t wlen;
-    sl_metric_t *m_succeeded, *m_aborted, *m_retried, *m_seconds;
 };
 
 static void job_free(rt_job_t *j)
@@ -98,16 +98,39 @@ static char *dup_field(json_object *o, const char *k)
     return NULL;
 }
 
-/* Parses a delivery job. On a malformed job returns it with state "aborted" and the reason. */
-static rt_job_t *parse_job(const rd_kafka_message_t *m)
+/* Why a job cannot be delivered, or NULL. ws may be NULL (no destination check). */
+static const char *job_problem(const rt_job_t *j, bool parsed, sl_wsconf_t *ws)
+{
+    if (!parsed)
+        return "value is not a JSON object";
+    if (!*j->dest_id)
+        return "no \"destinationId\"";
+    if (!j->url || !*j->url)
+        return "no \"request.url\"";
+    if (!ws)
+        return NULL;
+    sl_workspace_t *w = sl_wsconf_get(ws);
+    bool known = w && sl_workspace_destination_by_id(w, j->dest_id) != NULL;
+    if (w)
+        sl_workspace_unref(w);
+    return known ? NULL : "unknown destination (not in the workspace config)";
+}
+
+/*
+ * Parses a delivery job from a consumed message (borrowed). Returns a job the caller owns
+ * (job_free). A malformed job comes back with state "aborted" and the reason in
+ * last_response, so that its outcome is recorded like any other. Consumer thread.
+ */
+static rt_job_t *parse_job(rt_router_t *rt, const rd_kafka_message_t *m)
 {
     rt_job_t *j = sl_calloc(1, sizeof(*j));
     j->partition = m->partition;
     j->offset = m->offset;
     j->first_ms = j->last_ms = sl_time_now_ms();
     json_tokener *tok = json_tokener_new();
-    json_object *o = json_tokener_parse_ex(tok, m->payload, (int)m->len), *req = NULL, *hdrs;
-    bool ok = json_tokener_get_error(tok) == json_tokener_success && o &&
+    json_object *o = m->payload ? json_tokener_parse_ex(tok, m->payload, (int)m->len) : NULL;
+    json_object *req = NULL, *hdrs;
+    bool ok = o && json_tokener_get_error(tok) == json_tokener_success &&
               json_object_is_type(o, json_type_object);
     json_tokener_free(tok);
     if (ok) {
@@ -130,6 +153,8 @@ static rt_job_t *parse_job(const rd_kafka_message_t *m)
                 free(h);
             }
         }
+        /* Bodies over 1 MB would otherwise wait for a 100-continue most servers never send. */
+        j->headers = curl_slist_append(j->headers, "Expect:");
     }
     if (o)
         json_object_put(o);
@@ -139,15 +164,15 @@ static rt_job_t *parse_job(const rd_kafka_message_t *m)
         j->dest_id = sl_strdup("");
     if (!j->job_id)
         j->job_id = sl_asprintf("%s:%s", j->message_id, j->dest_id);
-    if (!ok || !j->url || !*j->url || !*j->dest_id) {
-        j->state = "aborted";
-        j->last_response = sl_asprintf("malformed delivery job at partition %d offset %lld: %s",
-                                       (int)m->partition, (long long)m->offset,
-                                       !ok ? "not a JSON object" : "no destinationId or url");
-        sl_error("router", "%s", j->last_response);
-    }
     if (!j->method)
         j->method = sl_strdup("POST");
+    const char *problem = job_problem(j, ok, rt->ws);
+    if (problem) {
+        j->state = "aborted";
+        j->last_response = sl_asprintf("malformed delivery job at %s [%d] offset %lld: %s",
+                                       rt->topic, (int)m->partition, (long long)m->offset, problem);
+        sl_error("router", "aborted job %s: %s", j->job_id, j->last_response);
+    }
     return j;
 }
 
@@ -174,7 +199,8 @@ static size_t on_response(char *p, size_t size, size_t n, void *opaque)
     return len;
 }
 
-/* One attempt. Returns the HTTP status, or 0 for a network error or timeout (in resp). */
+/* One attempt on the worker's handle (connections are kept alive across attempts). Returns
+ * the HTTP status, or 0 for a network error or timeout (described in resp). Worker thread. */
 static long attempt(rt_worker_t *w, rt_job_t *j, sl_buf_t *resp)
 {
     CURL *c = w->curl;
@@ -183,7 +209,9 @@ static long attempt(rt_worker_t *w, rt_job_t *j, sl_buf_t *resp)
     curl_easy_setopt(c, CURLOPT_URL, j->url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, j->method);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, j->headers);
-    if (strcmp(j->method, "GET") != 0 && strcmp(j->method, "DELETE") != 0) {
+    if (strcmp(j->method, "HEAD") == 0) {
+        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    } else if (strcmp(j->method, "GET") != 0 && strcmp(j->method, "DELETE") != 0) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, j->body ? j->body : "");
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)j->body_len);
     }
@@ -195,7 +223,10 @@ static long attempt(rt_worker_t *w, rt_job_t *j, sl_buf_t *resp)
     curl_easy_setopt(c, CURLOPT_WRITEDATA, resp);
     int64_t t0 = sl_time_mono_ms();
     CURLcode rc = curl_easy_perform(c);
-    sl_metrics_observe(w->rt->m_seconds, (double)(sl_time_mono_ms() - t0) / 1e3);
+    sl_metrics_observe(sl_metrics_histogram("sluice_router_delivery_seconds",
+                                            "Duration of one delivery attempt", NULL, 0,
+                                            "destination", j->dest_id, NULL),
+                       (double)(sl_time_mono_ms() - t0) / 1e3);
     if (rc != CURLE_OK) {
         sl_buf_reset(resp);
         sl_buf_puts(resp, *cerr ? cerr : curl_easy_strerror(rc));
@@ -219,7 +250,17 @@ static bool backoff_wait(rt_worker_t *w, int64_t ms)
     return !atomic_load(&w->rt->stop_workers);
 }
 
-/* Delivers a job until it succeeds or is aborted. False if stopped first (job not recorded). */
+static void count_attempt(const char *dest, const char *outcome)
+{
+    sl_metrics_add(sl_metrics_counter("sluice_router_attempts_total",
+                                      "Delivery attempts by outcome (success, retry, abort)",
+                                      "destination", dest, "outcome", outcome, NULL),
+                   1);
+}
+
+/* Delivers a job until it succeeds or is aborted, waiting out the backoff between attempts.
+ * Returns false if the router stopped during a backoff: the job is then not recorded, its
+ * offset stays uncommitted and it is delivered again after a restart. Worker thread. */
 static bool deliver(rt_worker_t *w, rt_job_t *j)
 {
     rt_router_t *rt = w->rt;
@@ -231,13 +272,17 @@ static bool deliver(rt_worker_t *w, rt_job_t *j)
         j->last_ms = sl_time_now_ms();
         long status = attempt(w, j, &resp);
         j->last_status = status;
-        if (status >= 200 && status < 300) {
+        bool ok = status >= 200 && status < 300;
+        bool retry = !ok && (status == 0 || status == 429 || status == 408 || status >= 500);
+        int64_t elapsed = sl_time_now_ms() - j->first_ms;
+        bool give_up =
+            !ok && (!retry || (elapsed > rt->give_up_ms && j->attempts >= rt->min_attempts));
+        count_attempt(j->dest_id, ok ? "success" : give_up ? "abort" : "retry");
+        if (ok) {
             j->state = "succeeded";
             break;
         }
-        bool retry = status == 0 || status == 429 || status == 408 || status >= 500;
-        int64_t elapsed = sl_time_now_ms() - j->first_ms;
-        if (!retry || (elapsed > rt->give_up_ms && j->attempts >= rt->min_attempts)) {
+        if (give_up) {
             j->state = "aborted";
             sl_warn("router", "aborted job %s to %s after %d attempts: %s %.200s", j->job_id,
                     j->url, j->attempts, status ? "HTTP status" : "error",
@@ -249,7 +294,6 @@ static bool deliver(rt_worker_t *w, rt_job_t *j)
             wait *= 2;
         if (wait > rt->retry_max_ms)
             wait = rt->retry_max_ms;
-        sl_metrics_add(rt->m_retried, 1);
         sl_info("router", "job %s attempt %d failed (%s %ld); retrying in %lld ms", j->job_id,
                 j->attempts, status ? "HTTP" : "network error", status, (long long)wait);
         if (!backoff_wait(w, wait)) {
@@ -339,51 +383,92 @@ static int write_batch(rt_router_t *rt, rt_job_t *batch, size_t n)
     return rc;
 }
 
+/* Waits on the writer's condition (the caller holds wlock) until ms have passed, the writer is
+ * stopped, or at least min_len outcomes are queued. */
+static void writer_wait(rt_router_t *rt, int64_t ms, size_t min_len)
+{
+    struct timespec ts;
+    sl_time_deadline(&ts, ms);
+    while (!atomic_load(&rt->stop_writer) && rt->wlen < min_len)
+        if (pthread_cond_timedwait(&rt->wcond, &rt->wlock, &ts) != 0)
+            break;
+}
+
+/* Takes up to RT_BATCH_MAX queued outcomes (caller holds wlock); returns them and their count. */
+static rt_job_t *writer_take(rt_router_t *rt, size_t *n)
+{
+    rt_job_t *batch = rt->whead, *last = NULL;
+    *n = 0;
+    for (rt_job_t *j = batch; j && *n < RT_BATCH_MAX; j = j->next) {
+        last = j;
+        (*n)++;
+    }
+    if (!last)
+        return NULL;
+    rt->whead = last->next;
+    if (!rt->whead)
+        rt->wtail = NULL;
+    rt->wlen -= *n;
+    last->next = NULL;
+    return batch;
+}
+
+/*
+ * The status writer: records outcomes in batches (one INSERT of up to RT_BATCH_MAX rows, at
+ * most every RT_FLUSH_MS unless a full batch is waiting), and only once a batch is committed
+ * marks its offsets done. While Postgres is unreachable it retries the same batch with backoff
+ * (sl_pg reconnects and reports the "postgres" health check); offsets stay uncommitted.
+ * At stop it drains the queue; a batch it cannot write then is dropped, left for redelivery.
+ */
 static void *writer_main(void *arg)
 {
     rt_router_t *rt = arg;
-    int64_t backoff = 100;
+    int64_t backoff = 100, last_flush = 0;
+    rt_job_t *batch = NULL;
+    size_t n = 0;
     for (;;) {
         pthread_mutex_lock(&rt->wlock);
-        if (!rt->whead && !atomic_load(&rt->stop_writer)) {
-            struct timespec ts;
-            sl_time_deadline(&ts, RT_FLUSH_MS);
-            pthread_cond_timedwait(&rt->wcond, &rt->wlock, &ts);
+        int64_t since = sl_time_mono_ms() - last_flush;
+        if (!batch) {
+            if (!rt->whead)
+                writer_wait(rt, RT_FLUSH_MS, 1);
+            else if (since < RT_FLUSH_MS)
+                writer_wait(rt, RT_FLUSH_MS - since, RT_BATCH_MAX);
+            batch = writer_take(rt, &n);
         }
         bool stopping = atomic_load(&rt->stop_writer);
-        rt_job_t *batch = rt->whead;
-        size_t n = 0;
-        for (rt_job_t *j = batch; j && n < RT_BATCH_MAX; j = j->next)
-            n++;
         pthread_mutex_unlock(&rt->wlock);
-        if (!n) {
+        if (!batch) {
             if (stopping)
                 break;
             continue;
         }
+        last_flush = sl_time_mono_ms();
         if (write_batch(rt, batch, n) != 0) {
             if (stopping)
-                break; /* left uncommitted: redelivered after restart */
-            struct timespec ts = {backoff / 1000, (backoff % 1000) * 1000000L};
-            nanosleep(&ts, NULL);
+                break;
+            pthread_mutex_lock(&rt->wlock);
+            writer_wait(rt, backoff, SIZE_MAX);
+            pthread_mutex_unlock(&rt->wlock);
             backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
             continue;
         }
         backoff = 100;
-        pthread_mutex_lock(&rt->wlock);
-        for (size_t i = 0; i < n; i++) {
-            rt_job_t *j = rt->whead;
-            rt->whead = j->next;
-            if (!rt->whead)
-                rt->wtail = NULL;
-            rt->wlen--;
-            pthread_mutex_unlock(&rt->wlock);
+        for (rt_job_t *j = batch, *next; j; j = next) {
+            next = j->next;
             sl_kafka_offsets_done(rt->offsets, rt->topic, j->partition, j->offset);
-            sl_metrics_add(strcmp(j->state, "succeeded") == 0 ? rt->m_succeeded : rt->m_aborted, 1);
+            sl_metrics_add(sl_metrics_counter("sluice_router_jobs_total",
+                                              "Jobs recorded, by final state", "destination",
+                                              *j->dest_id ? j->dest_id : "unknown", "state",
+                                              j->state, NULL),
+                           1);
             job_free(j);
-            pthread_mutex_lock(&rt->wlock);
         }
-        pthread_mutex_unlock(&rt->wlock);
+        batch = NULL;
+    }
+    for (rt_job_t *j = batch, *next; j; j = next) {
+        next = j->next;
+        job_free(j);
     }
     return NULL;
 }
@@ -440,7 +525,7 @@ static void *consumer_main(void *arg)
             if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
                 sl_kafka_offsets_track(rt->offsets, rt->topic, m->partition, m->offset);
                 sl_health_set("kafka", true, NULL);
-                dispatch(rt, parse_job(m));
+                dispatch(rt, parse_job(rt, m));
             } else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
                 sl_warn("router", "kafka consumer: %s", rd_kafka_message_errstr(m));
             }
@@ -472,14 +557,6 @@ rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errst
     rt->nworkers = (int)sl_conf_int(conf, "router.workers");
     pthread_mutex_init(&rt->wlock, NULL);
     pthread_cond_init(&rt->wcond, NULL);
-    rt->m_succeeded = sl_metrics_counter("sluice_router_jobs_total", "Jobs by final state", "state",
-                                         "succeeded", NULL);
-    rt->m_aborted = sl_metrics_counter("sluice_router_jobs_total", "Jobs by final state", "state",
-                                       "aborted", NULL);
-    rt->m_retried =
-        sl_metrics_counter("sluice_router_retries_total", "Delivery attempts retried", NULL);
-    rt->m_seconds = sl_metrics_histogram("sluice_router_delivery_seconds",
-                                         "Duration of one delivery attempt", NULL, 0, NULL);
 
     const char *topics[] = {rt->topic, NULL};
     rt->consumer =
@@ -490,6 +567,7 @@ rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errst
         free(rt->topic);
         free(rt->group);
         free(rt);
+        curl_global_cleanup();
         return NULL;
     }
     rt->workers = sl_calloc((size_t)rt->nworkers, sizeof(*rt->workers));
@@ -548,4 +626,5 @@ void rt_router_stop(rt_router_t *rt)
     free(rt->topic);
     free(rt->group);
     free(rt);
+    curl_global_cleanup();
 }

@@ -14,7 +14,10 @@
 typedef struct rt_router rt_router_t;
 
 /* Creates the consumer, the delivery workers and the status writer and starts them.
- * ws is borrowed (destination config is looked up per job). Returns NULL with errstr. */
+ * ws is borrowed and must outlive the router: a job whose destination is not in the current
+ * workspace config is aborted (NULL skips that check). Returns NULL with errstr. Options read:
+ * router.workers, .timeout, .retry_base, .retry_max, .give_up_after, .min_attempts,
+ * postgres.dsn and the kafka.* options. */
 rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errstr,
                              size_t errstr_size);
 /* Stops consuming; jobs in progress finish their current attempt, their outcome is recorded
