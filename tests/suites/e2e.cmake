@@ -8,3 +8,7 @@ foreach(case workspace postgres kafka oneshot)
   sluice_py_test(NAME e2e.failures.${case} SCRIPT e2e/test_failures.py ARGS --case ${case}
                  FIXTURES postgres)
 endforeach()
+foreach(case url sighup lastgood)
+  sluice_py_test(NAME e2e.workspace_config.${case} SCRIPT e2e/test_workspace_config.py
+                 ARGS --case ${case} FIXTURES postgres)
+endforeach()
