@@ -160,6 +160,25 @@ def case_kafka(env):
         timeout=60, interval=0.5)
     assert ok
     env.wait_healthy(p, timeout=30)
+
+    # The other faults the dev broker injects: retriable produce errors and latency.
+    status, body, _ = h.http("GET", control)
+    info = json.loads(body)
+    assert status == 200 and info["brokers"] == 1 and info["bootstraps"] == brokers.strip(), info
+    status, body, _ = h.http("POST", control.rstrip("/") +
+                             "/errors?api=Produce&error=NOT_ENOUGH_REPLICAS&count=3", b"")
+    assert status == 200, (status, body)
+    status, body, _ = h.http("POST", p.url + "/v1/track", h.track("u1"), write_key="e2e-write-key")
+    assert status == 200, (status, body)  # librdkafka retried past the injected errors
+    status, body, _ = h.http("POST", control.rstrip("/") + "/errors?api=Nope&error=X", b"")
+    assert status == 400 and b"api must be" in body, (status, body)
+    status, body, _ = h.http("POST", control.rstrip("/") + "/brokers/1/rtt?ms=400", b"")
+    assert status == 200, (status, body)
+    t0 = time.time()
+    status, body, _ = h.http("POST", p.url + "/v1/track", h.track("u1"), write_key="e2e-write-key")
+    took = time.time() - t0
+    h.log(f"with 400 ms broker latency: {status} after {took * 1000:.0f} ms")
+    assert status == 200 and took >= 0.4, (status, took)
     assert p.stop() == 0
 
 
