@@ -1,0 +1,602 @@
+/*
+ * Integration test for the router role (router/router.c) against the embedded dev broker, the
+ * real test Postgres and an HTTP sink in this process: outcomes and attempts per status class,
+ * per-user order across a retry, malformed jobs, offsets committed only once the outcome rows
+ * are in Postgres, and jobs unfinished at stop delivered again after a restart.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <json-c/json.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "common/conf.h"
+#include "common/devkafka.h"
+#include "common/health.h"
+#include "common/http.h"
+#include "common/kafka.h"
+#include "common/mem.h"
+#include "common/metrics.h"
+#include "common/migrate.h"
+#include "common/pg.h"
+#include "common/timeutil.h"
+#include "common/wsconf.h"
+#include "router/router.h"
+#include "testutil.h"
+
+/* ---- the sink: answers by rules on the body and records what it received, in order ---- */
+
+#define MAX_RULES 16
+#define MAX_SEEN  256
+
+static struct {
+    pthread_mutex_t lock;
+    struct {
+        char marker[96];
+        int status;
+        int left; /* -1 forever */
+    } rules[MAX_RULES];
+    int nrules;
+    struct {
+        char body[128];
+        int status;
+    } seen[MAX_SEEN];
+    int nseen;
+} sink = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static sl_http_result_t sink_handle(sl_http_req_t *req, void *opaque)
+{
+    (void)opaque;
+    size_t len;
+    const char *body = sl_http_req_body(req, &len);
+    int status = 200;
+    pthread_mutex_lock(&sink.lock);
+    for (int i = 0; i < sink.nrules; i++) {
+        if (sink.rules[i].left != 0 && strstr(body, sink.rules[i].marker)) {
+            status = sink.rules[i].status;
+            if (sink.rules[i].left > 0)
+                sink.rules[i].left--;
+            break;
+        }
+    }
+    if (sink.nseen < MAX_SEEN) {
+        snprintf(sink.seen[sink.nseen].body, sizeof(sink.seen[0].body), "%s", body);
+        sink.seen[sink.nseen++].status = status;
+    }
+    pthread_mutex_unlock(&sink.lock);
+    char resp[64];
+    int n = snprintf(resp, sizeof(resp), "sink says %d", status);
+    sl_http_respond(req, status, "text/plain", resp, (size_t)n);
+    return SL_HTTP_DONE;
+}
+
+static void sink_rule(const char *marker, int status, int count)
+{
+    pthread_mutex_lock(&sink.lock);
+    assert_true(sink.nrules < MAX_RULES);
+    snprintf(sink.rules[sink.nrules].marker, sizeof(sink.rules[0].marker), "%s", marker);
+    sink.rules[sink.nrules].status = status;
+    sink.rules[sink.nrules++].left = count;
+    pthread_mutex_unlock(&sink.lock);
+}
+
+static void sink_clear_rules(void)
+{
+    pthread_mutex_lock(&sink.lock);
+    sink.nrules = 0;
+    pthread_mutex_unlock(&sink.lock);
+}
+
+/* How many requests had a body containing marker (with status, if status is not 0). */
+static int sink_count(const char *marker, int status)
+{
+    int n = 0;
+    pthread_mutex_lock(&sink.lock);
+    for (int i = 0; i < sink.nseen; i++)
+        if (strstr(sink.seen[i].body, marker) && (!status || sink.seen[i].status == status))
+            n++;
+    pthread_mutex_unlock(&sink.lock);
+    return n;
+}
+
+/* Index of the first request whose body contains marker and that got status; -1 if none. */
+static int sink_index(const char *marker, int status)
+{
+    int at = -1;
+    pthread_mutex_lock(&sink.lock);
+    for (int i = 0; i < sink.nseen && at < 0; i++)
+        if (strstr(sink.seen[i].body, marker) && sink.seen[i].status == status)
+            at = i;
+    pthread_mutex_unlock(&sink.lock);
+    return at;
+}
+
+/* ---- the world: broker, database, workspace, sink ---- */
+
+static sl_devkafka_t *dk;
+static sl_http_server_t *srv;
+static sl_wsconf_t *ws;
+static sl_pg_t *pg;
+static char dsn[1024], sink_url[128], ws_path[256];
+
+static int setup(void **state)
+{
+    (void)state;
+    char err[512];
+    const char *base = sl_test_pg_dsn();
+    if (!base) {
+        fprintf(stderr, "no test Postgres: run under ctest (fixture `postgres`) or set "
+                        "SLUICE_TEST_PG_DSN\n");
+        return -1;
+    }
+    sl_pg_t *admin = sl_pg_new(base);
+    sl_pg_exec(admin, "DROP DATABASE IF EXISTS itest_router", 0, NULL, NULL, err, sizeof(err));
+    int rc = sl_pg_exec(admin, "CREATE DATABASE itest_router", 0, NULL, NULL, err, sizeof(err));
+    sl_pg_destroy(admin);
+    if (rc) {
+        fprintf(stderr, "%s\n", err);
+        return -1;
+    }
+    snprintf(dsn, sizeof(dsn), "%s dbname=itest_router", base);
+    pg = sl_pg_new(dsn);
+    PGconn *c = sl_pg_conn(pg, err, sizeof(err));
+    if (!c || sl_migrate_run(c, NULL, err, sizeof(err)) != 0) {
+        fprintf(stderr, "migrations: %s\n", err);
+        return -1;
+    }
+
+    dk = sl_devkafka_start(1, 1, "unused.", sl_kafka_pipeline_topics, err, sizeof(err));
+    if (!dk) {
+        fprintf(stderr, "%s\n", err);
+        return -1;
+    }
+
+    sl_http_opts_t opts = {.component = "sink", .host = "127.0.0.1", .threads = 4};
+    srv = sl_http_server_new(&opts);
+    sl_http_route(srv, NULL, "/*", sink_handle, NULL);
+    if (sl_http_server_start(srv, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return -1;
+    }
+    snprintf(sink_url, sizeof(sink_url), "http://127.0.0.1:%d/hook", sl_http_server_port(srv));
+
+    snprintf(ws_path, sizeof(ws_path), "/tmp/itest-router-%d.json", (int)getpid());
+    FILE *f = fopen(ws_path, "w");
+    fprintf(f,
+            "{\"workspaceId\":\"w\",\"sources\":[{\"id\":\"src\",\"name\":\"s\","
+            "\"writeKey\":\"k\",\"enabled\":true,\"sourceDefinition\":{\"name\":\"HTTP\","
+            "\"category\":\"eventStream\"},\"destinations\":[{\"id\":\"dst-a\",\"name\":\"a\","
+            "\"enabled\":true,\"config\":{\"webhookUrl\":\"%s\"},\"destinationDefinition\":"
+            "{\"name\":\"WEBHOOK\",\"displayName\":\"Webhook\",\"config\":{}}}]}]}",
+            sink_url);
+    fclose(f);
+    ws = sl_wsconf_start(ws_path, NULL, 60000, err, sizeof(err));
+    if (!ws) {
+        fprintf(stderr, "%s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    if (ws)
+        sl_wsconf_stop(ws);
+    unlink(ws_path);
+    if (srv)
+        sl_http_server_destroy(srv);
+    if (dk)
+        sl_devkafka_stop(dk);
+    if (pg)
+        sl_pg_destroy(pg);
+    return 0;
+}
+
+static sl_conf_t *make_conf(const char *prefix, const char *pg_dsn, const char *retry_base)
+{
+    sl_conf_t *conf;
+    char err[256];
+    assert_int_equal(sl_conf_load(&conf, NULL, err, sizeof(err)), 0);
+    const char *kv[][2] = {
+        {"kafka.brokers", sl_devkafka_bootstraps(dk)},
+        {"kafka.topic_prefix", prefix},
+        {"kafka.topic.metadata.refresh.interval.ms", "500"},
+        {"kafka.session.timeout.ms", "6000"},
+        {"kafka.heartbeat.interval.ms", "1000"},
+        {"postgres.dsn", pg_dsn},
+        {"router.workers", "4"},
+        {"router.timeout", "2s"},
+        {"router.retry_base", retry_base},
+        {"router.retry_max", "200ms"},
+        {"router.give_up_after", "0s"},
+        {"router.min_attempts", "3"},
+    };
+    for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++) {
+        if (sl_conf_set(conf, kv[i][0], kv[i][1], err, sizeof(err)) != 0)
+            fail_msg("%s: %s", kv[i][0], err);
+    }
+    return conf;
+}
+
+static void produce_raw(const sl_conf_t *conf, const char *key, const char *value)
+{
+    char err[512];
+    char *topic = sl_kafka_topic(conf, SL_TOPIC_DELIVERY);
+    rd_kafka_t *p = sl_kafka_producer_new(conf, NULL, NULL, err, sizeof(err));
+    assert_non_null(p);
+    assert_int_equal(rd_kafka_producev(p, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(0),
+                                       RD_KAFKA_V_KEY(key, strlen(key)),
+                                       RD_KAFKA_V_VALUE((void *)value, strlen(value)),
+                                       RD_KAFKA_V_HEADER("sluice-attempt", "1", 1),
+                                       RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
+                     0);
+    assert_int_equal(rd_kafka_flush(p, 30000), 0);
+    rd_kafka_destroy(p);
+    free(topic);
+}
+
+/* Produces a delivery job as the processor does; body is sent as the request body. */
+static void produce_job(const sl_conf_t *conf, const char *msg_id, const char *dest,
+                        const char *user, const char *url, const char *body)
+{
+    json_object *o = json_object_new_object(), *req = json_object_new_object(),
+                *h = json_object_new_object();
+    char job_id[256];
+    snprintf(job_id, sizeof(job_id), "%s:%s", msg_id, dest);
+    json_object_object_add(o, "jobId", json_object_new_string(job_id));
+    json_object_object_add(o, "messageId", json_object_new_string(msg_id));
+    json_object_object_add(o, "sourceId", json_object_new_string("src"));
+    json_object_object_add(o, "destinationId", json_object_new_string(dest));
+    json_object_object_add(o, "destinationType", json_object_new_string("WEBHOOK"));
+    json_object_object_add(o, "userKey", json_object_new_string(user));
+    json_object_object_add(o, "receivedAt", json_object_new_string("2024-01-01T00:00:00.000Z"));
+    json_object_object_add(req, "method", json_object_new_string("POST"));
+    if (url)
+        json_object_object_add(req, "url", json_object_new_string(url));
+    json_object_object_add(h, "Content-Type", json_object_new_string("application/json"));
+    json_object_object_add(req, "headers", h);
+    json_object_object_add(req, "body", json_object_new_string(body));
+    json_object_object_add(o, "request", req);
+    produce_raw(conf, user, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    json_object_put(o);
+}
+
+/* Rows recorded for topic; waits up to timeout_ms for at least want of them. */
+static int rows_for(const char *topic, int want, int64_t timeout_ms)
+{
+    int64_t deadline = sl_time_mono_ms() + timeout_ms;
+    const char *params[] = {topic};
+    char err[512];
+    for (;;) {
+        PGresult *r = NULL;
+        int n = -1;
+        if (sl_pg_exec(pg, "SELECT count(*) FROM sluice_jobs WHERE kafka_topic = $1", 1, params, &r,
+                       err, sizeof(err)) == 0) {
+            n = atoi(PQgetvalue(r, 0, 0));
+            PQclear(r);
+        }
+        if (n >= want || sl_time_mono_ms() > deadline)
+            return n;
+        usleep(50000);
+    }
+}
+
+typedef struct row {
+    char state[16];
+    int attempts, last_status, count;
+    char last_response[256];
+} row_t;
+
+/* The row of the job at offset (partition 0) of topic; count is how many rows it has. */
+static row_t row_at(const char *topic, int64_t offset)
+{
+    char off[24], err[512];
+    snprintf(off, sizeof(off), "%lld", (long long)offset);
+    const char *params[] = {topic, off};
+    PGresult *r = NULL;
+    row_t row = {0};
+    if (sl_pg_exec(pg,
+                   "SELECT state, attempts, coalesce(last_status, 0), "
+                   "coalesce(last_response, ''), count(*) OVER () FROM sluice_jobs "
+                   "WHERE kafka_topic = $1 AND kafka_partition = 0 AND kafka_offset = $2",
+                   2, params, &r, err, sizeof(err)) != 0)
+        fail_msg("%s", err);
+    if (PQntuples(r) > 0) {
+        snprintf(row.state, sizeof(row.state), "%s", PQgetvalue(r, 0, 0));
+        row.attempts = atoi(PQgetvalue(r, 0, 1));
+        row.last_status = atoi(PQgetvalue(r, 0, 2));
+        snprintf(row.last_response, sizeof(row.last_response), "%s", PQgetvalue(r, 0, 3));
+        row.count = atoi(PQgetvalue(r, 0, 4));
+    }
+    PQclear(r);
+    return row;
+}
+
+/* The router group's committed offset for partition 0 (negative when none). */
+static int64_t committed(const sl_conf_t *conf)
+{
+    char err[512];
+    char *topic = sl_kafka_topic(conf, SL_TOPIC_DELIVERY);
+    char *group = sl_kafka_topic(conf, "router");
+    rd_kafka_conf_t *kc = sl_kafka_conf_new(conf, SL_KAFKA_CONSUMER, group, err, sizeof(err));
+    assert_non_null(kc);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, err, sizeof(err));
+    assert_non_null(rk);
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(parts, topic, 0);
+    int64_t off = -1;
+    if (rd_kafka_committed(rk, parts, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR && !parts->elems[0].err)
+        off = parts->elems[0].offset;
+    rd_kafka_topic_partition_list_destroy(parts);
+    rd_kafka_destroy(rk);
+    free(topic);
+    free(group);
+    return off;
+}
+
+static int64_t wait_committed(const sl_conf_t *conf, int64_t want, int64_t timeout_ms)
+{
+    int64_t deadline = sl_time_mono_ms() + timeout_ms, off;
+    while ((off = committed(conf)) != want && sl_time_mono_ms() < deadline)
+        usleep(200000);
+    return off;
+}
+
+static void prefix_for(char *buf, size_t size, const char *name)
+{
+    snprintf(buf, size, "rt-%s-%lld.", name, (long long)sl_time_now_ms());
+}
+
+static double metric(const char *name, const char *l1, const char *v1, const char *l2,
+                     const char *v2)
+{
+    return sl_metrics_value(sl_metrics_counter(name, "", l1, v1, l2, v2, NULL));
+}
+
+/* Outcomes by status class, per-user order across a retry, malformed jobs, commits. */
+static void test_outcomes(void **state)
+{
+    (void)state;
+    char prefix[64], err[512];
+    prefix_for(prefix, sizeof(prefix), "outcomes");
+    sl_conf_t *conf = make_conf(prefix, dsn, "50ms");
+    char *topic = sl_kafka_topic(conf, SL_TOPIC_DELIVERY);
+    sink_clear_rules();
+    sink_rule("once-1", 500, 1);
+    sink_rule("bad-3", 400, -1);
+    sink_rule("always-4", 503, -1);
+    sink_rule("toomany-9", 429, 1);
+
+    produce_job(conf, "m0", "dst-a", "u1", sink_url, "{\"ok-0\":1}");                  /* 0 */
+    produce_job(conf, "m1", "dst-a", "u2", sink_url, "{\"once-1\":1}");                /* 1 */
+    produce_job(conf, "m2", "dst-a", "u2", sink_url, "{\"after-2\":1}");               /* 2 */
+    produce_job(conf, "m3", "dst-a", "u3", sink_url, "{\"bad-3\":1}");                 /* 3 */
+    produce_job(conf, "m4", "dst-a", "u4", sink_url, "{\"always-4\":1}");              /* 4 */
+    produce_job(conf, "m5", "dst-a", "u5", "http://127.0.0.1:1/nothing-listens", "x"); /* 5 */
+    produce_raw(conf, "u6", "{not json");                                              /* 6 */
+    produce_job(conf, "m7", "dst-a", "u7", NULL, "{\"no-url-7\":1}");                  /* 7 */
+    produce_job(conf, "m8", "dst-gone", "u8", sink_url, "{\"gone-8\":1}");             /* 8 */
+    produce_job(conf, "m9", "dst-a", "u9", sink_url, "{\"toomany-9\":1}");             /* 9 */
+
+    rt_router_t *rt = rt_router_start(conf, ws, err, sizeof(err));
+    if (!rt)
+        fail_msg("%s", err);
+    assert_int_equal(rows_for(topic, 10, 30000), 10);
+
+    row_t r = row_at(topic, 0);
+    assert_string_equal(r.state, "succeeded");
+    assert_int_equal(r.attempts, 1);
+    assert_int_equal(r.last_status, 200);
+    r = row_at(topic, 1); /* 500 then 200 */
+    assert_string_equal(r.state, "succeeded");
+    assert_int_equal(r.attempts, 2);
+    assert_int_equal(r.last_status, 200);
+    r = row_at(topic, 2);
+    assert_string_equal(r.state, "succeeded");
+    assert_int_equal(r.attempts, 1);
+    r = row_at(topic, 3); /* other 4xx: aborted at once, response kept */
+    assert_string_equal(r.state, "aborted");
+    assert_int_equal(r.attempts, 1);
+    assert_int_equal(r.last_status, 400);
+    assert_string_equal(r.last_response, "sink says 400");
+    r = row_at(topic, 4); /* 5xx forever: aborted after min_attempts once past give_up_after */
+    assert_string_equal(r.state, "aborted");
+    assert_int_equal(r.attempts, 3);
+    assert_int_equal(r.last_status, 503);
+    r = row_at(topic, 5); /* network error: retried like a 5xx, no status */
+    assert_string_equal(r.state, "aborted");
+    assert_int_equal(r.attempts, 3);
+    assert_int_equal(r.last_status, 0);
+    assert_true(strlen(r.last_response) > 0);
+    r = row_at(topic, 6);
+    assert_string_equal(r.state, "aborted");
+    assert_int_equal(r.attempts, 0);
+    assert_non_null(strstr(r.last_response, "not a JSON object"));
+    r = row_at(topic, 7);
+    assert_string_equal(r.state, "aborted");
+    assert_non_null(strstr(r.last_response, "request.url"));
+    r = row_at(topic, 8);
+    assert_string_equal(r.state, "aborted");
+    assert_non_null(strstr(r.last_response, "unknown destination"));
+    assert_int_equal(sink_count("gone-8", 0), 0);
+    r = row_at(topic, 9); /* 429 then 200 */
+    assert_string_equal(r.state, "succeeded");
+    assert_int_equal(r.attempts, 2);
+    for (int64_t i = 0; i < 10; i++)
+        assert_int_equal(row_at(topic, i).count, 1);
+
+    /* u2's second job waited for its first to succeed. */
+    assert_int_equal(sink_count("once-1", 500), 1);
+    assert_true(sink_index("once-1", 200) >= 0);
+    assert_true(sink_index("once-1", 500) < sink_index("once-1", 200));
+    assert_true(sink_index("once-1", 200) < sink_index("after-2", 200));
+
+    /* Everything is recorded, so everything gets committed. */
+    assert_int_equal(wait_committed(conf, 10, 10000), 10);
+
+    assert_true(metric("sluice_router_jobs_total", "destination", "dst-a", "state", "succeeded") ==
+                4);
+    assert_true(metric("sluice_router_jobs_total", "destination", "dst-a", "state", "aborted") ==
+                4);
+    assert_true(metric("sluice_router_jobs_total", "destination", "dst-gone", "state", "aborted") ==
+                1);
+    assert_true(
+        metric("sluice_router_attempts_total", "destination", "dst-a", "outcome", "success") == 4);
+    assert_true(
+        metric("sluice_router_attempts_total", "destination", "dst-a", "outcome", "retry") == 6);
+    assert_true(
+        metric("sluice_router_attempts_total", "destination", "dst-a", "outcome", "abort") == 3);
+    sl_buf_t b = SL_BUF_INIT;
+    sl_metrics_render(&b);
+    assert_non_null(strstr(b.data, "sluice_router_delivery_seconds_bucket{destination=\"dst-a\""));
+    sl_buf_free(&b);
+
+    rt_router_stop(rt);
+    free(topic);
+    sl_conf_destroy(conf);
+}
+
+/* health.postgres as GET /health renders it. */
+static bool pg_healthy(void)
+{
+    sl_buf_t b = SL_BUF_INIT;
+    sl_health_render(&b);
+    json_object *o = json_tokener_parse(b.data), *checks, *p, *ok;
+    bool healthy = json_object_object_get_ex(o, "checks", &checks) &&
+                   json_object_object_get_ex(checks, "postgres", &p) &&
+                   json_object_object_get_ex(p, "ok", &ok) && json_object_get_boolean(ok);
+    json_object_put(o);
+    sl_buf_free(&b);
+    return healthy;
+}
+
+/* With Postgres down, deliveries happen but nothing is committed; after a restart with
+ * Postgres back, the jobs are delivered again, recorded, then committed. */
+static void test_postgres_down(void **state)
+{
+    (void)state;
+    char prefix[64], err[512];
+    prefix_for(prefix, sizeof(prefix), "pgdown");
+    sl_conf_t *down =
+        make_conf(prefix, "host=127.0.0.1 port=1 dbname=none connect_timeout=2", "50ms");
+    char *topic = sl_kafka_topic(down, SL_TOPIC_DELIVERY);
+    sink_clear_rules();
+    for (int i = 0; i < 3; i++) {
+        char id[16], body[128];
+        snprintf(id, sizeof(id), "p%d", i);
+        snprintf(body, sizeof(body), "{\"pgdown-%s-%d\":1}", prefix, i);
+        produce_job(down, id, "dst-a", i == 1 ? "x" : "y", sink_url, body);
+    }
+    char marker[96];
+    snprintf(marker, sizeof(marker), "pgdown-%s", prefix);
+
+    rt_router_t *rt = rt_router_start(down, ws, err, sizeof(err));
+    if (!rt)
+        fail_msg("%s", err);
+    int64_t deadline = sl_time_mono_ms() + 30000;
+    while (sink_count(marker, 200) < 3 && sl_time_mono_ms() < deadline)
+        usleep(50000);
+    assert_int_equal(sink_count(marker, 200), 3);
+    usleep(1500000); /* several commit intervals */
+    assert_false(pg_healthy());
+    assert_true(committed(down) < 0);
+    int64_t t0 = sl_time_mono_ms();
+    rt_router_stop(rt);
+    assert_true(sl_time_mono_ms() - t0 < 5000);
+    assert_true(committed(down) < 0);
+    assert_int_equal(rows_for(topic, 0, 0), 0);
+
+    sl_conf_t *up = make_conf(prefix, dsn, "50ms");
+    rt = rt_router_start(up, ws, err, sizeof(err));
+    if (!rt)
+        fail_msg("%s", err);
+    assert_int_equal(rows_for(topic, 3, 30000), 3);
+    for (int64_t i = 0; i < 3; i++) {
+        row_t r = row_at(topic, i);
+        assert_string_equal(r.state, "succeeded");
+        assert_int_equal(r.count, 1);
+    }
+    assert_int_equal(sink_count(marker, 200), 6); /* each delivered twice: at least once */
+    assert_int_equal(wait_committed(up, 3, 10000), 3);
+    assert_true(pg_healthy());
+    rt_router_stop(rt);
+    free(topic);
+    sl_conf_destroy(down);
+    sl_conf_destroy(up);
+}
+
+/* A stop interrupts a retry backoff; the job waiting for retry and the job behind it (same
+ * user) are neither recorded nor committed, and are delivered after a restart. */
+static void test_stop_restart(void **state)
+{
+    (void)state;
+    char prefix[64], err[512];
+    prefix_for(prefix, sizeof(prefix), "restart");
+    sl_conf_t *slow = make_conf(prefix, dsn, "20s");
+    assert_int_equal(sl_conf_set(slow, "router.retry_max", "60s", err, sizeof(err)), 0);
+    char *topic = sl_kafka_topic(slow, SL_TOPIC_DELIVERY);
+    sink_clear_rules();
+    sink_rule("restart-s1", 500, -1);
+    produce_job(slow, "s0", "dst-a", "v0", sink_url, "{\"restart-s0\":1}"); /* 0: other user */
+    produce_job(slow, "s1", "dst-a", "v1", sink_url, "{\"restart-s1\":1}"); /* 1: fails */
+    produce_job(slow, "s2", "dst-a", "v1", sink_url, "{\"restart-s2\":1}"); /* 2: behind s1 */
+
+    rt_router_t *rt = rt_router_start(slow, ws, err, sizeof(err));
+    if (!rt)
+        fail_msg("%s", err);
+    assert_int_equal(rows_for(topic, 1, 30000), 1);
+    int64_t deadline = sl_time_mono_ms() + 10000;
+    while (sink_count("restart-s1", 500) < 1 && sl_time_mono_ms() < deadline)
+        usleep(50000);
+    assert_int_equal(sink_count("restart-s1", 500), 1);
+    assert_int_equal(wait_committed(slow, 1, 10000), 1);
+    usleep(300000);
+    assert_int_equal(sink_count("restart-s2", 0), 0); /* waits behind s1 */
+
+    int64_t t0 = sl_time_mono_ms();
+    rt_router_stop(rt);
+    assert_true(sl_time_mono_ms() - t0 < 5000); /* the 20 s backoff was interrupted */
+    assert_int_equal(rows_for(topic, 0, 0), 1);
+    assert_int_equal(committed(slow), 1);
+
+    sink_clear_rules();
+    sl_conf_t *fast = make_conf(prefix, dsn, "50ms");
+    rt = rt_router_start(fast, ws, err, sizeof(err));
+    if (!rt)
+        fail_msg("%s", err);
+    assert_int_equal(rows_for(topic, 3, 30000), 3);
+    row_t r = row_at(topic, 1);
+    assert_string_equal(r.state, "succeeded");
+    assert_int_equal(r.count, 1);
+    r = row_at(topic, 2);
+    assert_string_equal(r.state, "succeeded");
+    assert_int_equal(r.count, 1);
+    assert_int_equal(row_at(topic, 0).count, 1); /* committed before the stop: not again */
+    assert_int_equal(sink_count("restart-s0", 0), 1);
+    assert_true(sink_index("restart-s1", 200) < sink_index("restart-s2", 200));
+    assert_int_equal(wait_committed(fast, 3, 10000), 3);
+    rt_router_stop(rt);
+    free(topic);
+    sl_conf_destroy(slow);
+    sl_conf_destroy(fast);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_outcomes),
+        cmocka_unit_test(test_postgres_down),
+        cmocka_unit_test(test_stop_restart),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
