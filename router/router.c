@@ -394,12 +394,12 @@ static void writer_wait(rt_router_t *rt, int64_t ms, size_t min_len)
             break;
 }
 
-/* Takes up to RT_BATCH_MAX queued outcomes (caller holds wlock); returns them and their count. */
-static rt_job_t *writer_take(rt_router_t *rt, size_t *n)
+/* Takes up to max queued outcomes (caller holds wlock); returns them and their count. */
+static rt_job_t *writer_take(rt_router_t *rt, size_t max, size_t *n)
 {
     rt_job_t *batch = rt->whead, *last = NULL;
     *n = 0;
-    for (rt_job_t *j = batch; j && *n < RT_BATCH_MAX; j = j->next) {
+    for (rt_job_t *j = batch; j && *n < max; j = j->next) {
         last = j;
         (*n)++;
     }
@@ -434,7 +434,14 @@ static void *writer_main(void *arg)
                 writer_wait(rt, RT_FLUSH_MS, 1);
             else if (since < RT_FLUSH_MS)
                 writer_wait(rt, RT_FLUSH_MS - since, RT_BATCH_MAX);
-            batch = writer_take(rt, &n);
+            batch = writer_take(rt, RT_BATCH_MAX, &n);
+        } else if (n < RT_BATCH_MAX) { /* retrying: take in what queued up meanwhile */
+            size_t more;
+            rt_job_t *extra = writer_take(rt, RT_BATCH_MAX - n, &more), *last = batch;
+            while (last->next)
+                last = last->next;
+            last->next = extra;
+            n += more;
         }
         bool stopping = atomic_load(&rt->stop_writer);
         pthread_mutex_unlock(&rt->wlock);
