@@ -300,3 +300,79 @@ def track(user, event="Signed Up", **fields):
     ev = {"userId": user, "event": event, "properties": {"plan": "pro"}}
     ev.update(fields)
     return ev
+
+
+# ---- Kafka helpers for tests that look inside topics or break brokers ----
+
+def kafka_messages(brokers, topic, timeout=60):
+    """Every message of `topic` from the beginning, read with kcat (-J): a list of dicts with
+    partition, offset, key (str or None), value (str or None) and headers (dict of str)."""
+    r = subprocess.run(["kcat", "-C", "-b", brokers, "-t", topic, "-o", "beginning", "-e", "-q",
+                        "-J", "-X", "topic.metadata.refresh.interval.ms=1000"],
+                       capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        fail(f"kcat could not read {topic} from {brokers} (exit {r.returncode}): "
+             f"{r.stderr.strip()[-600:]}")
+    out = []
+    for line in r.stdout.splitlines():
+        if not line.startswith("{"):
+            continue
+        m = json.loads(line)
+        hdrs = m.get("headers") or []
+        out.append({"partition": m.get("partition"), "offset": m.get("offset"),
+                    "key": m.get("key"), "value": m.get("payload"),
+                    "headers": dict(zip(hdrs[0::2], hdrs[1::2]))})
+    return out
+
+
+def kafka_events(brokers, topic, timeout=60):
+    """The JSON events in `topic` (see kafka_messages), each with "_kafka" = the message
+    without its value (partition, offset, key, headers)."""
+    out = []
+    for m in kafka_messages(brokers, topic, timeout):
+        try:
+            ev = json.loads(m["value"])
+        except (TypeError, ValueError):
+            fail(f"not JSON in {topic} at {m['partition']}/{m['offset']}: {m['value']!r:.200}")
+        ev["_kafka"] = {k: v for k, v in m.items() if k != "value"}
+        out.append(ev)
+    return out
+
+
+class DevKafka:
+    """`sluice dev-kafka`: the embedded mock cluster, with its fault-injection control API."""
+
+    def __init__(self, env, brokers=1, partitions=4):
+        self.n = brokers
+        e = env.base_env()
+        e["SLUICE_KAFKA_TOPIC_PREFIX"] = env.prefix
+        self.proc = Proc(f"dev-kafka-{len(env.procs)}",
+                         [SLUICE, "dev-kafka", "--brokers", str(brokers), "--partitions",
+                          str(partitions), "--control-port", str(free_port())], e, env.workdir)
+        env.procs.append(self.proc)
+
+        def bootstrap():
+            if not self.proc.alive():
+                fail(f"dev-kafka exited:\n{self.proc.output()[-2000:]}")
+            return next((l.strip() for l in self.proc.output().splitlines()
+                         if l.startswith("127.0.0.1:") and " " not in l.strip()), None)
+        self.bootstrap = wait_for("dev-kafka bootstrap", bootstrap, timeout=30)
+        self.control = wait_for("dev-kafka control URL", lambda: next(
+            (l.split("control:", 1)[1].strip().split()[0].rstrip("/")
+             for l in self.proc.output().splitlines() if "control:" in l), None), timeout=30)
+
+    def broker(self, broker_id, action):
+        """action: "down" or "up"."""
+        status, body, _ = http("POST", f"{self.control}/brokers/{broker_id}/{action}", b"")
+        if status != 200:
+            fail(f"dev-kafka control: broker {broker_id} {action}: {status} {body[:200]}")
+
+    def all_brokers(self, action):
+        for i in range(1, self.n + 1):
+            self.broker(i, action)
+
+
+def kafka_local(*args, timeout=180):
+    """Runs scripts/kafka-local with args; returns the CompletedProcess (never raises)."""
+    return subprocess.run([os.path.join(SOURCE_DIR, "scripts", "kafka-local")] + list(args),
+                          capture_output=True, text=True, timeout=timeout)
