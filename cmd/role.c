@@ -106,6 +106,17 @@ static int try_migrate(sl_pg_t *pg)
     return 0;
 }
 
+/* The gateway's cap on request bodies held at once: its in-flight size, but never below the
+ * largest single request it accepts. */
+static size_t max_buffered(const sl_conf_t *conf)
+{
+    int64_t m = sl_conf_size(conf, "gateway.max_inflight_size");
+    int64_t r = sl_conf_size(conf, "gateway.max_request_size");
+    int64_t i = sl_conf_size(conf, "gateway.max_import_size");
+    m = m > r ? m : r;
+    return (size_t)(m > i ? m : i);
+}
+
 int cmd_role(int argc, char **argv, const char *config_file)
 {
     const char *role = argv[0];
@@ -190,6 +201,8 @@ int cmd_role(int argc, char **argv, const char *config_file)
                                                 : "router.port"),
         .threads = (int)sl_conf_int(conf, "gateway.threads"),
         .max_body = (size_t)sl_conf_size(conf, "gateway.max_request_size"),
+        .max_buffered = run_gw ? max_buffered(conf) : 0,
+        .cors = run_gw,
     };
     srv = sl_http_server_new(&opts);
     if (run_gw) {

@@ -81,6 +81,22 @@ static const sl_conf_opt_t options[] = {
     {"gateway.ack_timeout", SL_CONF_DURATION, "10s", 100, 600000, NULL, 0,
      "How long the gateway waits for Kafka to acknowledge a request's events before it "
      "answers 503 with Retry-After."},
+    {"gateway.max_import_size", SL_CONF_SIZE, "16MB", 1024, 1073741824, NULL, 0,
+     "Largest request body accepted by /v1/import (large historical batches)."},
+    {"gateway.max_inflight_size", SL_CONF_SIZE, "16MB", 65536, 17179869184LL, NULL, 0,
+     "Bytes of events the gateway holds waiting for Kafka, and bytes of request bodies it "
+     "holds, each at most this; past it new requests get 503 with Retry-After."},
+    {"gateway.trust_forwarded_for", SL_CONF_BOOL, "true", NO_RANGE, NULL, 0,
+     "Take `request_ip` / `context.ip` from the first address of `X-Forwarded-For` (as "
+     "RudderStack does); set to false when clients reach the gateway without a proxy."},
+    {"gateway.rate_limit_window", SL_CONF_DURATION, "60s", 1000, 86400000, NULL, 0,
+     "Window of the rate limits `gateway.workspace_rate_limit` and `gateway.source_rate_limit`."},
+    {"gateway.workspace_rate_limit", SL_CONF_INT, "0", 0, 1000000000000LL, NULL, 0,
+     "Events the whole workspace may send per `gateway.rate_limit_window`; more get 429 with "
+     "Retry-After. 0: no limit."},
+    {"gateway.source_rate_limit", SL_CONF_INT, "0", 0, 1000000000000LL, NULL, 0,
+     "Events each source may send per `gateway.rate_limit_window`; more get 429 with "
+     "Retry-After. 0: no limit."},
 
     /* Processor */
     {"processor.port", SL_CONF_INT, "8081", 1, 65535, NULL, 0,

@@ -9,6 +9,7 @@
 #include "common/log.h"
 #include "common/mem.h"
 #include "common/metrics.h"
+#include "common/timeutil.h"
 #include "sluice_version.h"
 
 #include <arpa/inet.h>
@@ -16,6 +17,7 @@
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,13 +31,17 @@ typedef struct route {
     bool prefix;
     sl_http_handler_fn fn;
     void *opaque;
+    size_t max_body; /* 0: the server's */
 } route_t;
 
 struct sl_http_server {
     char *component, *host;
     int port;
     unsigned threads, max_connections;
-    size_t max_body;
+    size_t max_body, max_buffered;
+    atomic_size_t buffered; /* body bytes held by requests, see max_buffered */
+    bool cors;
+    sl_metric_t *m_too_large, *m_bad_encoding, *m_overloaded, *m_not_found;
     route_t *routes;
     size_t nroutes;
     struct MHD_Daemon *daemon;
@@ -48,7 +54,10 @@ struct sl_http_req {
     struct MHD_Connection *conn;
     const char *method, *path;
     sl_buf_t body;
-    bool too_large;
+    size_t max_body, held, wire_size;
+    long long start_ms;
+    bool too_large, overloaded;
+    char *origin; /* the Origin header, for CORS */
     char *basic_user;
     char peer[INET6_ADDRSTRLEN];
     pthread_mutex_t lock;
@@ -69,6 +78,17 @@ sl_http_server_t *sl_http_server_new(const sl_http_opts_t *opts)
     srv->threads = opts->threads > 0 ? (unsigned)opts->threads : (unsigned)(ncpu > 0 ? ncpu : 1);
     srv->max_body = opts->max_body ? opts->max_body : 4 * 1024 * 1024;
     srv->max_connections = opts->max_connections ? opts->max_connections : 4096;
+    srv->max_buffered = opts->max_buffered;
+    srv->cors = opts->cors;
+    const char *help = "HTTP requests rejected before reaching a handler, by reason";
+    srv->m_too_large = sl_metrics_counter("sluice_http_rejections_total", help, "component",
+                                          srv->component, "reason", "body_too_large", NULL);
+    srv->m_bad_encoding = sl_metrics_counter("sluice_http_rejections_total", help, "component",
+                                             srv->component, "reason", "bad_encoding", NULL);
+    srv->m_overloaded = sl_metrics_counter("sluice_http_rejections_total", help, "component",
+                                           srv->component, "reason", "overloaded", NULL);
+    srv->m_not_found = sl_metrics_counter("sluice_http_rejections_total", help, "component",
+                                          srv->component, "reason", "no_such_endpoint", NULL);
     return srv;
 }
 
@@ -83,6 +103,32 @@ void sl_http_route(sl_http_server_t *srv, const char *method, const char *path,
     r->path = sl_strndup(path, r->prefix ? len - 1 : len);
     r->fn = fn;
     r->opaque = opaque;
+    r->max_body = 0;
+}
+
+void sl_http_route_max_body(sl_http_server_t *srv, const char *method, const char *path,
+                            sl_http_handler_fn fn, void *opaque, size_t max_body)
+{
+    sl_http_route(srv, method, path, fn, opaque);
+    srv->routes[srv->nroutes - 1].max_body = max_body;
+}
+
+/* The route for method and path, or NULL; *path_known tells whether any method matched. */
+static const route_t *find_route(const sl_http_server_t *srv, const char *method,
+                                 const char *path, bool *path_known)
+{
+    *path_known = false;
+    for (size_t i = 0; i < srv->nroutes; i++) {
+        const route_t *r = &srv->routes[i];
+        bool match = r->prefix ? strncmp(path, r->path, strlen(r->path)) == 0
+                               : strcmp(path, r->path) == 0;
+        if (!match)
+            continue;
+        *path_known = true;
+        if (!r->method || strcmp(r->method, method) == 0)
+            return r;
+    }
+    return NULL;
 }
 
 /* --- built-in routes --- */
@@ -115,8 +161,17 @@ static sl_http_result_t handle_version(sl_http_req_t *req, void *opaque)
 
 /* --- request plumbing --- */
 
+/* Accounts body bytes held by req against the server's max_buffered. */
+static void req_hold(sl_http_req_t *req, size_t bytes)
+{
+    atomic_fetch_add(&req->srv->buffered, bytes);
+    req->held += bytes;
+}
+
 static void req_free(sl_http_req_t *req)
 {
+    atomic_fetch_sub(&req->srv->buffered, req->held);
+    free(req->origin);
     sl_buf_free(&req->body);
     free(req->basic_user);
     for (size_t i = 0; i < req->nhdrs * 2; i++)
@@ -158,7 +213,7 @@ static int inflate_body(sl_http_req_t *req)
             status = 400;
             break;
         }
-        if (out.len > req->srv->max_body) {
+        if (out.len > req->max_body) {
             status = 413;
             break;
         }
@@ -173,6 +228,8 @@ static int inflate_body(sl_http_req_t *req)
         return status;
     }
     out.data[out.len] = '\0';
+    if (out.len > req->body.len)
+        req_hold(req, out.len - req->body.len);
     sl_buf_free(&req->body);
     req->body = out;
     return 0;
@@ -189,41 +246,53 @@ static enum MHD_Result queue_answer(sl_http_req_t *req)
 static enum MHD_Result dispatch(sl_http_req_t *req)
 {
     sl_http_server_t *srv = req->srv;
+    if (srv->cors && strcmp(req->method, "OPTIONS") == 0) {
+        /* A CORS preflight: allow the method and headers asked for. */
+        const char *hdrs = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                                       "Access-Control-Request-Headers");
+        sl_http_req_add_header(req, "Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+        sl_http_req_add_header(req, "Access-Control-Allow-Headers",
+                               hdrs ? hdrs : "Content-Type, Authorization, AnonymousId");
+        sl_http_req_add_header(req, "Access-Control-Max-Age", "900");
+        sl_http_respond(req, 204, NULL, "", 0);
+        return queue_answer(req);
+    }
     if (req->too_large) {
+        sl_metrics_add(srv->m_too_large, 1);
         sl_http_respond_error(req, 413, "request body is larger than the limit of %zu bytes",
-                              srv->max_body);
+                              req->max_body);
+        return queue_answer(req);
+    }
+    if (req->overloaded) {
+        sl_metrics_add(srv->m_overloaded, 1);
+        sl_http_req_add_header(req, "Retry-After", "1");
+        sl_http_respond_error(req, 503,
+                              "the server holds its limit of %zu bytes of request bodies; retry "
+                              "later",
+                              srv->max_buffered);
         return queue_answer(req);
     }
     const char *enc = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Content-Encoding");
     if (enc && (strcasecmp(enc, "gzip") == 0 || strcasecmp(enc, "deflate") == 0) && req->body.len) {
         int st = inflate_body(req);
         if (st == 413) {
+            sl_metrics_add(srv->m_too_large, 1);
             sl_http_respond_error(req, 413,
                                   "decompressed request body is larger than the limit of %zu "
                                   "bytes",
-                                  srv->max_body);
+                                  req->max_body);
             return queue_answer(req);
         }
         if (st) {
+            sl_metrics_add(srv->m_bad_encoding, 1);
             sl_http_respond_error(req, 400, "invalid %s body", enc);
             return queue_answer(req);
         }
     }
-    sl_http_handler_fn fn = NULL;
-    void *opaque = NULL;
-    bool path_known = false;
-    for (size_t i = 0; i < srv->nroutes && !fn; i++) {
-        route_t *r = &srv->routes[i];
-        bool match = r->prefix ? strncmp(req->path, r->path, strlen(r->path)) == 0
-                               : strcmp(req->path, r->path) == 0;
-        if (!match)
-            continue;
-        path_known = true;
-        if (!r->method || strcmp(r->method, req->method) == 0) {
-            fn = r->fn;
-            opaque = r->opaque;
-        }
-    }
+    bool path_known;
+    const route_t *route = find_route(srv, req->method, req->path, &path_known);
+    sl_http_handler_fn fn = route ? route->fn : NULL;
+    void *opaque = route ? route->opaque : NULL;
     if (!fn && !path_known && strcmp(req->method, "GET") == 0) {
         if (strcmp(req->path, "/health") == 0)
             fn = handle_health;
@@ -233,6 +302,7 @@ static enum MHD_Result dispatch(sl_http_req_t *req)
             fn = handle_version;
     }
     if (!fn) {
+        sl_metrics_add(srv->m_not_found, 1);
         if (path_known)
             sl_http_respond_error(req, 405, "method %s is not allowed on %s", req->method,
                                   req->path);
@@ -267,20 +337,36 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         req->conn = conn;
         req->method = method;
         req->path = url;
+        req->start_ms = sl_time_mono_ms();
         pthread_mutex_init(&req->lock, NULL);
+        bool known;
+        const route_t *route = find_route(srv, method, url, &known);
+        req->max_body = route && route->max_body ? route->max_body : srv->max_body;
+        const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+        if (srv->cors && origin)
+            req->origin = sl_strdup(origin);
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-        if (cl && strtoull(cl, NULL, 10) > srv->max_body)
+        if (cl && strtoull(cl, NULL, 10) > req->max_body)
             req->too_large = true;
         *con_cls = req;
         return MHD_YES;
     }
     if (*upload_size) {
-        if (!req->too_large) {
-            if (req->body.len + *upload_size > srv->max_body) {
+        req->wire_size += *upload_size;
+        if (!req->too_large && !req->overloaded) {
+            if (req->body.len + *upload_size > req->max_body) {
                 req->too_large = true;
-                sl_buf_free(&req->body);
+            } else if (srv->max_buffered &&
+                       atomic_load(&srv->buffered) + *upload_size > srv->max_buffered) {
+                req->overloaded = true;
             } else {
                 sl_buf_append(&req->body, upload, *upload_size);
+                req_hold(req, *upload_size);
+            }
+            if (req->too_large || req->overloaded) {
+                atomic_fetch_sub(&srv->buffered, req->held);
+                req->held = 0;
+                sl_buf_free(&req->body);
             }
         }
         *upload_size = 0;
@@ -419,6 +505,16 @@ const char *sl_http_req_basic_user(const sl_http_req_t *req)
     return r->basic_user;
 }
 
+long long sl_http_req_start_ms(const sl_http_req_t *req)
+{
+    return req->start_ms;
+}
+
+size_t sl_http_req_wire_size(const sl_http_req_t *req)
+{
+    return req->wire_size;
+}
+
 typedef struct hdr_iter {
     void (*fn)(const char *, const char *, void *);
     void *opaque;
@@ -440,6 +536,14 @@ void sl_http_req_headers_foreach(const sl_http_req_t *req,
     MHD_get_connection_values(req->conn, MHD_HEADER_KIND, on_header_value, &it);
 }
 
+void sl_http_req_query_foreach(const sl_http_req_t *req,
+                               void (*fn)(const char *name, const char *value, void *opaque),
+                               void *opaque)
+{
+    hdr_iter_t it = {fn, opaque};
+    MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, on_header_value, &it);
+}
+
 void sl_http_req_add_header(sl_http_req_t *req, const char *name, const char *value)
 {
     req->hdrs = sl_realloc(req->hdrs, (req->nhdrs + 1) * 2 * sizeof(char *));
@@ -455,6 +559,14 @@ void sl_http_respond(sl_http_req_t *req, int status, const char *content_type, c
         MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
     if (content_type)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    if (req->srv->cors) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin",
+                                req->origin ? req->origin : "*");
+        if (req->origin) {
+            MHD_add_response_header(resp, "Access-Control-Allow-Credentials", "true");
+            MHD_add_response_header(resp, "Vary", "Origin");
+        }
+    }
     for (size_t i = 0; i < req->nhdrs; i++)
         MHD_add_response_header(resp, req->hdrs[i * 2], req->hdrs[i * 2 + 1]);
     pthread_mutex_lock(&req->lock);

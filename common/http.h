@@ -28,6 +28,9 @@ typedef struct sl_http_opts {
     int threads;              /* worker threads; 0 means one per CPU */
     size_t max_body;          /* larger bodies (after gunzip too) get 413; 0 means 4 MB */
     unsigned max_connections; /* 0 means 4096 */
+    size_t max_buffered;      /* request bodies held at once, all connections; past it new
+                                 bodies get 503 with Retry-After; 0 means no limit */
+    bool cors;                /* allow any origin: answer preflights, add CORS headers */
 } sl_http_opts_t;
 
 /* Creates a server; nothing listens until sl_http_server_start. */
@@ -37,6 +40,10 @@ sl_http_server_t *sl_http_server_new(const sl_http_opts_t *opts);
  * Routes are matched in the order added; call before sl_http_server_start. */
 void sl_http_route(sl_http_server_t *srv, const char *method, const char *path,
                    sl_http_handler_fn fn, void *opaque);
+
+/* Like sl_http_route, with its own body limit instead of the server's max_body. */
+void sl_http_route_max_body(sl_http_server_t *srv, const char *method, const char *path,
+                            sl_http_handler_fn fn, void *opaque, size_t max_body);
 
 /* Starts listening. Returns 0, or SL_ERR_INVALID/SL_ERR_TRANSIENT with errstr such as
  * `could not listen on 0.0.0.0:8080: Address already in use`. */
@@ -59,6 +66,16 @@ const char *sl_http_req_body(const sl_http_req_t *req, size_t *len);
 const char *sl_http_req_peer(const sl_http_req_t *req);
 /* Basic auth user (the writeKey for the gateway) or NULL; password ignored. */
 const char *sl_http_req_basic_user(const sl_http_req_t *req);
+
+/* Monotonic time (ms, sl_time_mono_ms) when the request's headers arrived. */
+long long sl_http_req_start_ms(const sl_http_req_t *req);
+/* Bytes of the body as received (before any gunzip). */
+size_t sl_http_req_wire_size(const sl_http_req_t *req);
+
+/* Calls fn for each URL query parameter, in order (a parameter without '=' has value ""). */
+void sl_http_req_query_foreach(const sl_http_req_t *req,
+                               void (*fn)(const char *name, const char *value, void *opaque),
+                               void *opaque);
 
 /* Calls fn for each request header, in the order received. */
 void sl_http_req_headers_foreach(const sl_http_req_t *req,

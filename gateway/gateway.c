@@ -1,6 +1,7 @@
 /*
- * The gateway role, see gateway.h: ingest endpoints, writeKey auth, validation, enrichment and
- * production to the events topic; a request is answered once Kafka acknowledged all its events.
+ * The gateway role, see gateway.h: the ingest endpoints, writeKey auth, admission (in-flight
+ * cap, rate limits, suppressed users) and production to the events topic. Parsing and
+ * enrichment live in ingest.c. A request is answered once Kafka acknowledged all its events.
  */
 #include "gateway/gateway.h"
 #include "common/buf.h"
@@ -12,6 +13,7 @@
 #include "common/metrics.h"
 #include "common/timeutil.h"
 #include "common/uuid.h"
+#include "gateway/ingest.h"
 
 #include <json-c/json.h>
 #include <pthread.h>
@@ -24,28 +26,96 @@
 #define GW_HDR_SOURCE_ID   "sluice-source-id"
 #define GW_HDR_RECEIVED_AT "sluice-received-at"
 
+/* The endpoints, for routing and metrics. */
+typedef enum {
+    EP_TRACK,
+    EP_IDENTIFY,
+    EP_PAGE,
+    EP_SCREEN,
+    EP_GROUP,
+    EP_ALIAS,
+    EP_BATCH,
+    EP_IMPORT,
+    EP_WEBHOOK,
+    EP_BEACON,
+    EP_PIXEL_TRACK,
+    EP_PIXEL_PAGE,
+    EP_COUNT
+} endpoint_t;
+
+static const char *const ep_names[EP_COUNT] = {
+    "track", "identify", "page",   "screen", "group",       "alias",
+    "batch", "import",   "webhook", "beacon", "pixel_track", "pixel_page"};
+
+/* Statuses with their own series; any other is counted as "other". */
+static const int statuses[] = {200, 400, 401, 404, 413, 429, 503};
+#define NSTATUS (sizeof(statuses) / sizeof(statuses[0]) + 1)
+
+/* The metric handles of one source, created on first use (a lookup takes the registry lock). */
+typedef struct src_stats {
+    char *source_id;
+    _Atomic(sl_metric_t *) requests[EP_COUNT][NSTATUS];
+    _Atomic(sl_metric_t *) events[EP_COUNT];
+    _Atomic(sl_metric_t *) bytes[EP_COUNT];
+    _Atomic(sl_metric_t *) suppressed;
+    struct src_stats *next;
+} src_stats_t;
+
+/* A fixed-window event counter for rate limits. */
+typedef struct window {
+    char *key;
+    int64_t start_ms, count;
+    struct window *next;
+} window_t;
+
+/* Users whose events are accepted and dropped: "<sourceId or *>\x1f<userId>", sorted. */
+typedef struct suppression {
+    char version[72];
+    char **keys;
+    size_t n;
+} suppression_t;
+
 struct gw_gateway {
     rd_kafka_t *rk;
     char *topic;
     _Atomic(sl_wsconf_t *) ws;
     size_t max_event_size;
+    bool trust_forwarded_for;
     pthread_t poller;
     atomic_bool stop;
-    atomic_long inflight; /* events produced but not yet acknowledged */
+    atomic_long inflight;       /* events produced but not yet acknowledged */
+    atomic_llong inflight_bytes; /* their bytes */
+    long long max_inflight_bytes;
     int64_t ack_timeout_ms;
     pthread_mutex_t rlock; /* requests not yet seen answered by the poller, oldest first */
     struct gw_request *rhead, *rtail;
-    sl_metric_t *m_events, *m_req_ok, *m_req_bad, *m_req_auth, *m_req_unavail, *m_ack_seconds;
+
+    pthread_mutex_t slock; /* per-source metric handles */
+    src_stats_t *stats;
+
+    pthread_mutex_t wlock; /* rate limit windows */
+    int64_t window_ms, workspace_limit, source_limit;
+    window_t *windows;
+
+    pthread_rwlock_t suplock;
+    suppression_t sup;
+
+    sl_metric_t *m_ack_seconds, *m_req_seconds[EP_COUNT], *m_inflight_bytes;
 };
 
 /*
  * One ingest request waiting for Kafka. It is answered once, by whichever comes first: the
  * last acknowledgement (200, or 503 if any event failed) or its deadline (503, by the poller).
- * It is freed when the handler, every delivery report and the poller's list let go of it.
+ * It is freed when the handler, every delivery report and the poller's list let go of it; the
+ * events' bytes (batch.out) are produced without a copy and live as long.
  */
 typedef struct gw_request {
     gw_gateway_t *gw;
     sl_http_req_t *req;
+    endpoint_t ep;
+    src_stats_t *stats;
+    gw_batch_t batch;
+    size_t produced; /* events handed to Kafka */
     atomic_int events_left; /* events not yet settled, plus one held by the handler */
     atomic_int refs;        /* events + handler + the pending list */
     atomic_int err;         /* first delivery error (rd_kafka_resp_err_t), 0 if none */
@@ -54,36 +124,163 @@ typedef struct gw_request {
     struct gw_request *next;
 } gw_request_t;
 
-static const char *const single_types[] = {"track", "identify", "page", "screen", "group", "alias"};
+/* The 1x1 transparent GIF the pixel endpoints answer with. */
+static const unsigned char pixel_gif[] = {
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00,
+    0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b};
+
+static bool is_pixel(endpoint_t ep)
+{
+    return ep == EP_PIXEL_TRACK || ep == EP_PIXEL_PAGE;
+}
+
+/* --- metrics --- */
+
+static src_stats_t *stats_for(gw_gateway_t *gw, const char *source_id)
+{
+    pthread_mutex_lock(&gw->slock);
+    src_stats_t *s;
+    for (s = gw->stats; s; s = s->next)
+        if (strcmp(s->source_id, source_id) == 0)
+            break;
+    if (!s) {
+        s = sl_calloc(1, sizeof(*s));
+        s->source_id = sl_strdup(source_id);
+        s->next = gw->stats;
+        gw->stats = s;
+    }
+    pthread_mutex_unlock(&gw->slock);
+    return s;
+}
+
+static size_t status_slot(int status)
+{
+    for (size_t i = 0; i < NSTATUS - 1; i++)
+        if (statuses[i] == status)
+            return i;
+    return NSTATUS - 1;
+}
+
+static void count_request(gw_gateway_t *gw, src_stats_t *s, endpoint_t ep, int status,
+                          sl_http_req_t *req)
+{
+    size_t slot = status_slot(status);
+    sl_metric_t *m = atomic_load(&s->requests[ep][slot]);
+    if (!m) {
+        char st[8];
+        snprintf(st, sizeof(st), "%d", status);
+        m = sl_metrics_counter("sluice_gateway_requests_total",
+                               "Ingest requests answered, by source, endpoint and status", "source",
+                               s->source_id, "endpoint", ep_names[ep], "status",
+                               slot == NSTATUS - 1 ? "other" : st, NULL);
+        atomic_store(&s->requests[ep][slot], m);
+    }
+    sl_metrics_add(m, 1);
+    m = atomic_load(&s->bytes[ep]);
+    if (!m) {
+        m = sl_metrics_counter("sluice_gateway_request_bytes_total",
+                               "Bytes of ingest request bodies as received, by source and endpoint",
+                               "source", s->source_id, "endpoint", ep_names[ep], NULL);
+        atomic_store(&s->bytes[ep], m);
+    }
+    sl_metrics_add(m, (double)sl_http_req_wire_size(req));
+    sl_metrics_observe(gw->m_req_seconds[ep],
+                       (double)(sl_time_mono_ms() - sl_http_req_start_ms(req)) / 1e3);
+}
+
+static void count_events(src_stats_t *s, endpoint_t ep, size_t n)
+{
+    sl_metric_t *m = atomic_load(&s->events[ep]);
+    if (!m) {
+        m = sl_metrics_counter("sluice_gateway_events_total",
+                               "Events acknowledged by Kafka, by source and endpoint", "source",
+                               s->source_id, "endpoint", ep_names[ep], NULL);
+        atomic_store(&s->events[ep], m);
+    }
+    sl_metrics_add(m, (double)n);
+}
+
+static void count_rejection(const char *reason)
+{
+    /* Rejections are the exception, so the registry lookup is acceptable here. */
+    sl_metrics_add(sl_metrics_counter("sluice_gateway_rejections_total",
+                                      "Ingest requests not accepted, by reason", "reason", reason,
+                                      NULL),
+                   1);
+}
+
+/* --- answers --- */
+
+/* Answers an error: a JSON body naming the problem (a GIF for the pixel endpoints, with the
+ * problem in the X-Sluice-Error header). */
+static void respond_problem(gw_gateway_t *gw, sl_http_req_t *req, endpoint_t ep,
+                            src_stats_t *stats, int status, long index, const char *reason,
+                            const char *msg)
+{
+    count_rejection(reason);
+    if (stats)
+        count_request(gw, stats, ep, status, req);
+    else
+        sl_metrics_observe(gw->m_req_seconds[ep],
+                           (double)(sl_time_mono_ms() - sl_http_req_start_ms(req)) / 1e3);
+    if (is_pixel(ep)) {
+        sl_http_req_add_header(req, "X-Sluice-Error", msg);
+        sl_http_respond(req, status, "image/gif", (const char *)pixel_gif, sizeof(pixel_gif));
+        return;
+    }
+    sl_buf_t b = SL_BUF_INIT;
+    sl_buf_puts(&b, "{\"error\":");
+    sl_buf_json_str(&b, msg, strlen(msg));
+    if (index >= 0)
+        sl_buf_printf(&b, ",\"index\":%ld", index);
+    sl_buf_puts(&b, "}");
+    sl_http_respond(req, status, "application/json", b.data, b.len);
+    sl_buf_free(&b);
+}
+
+static void respond_ok(gw_gateway_t *gw, sl_http_req_t *req, endpoint_t ep, src_stats_t *stats)
+{
+    count_request(gw, stats, ep, 200, req);
+    if (is_pixel(ep))
+        sl_http_respond(req, 200, "image/gif", (const char *)pixel_gif, sizeof(pixel_gif));
+    else
+        sl_http_respond(req, 200, "text/plain", "OK", 2);
+}
 
 /* Answers the request unless it was answered already. Any thread. */
 static void request_answer(gw_request_t *r, bool timed_out)
 {
     if (atomic_exchange(&r->answered, true))
         return;
+    gw_gateway_t *gw = r->gw;
     int err = atomic_load(&r->err);
     if (timed_out || err) {
-        sl_http_req_add_header(r->req, "Retry-After", "5");
+        char msg[256];
         if (timed_out)
-            sl_http_respond_error(r->req, 503,
-                                  "kafka did not acknowledge the events within %lld ms; retry "
-                                  "later",
-                                  (long long)r->gw->ack_timeout_ms);
+            snprintf(msg, sizeof(msg),
+                     "kafka did not acknowledge the events within %lld ms; retry later",
+                     (long long)gw->ack_timeout_ms);
         else
-            sl_http_respond_error(r->req, 503, "could not persist events to kafka: %s; retry later",
-                                  rd_kafka_err2str((rd_kafka_resp_err_t)err));
-        sl_metrics_add(r->gw->m_req_unavail, 1);
+            snprintf(msg, sizeof(msg), "could not persist events to kafka: %s; retry later",
+                     rd_kafka_err2str((rd_kafka_resp_err_t)err));
+        sl_http_req_add_header(r->req, "Retry-After", "5");
+        respond_problem(gw, r->req, r->ep, r->stats, 503, -1,
+                        timed_out ? "kafka_timeout" : "kafka_error", msg);
     } else {
-        sl_http_respond(r->req, 200, "text/plain", "OK", 2);
-        sl_metrics_add(r->gw->m_req_ok, 1);
-        sl_metrics_observe(r->gw->m_ack_seconds, (double)(sl_time_mono_ms() - r->start_ms) / 1e3);
+        count_events(r->stats, r->ep, r->produced);
+        sl_metrics_observe(gw->m_ack_seconds, (double)(sl_time_mono_ms() - r->start_ms) / 1e3);
+        respond_ok(gw, r->req, r->ep, r->stats);
     }
 }
 
 static void request_unref(gw_request_t *r, int n)
 {
-    if (atomic_fetch_sub(&r->refs, n) == n)
+    if (atomic_fetch_sub(&r->refs, n) == n) {
+        atomic_fetch_sub(&r->gw->inflight_bytes, (long long)r->batch.out.len);
+        gw_batch_free(&r->batch);
         free(r);
+    }
 }
 
 /* n events are settled (acknowledged, failed or never produced). */
@@ -122,6 +319,7 @@ static void expire_requests(gw_gateway_t *gw)
         r = next;
     }
     pthread_mutex_unlock(&gw->rlock);
+    sl_metrics_set(gw->m_inflight_bytes, (double)atomic_load(&gw->inflight_bytes));
 }
 
 /* Delivery report: called on the poller thread for every produced event. */
@@ -135,6 +333,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         int expected = 0;
         atomic_compare_exchange_strong(&r->err, &expected, (int)m->err);
         sl_warn("gateway", "kafka did not acknowledge an event: %s", rd_kafka_err2str(m->err));
+        sl_health_set("kafka", false, "kafka did not acknowledge events; see the gateway log");
     } else {
         sl_health_set("kafka", true, NULL);
     }
@@ -151,221 +350,355 @@ static void *poller_main(void *arg)
     return NULL;
 }
 
-/* The event's user identity as text: strings as they are, numbers as printed. */
-static const char *id_text(json_object *ev, const char *field)
-{
-    json_object *v;
-    if (!json_object_object_get_ex(ev, field, &v) || !v)
-        return NULL;
-    if (json_object_is_type(v, json_type_string))
-        return json_object_get_string_len(v) ? json_object_get_string(v) : NULL;
-    if (json_object_is_type(v, json_type_int) || json_object_is_type(v, json_type_double))
-        return json_object_get_string(v);
-    return NULL;
-}
+/* --- admission --- */
 
-static bool has_string(json_object *ev, const char *field)
+/* Counts n events against the fixed window of key; returns 0, or the seconds until the
+ * window ends if the limit would be passed. Caller holds wlock. */
+static int64_t window_take(gw_gateway_t *gw, const char *key, int64_t limit, size_t n,
+                           int64_t now)
 {
-    json_object *v;
-    return json_object_object_get_ex(ev, field, &v) && json_object_is_type(v, json_type_string) &&
-           json_object_get_string_len(v) > 0;
-}
-
-/* Checks one event against the Segment spec. Returns NULL or a message naming the problem. */
-static const char *validate_event(json_object *ev, const char *type)
-{
-    if (!type)
-        return "event has no \"type\"";
-    bool known = false;
-    for (size_t i = 0; i < sizeof(single_types) / sizeof(single_types[0]); i++)
-        known = known || strcmp(type, single_types[i]) == 0;
-    if (!known)
-        return "event \"type\" must be one of track, identify, page, screen, group, alias";
-    if (!id_text(ev, "userId") && !id_text(ev, "anonymousId"))
-        return "event has neither \"userId\" nor \"anonymousId\"";
-    if (strcmp(type, "track") == 0 && !has_string(ev, "event"))
-        return "track event has no \"event\" name";
-    if (strcmp(type, "group") == 0 && !id_text(ev, "groupId"))
-        return "group event has no \"groupId\"";
-    if (strcmp(type, "alias") == 0 && !id_text(ev, "previousId"))
-        return "alias event has no \"previousId\"";
-    return NULL;
-}
-
-/* Adds the fields the gateway owns: type, messageId, receivedAt, request_ip, context.ip and
- * rudderId (written into rudder_id, the partition key). */
-static void enrich_event(json_object *ev, const char *type, const char *received_at, const char *ip,
-                         char rudder_id[SL_UUID_STRLEN])
-{
-    json_object_object_add(ev, "type", json_object_new_string(type));
-    if (!has_string(ev, "messageId")) {
-        char id[SL_UUID_STRLEN];
-        sl_uuid_v4(id);
-        json_object_object_add(ev, "messageId", json_object_new_string(id));
+    window_t *w;
+    for (w = gw->windows; w; w = w->next)
+        if (strcmp(w->key, key) == 0)
+            break;
+    if (!w) {
+        w = sl_calloc(1, sizeof(*w));
+        w->key = sl_strdup(key);
+        w->start_ms = now;
+        w->next = gw->windows;
+        gw->windows = w;
     }
-    json_object_object_add(ev, "receivedAt", json_object_new_string(received_at));
-    if (ip) {
-        json_object_object_add(ev, "request_ip", json_object_new_string(ip));
-        json_object *ctx;
-        if (!json_object_object_get_ex(ev, "context", &ctx) ||
-            !json_object_is_type(ctx, json_type_object)) {
-            ctx = json_object_new_object();
-            json_object_object_add(ev, "context", ctx);
+    if (now - w->start_ms >= gw->window_ms) {
+        w->start_ms = now - (now - w->start_ms) % gw->window_ms;
+        w->count = 0;
+    }
+    if (w->count + (int64_t)n > limit)
+        return (w->start_ms + gw->window_ms - now + 999) / 1000;
+    return 0;
+}
+
+static void window_add(gw_gateway_t *gw, const char *key, size_t n)
+{
+    for (window_t *w = gw->windows; w; w = w->next)
+        if (strcmp(w->key, key) == 0)
+            w->count += (int64_t)n;
+}
+
+/* Applies the workspace and per-source limits to n events. Returns 0 (the events are
+ * counted), or the seconds a client should wait. */
+static int64_t rate_limit(gw_gateway_t *gw, const sl_workspace_t *ws, const sl_source_t *src,
+                          size_t n)
+{
+    if ((!gw->workspace_limit && !gw->source_limit) || !n)
+        return 0;
+    int64_t now = sl_time_mono_ms(), wait = 0;
+    char skey[256];
+    snprintf(skey, sizeof(skey), "source:%s", src->id);
+    const char *wkey = sl_workspace_id(ws);
+    char wbuf[256];
+    snprintf(wbuf, sizeof(wbuf), "workspace:%s", wkey ? wkey : "");
+    pthread_mutex_lock(&gw->wlock);
+    if (gw->workspace_limit)
+        wait = window_take(gw, wbuf, gw->workspace_limit, n, now);
+    if (!wait && gw->source_limit)
+        wait = window_take(gw, skey, gw->source_limit, n, now);
+    if (!wait) {
+        if (gw->workspace_limit)
+            window_add(gw, wbuf, n);
+        if (gw->source_limit)
+            window_add(gw, skey, n);
+    }
+    pthread_mutex_unlock(&gw->wlock);
+    return wait;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void suppression_clear(suppression_t *s)
+{
+    for (size_t i = 0; i < s->n; i++)
+        free(s->keys[i]);
+    free(s->keys);
+    s->keys = NULL;
+    s->n = 0;
+}
+
+/* Rebuilds the suppressed-user set from the config's "suppressedUsers" list:
+ * [{"userId": "u1"}, {"userId": "u2", "sourceIds": ["src1"]}]. Caller holds suplock (write). */
+static void suppression_load(suppression_t *s, const sl_workspace_t *ws)
+{
+    suppression_clear(s);
+    snprintf(s->version, sizeof(s->version), "%s", sl_workspace_version(ws));
+    json_object *list;
+    if (!json_object_object_get_ex(sl_workspace_json(ws), "suppressedUsers", &list) ||
+        !json_object_is_type(list, json_type_array))
+        return;
+    size_t cap = 0;
+    for (size_t i = 0; i < json_object_array_length(list); i++) {
+        json_object *u = json_object_array_get_idx(list, i), *uid, *srcs;
+        if (!json_object_object_get_ex(u, "userId", &uid) || !json_object_get_string_len(uid))
+            continue;
+        const char *user = json_object_get_string(uid);
+        bool per_source = json_object_object_get_ex(u, "sourceIds", &srcs) &&
+                          json_object_is_type(srcs, json_type_array) &&
+                          json_object_array_length(srcs) > 0;
+        size_t nsrc = per_source ? json_object_array_length(srcs) : 1;
+        for (size_t j = 0; j < nsrc; j++) {
+            const char *sid = per_source ? json_object_get_string(json_object_array_get_idx(srcs, j))
+                                         : "*";
+            if (s->n == cap) {
+                cap = cap ? cap * 2 : 16;
+                s->keys = sl_realloc(s->keys, cap * sizeof(char *));
+            }
+            size_t len = strlen(sid) + 1 + strlen(user) + 1;
+            s->keys[s->n] = sl_malloc(len);
+            snprintf(s->keys[s->n], len, "%s\x1f%s", sid, user);
+            s->n++;
         }
-        if (!json_object_object_get_ex(ctx, "ip", NULL))
-            json_object_object_add(ctx, "ip", json_object_new_string(ip));
     }
-    /* RudderStack derives rudderId from userId + anonymousId; it keys the user's partition. */
-    const char *uid = id_text(ev, "userId"), *aid = id_text(ev, "anonymousId");
-    char key[1024];
-    int n = snprintf(key, sizeof(key), "%s%s", uid ? uid : "", aid ? aid : "");
+    qsort(s->keys, s->n, sizeof(char *), cmp_str);
+}
+
+static bool suppressed_key(const suppression_t *s, const char *sid, const char *user, size_t ulen)
+{
+    char key[1400];
+    int n = snprintf(key, sizeof(key), "%s\x1f%.*s", sid, (int)ulen, user);
     if (n < 0 || n >= (int)sizeof(key))
-        n = (int)sizeof(key) - 1;
-    sl_uuid_md5(key, (size_t)n, rudder_id);
-    json_object_object_add(ev, "rudderId", json_object_new_string(rudder_id));
+        return false;
+    const char *k = key;
+    return bsearch(&k, s->keys, s->n, sizeof(char *), cmp_str) != NULL;
 }
 
-static void respond_invalid(sl_http_req_t *req, int status, long index, const char *msg)
+/* Drops the events of suppressed users from b (they are answered 200 and counted). Returns
+ * the number dropped. */
+static size_t suppress(gw_gateway_t *gw, const sl_workspace_t *ws, const sl_source_t *src,
+                       gw_batch_t *b)
 {
-    sl_buf_t b = SL_BUF_INIT;
-    sl_buf_puts(&b, "{\"error\":");
-    sl_buf_json_str(&b, msg, strlen(msg));
-    if (index >= 0)
-        sl_buf_printf(&b, ",\"index\":%ld", index);
-    sl_buf_puts(&b, "}");
-    sl_http_respond(req, status, "application/json", b.data, b.len);
-    sl_buf_free(&b);
+    pthread_rwlock_rdlock(&gw->suplock);
+    if (strcmp(gw->sup.version, sl_workspace_version(ws)) != 0) {
+        pthread_rwlock_unlock(&gw->suplock);
+        pthread_rwlock_wrlock(&gw->suplock);
+        if (strcmp(gw->sup.version, sl_workspace_version(ws)) != 0)
+            suppression_load(&gw->sup, ws);
+    }
+    size_t kept = 0;
+    if (gw->sup.n) {
+        for (size_t i = 0; i < b->n; i++) {
+            const gw_event_t *e = &b->events[i];
+            const char *user = b->ids.data ? b->ids.data + e->user_off : "";
+            bool drop = e->user_len && (suppressed_key(&gw->sup, "*", user, e->user_len) ||
+                                        suppressed_key(&gw->sup, src->id, user, e->user_len));
+            if (!drop)
+                b->events[kept++] = *e;
+        }
+    } else {
+        kept = b->n;
+    }
+    pthread_rwlock_unlock(&gw->suplock);
+    size_t dropped = b->n - kept;
+    b->n = kept;
+    return dropped;
 }
 
-static const char *client_ip(sl_http_req_t *req)
+/* --- the handler --- */
+
+typedef struct params {
+    const char **names, **values;
+    size_t n, cap;
+} params_t;
+
+static void collect_param(const char *name, const char *value, void *opaque)
 {
-    return sl_http_req_peer(req);
+    params_t *p = opaque;
+    if (p->n == p->cap) {
+        p->cap = p->cap ? p->cap * 2 : 16;
+        p->names = sl_realloc(p->names, p->cap * sizeof(char *));
+        p->values = sl_realloc(p->values, p->cap * sizeof(char *));
+    }
+    p->names[p->n] = name;
+    p->values[p->n] = value;
+    p->n++;
 }
 
-/* POST /v1/<type> and /v1/batch. opaque is the gateway. */
+/* The query string as a JSON object (see gw_params_to_json), writeKey left out. */
+static void query_json(sl_http_req_t *req, sl_buf_t *out)
+{
+    params_t p = {0};
+    static const char *const skip[] = {"writeKey", NULL};
+    sl_http_req_query_foreach(req, collect_param, &p);
+    gw_params_to_json(p.names, p.values, p.n, skip, out);
+    free(p.names);
+    free(p.values);
+}
+
+/* The event name of webhook sources: the source config's "event" (or "eventName"). */
+static const char *webhook_event_name(const sl_source_t *src)
+{
+    json_object *cfg, *v;
+    if (json_object_object_get_ex(src->json, "config", &cfg) &&
+        json_object_is_type(cfg, json_type_object)) {
+        if (json_object_object_get_ex(cfg, "event", &v) && json_object_get_string_len(v))
+            return json_object_get_string(v);
+        if (json_object_object_get_ex(cfg, "eventName", &v) && json_object_get_string_len(v))
+            return json_object_get_string(v);
+    }
+    return "webhook_source_event";
+}
+
+static endpoint_t endpoint_of(const char *path)
+{
+    if (strncmp(path, "/pixel/v1/", 10) == 0)
+        return strcmp(path + 10, "page") == 0 ? EP_PIXEL_PAGE : EP_PIXEL_TRACK;
+    if (strncmp(path, "/beacon/", 8) == 0)
+        return EP_BEACON;
+    const char *name = strrchr(path, '/') + 1;
+    for (int i = 0; i < EP_COUNT; i++)
+        if (strcmp(name, ep_names[i]) == 0)
+            return (endpoint_t)i;
+    return EP_BATCH;
+}
+
 static sl_http_result_t handle_ingest(sl_http_req_t *req, void *opaque)
 {
     gw_gateway_t *gw = opaque;
-    const char *path = sl_http_req_path(req);
-    const char *endpoint = strrchr(path, '/') + 1;
-    bool batch = strcmp(endpoint, "batch") == 0;
+    endpoint_t ep = endpoint_of(sl_http_req_path(req));
     sl_workspace_t *ws = NULL;
-    json_object *root = NULL;
-    json_tokener *tok = NULL;
-    sl_http_result_t result = SL_HTTP_DONE;
+    gw_request_t *r = NULL;
+    src_stats_t *stats = NULL;
+    char msg[320];
 
+    /* The writeKey: Basic auth, or ?writeKey= where browsers and webhooks can't set headers. */
     const char *write_key = sl_http_req_basic_user(req);
+    if ((!write_key || !*write_key) && (ep >= EP_WEBHOOK))
+        write_key = sl_http_req_query(req, "writeKey");
     if (!write_key || !*write_key) {
         sl_http_req_add_header(req, "WWW-Authenticate", "Basic realm=\"sluice\"");
-        sl_http_respond_error(req, 401,
-                              "no write key: send the source's writeKey as the HTTP Basic "
-                              "username with an empty password");
-        sl_metrics_add(gw->m_req_auth, 1);
-        goto out;
+        respond_problem(gw, req, ep, NULL, 401, -1, "no_write_key",
+                        "no write key: send the source's writeKey as the HTTP Basic username "
+                        "with an empty password");
+        return SL_HTTP_DONE;
     }
     sl_wsconf_t *wsc = atomic_load(&gw->ws);
     if (!wsc) {
         sl_http_req_add_header(req, "Retry-After", "5");
-        sl_http_respond_error(req, 503, "workspace config is not loaded yet; see /health");
-        sl_metrics_add(gw->m_req_unavail, 1);
-        goto out;
+        respond_problem(gw, req, ep, NULL, 503, -1, "not_ready",
+                        "workspace config is not loaded yet; see /health");
+        return SL_HTTP_DONE;
     }
     ws = sl_wsconf_get(wsc);
     const sl_source_t *src = sl_workspace_source_by_write_key(ws, write_key);
     if (!src) {
-        sl_http_respond_error(req, 401, "invalid write key");
-        sl_metrics_add(gw->m_req_auth, 1);
+        respond_problem(gw, req, ep, NULL, 401, -1, "invalid_write_key", "invalid write key");
         goto out;
     }
+    stats = stats_for(gw, src->id);
     if (!src->enabled) {
-        sl_http_respond_error(req, 404, "source is disabled");
-        sl_metrics_add(gw->m_req_bad, 1);
+        respond_problem(gw, req, ep, stats, 404, -1, "source_disabled", "source is disabled");
+        goto out;
+    }
+    if (atomic_load(&gw->inflight_bytes) > gw->max_inflight_bytes) {
+        snprintf(msg, sizeof(msg),
+                 "the gateway holds its limit of %lld bytes of events waiting for kafka; retry "
+                 "later",
+                 gw->max_inflight_bytes);
+        sl_http_req_add_header(req, "Retry-After", "1");
+        respond_problem(gw, req, ep, stats, 503, -1, "over_capacity", msg);
         goto out;
     }
 
+    /* Parse and enrich. */
+    char received_at[SL_TIME_STRLEN], ipbuf[64];
+    sl_time_format_ms(sl_time_now_ms(), received_at);
+    gw_ingest_ctx_t ctx = {
+        .received_at = received_at,
+        .ip = gw_client_ip(sl_http_req_header(req, "X-Forwarded-For"), sl_http_req_peer(req),
+                           gw->trust_forwarded_for, ipbuf, sizeof(ipbuf)),
+        .max_event_size = gw->max_event_size,
+    };
+    r = sl_calloc(1, sizeof(*r));
+    gw_batch_init(&r->batch);
     size_t len;
     const char *body = sl_http_req_body(req, &len);
-    tok = json_tokener_new();
-    root = json_tokener_parse_ex(tok, body, (int)len);
-    enum json_tokener_error jerr = json_tokener_get_error(tok);
-    if (jerr != json_tokener_success || !root || json_tokener_get_parse_end(tok) < len) {
-        char msg[256];
-        snprintf(msg, sizeof(msg), "invalid JSON at byte %zu: %s", json_tokener_get_parse_end(tok),
-                 jerr == json_tokener_success ? "unexpected data after the value"
-                                              : json_tokener_error_desc(jerr));
-        respond_invalid(req, 400, -1, msg);
-        sl_metrics_add(gw->m_req_bad, 1);
+    int st;
+    switch (ep) {
+    case EP_BATCH:
+    case EP_IMPORT:
+    case EP_BEACON:
+        st = gw_ingest_batch(&r->batch, body, len, &ctx);
+        break;
+    case EP_WEBHOOK:
+        if (strcmp(sl_http_req_method(req), "GET") == 0) {
+            sl_buf_t q = SL_BUF_INIT;
+            query_json(req, &q);
+            st = gw_ingest_webhook(&r->batch, q.data, q.len, webhook_event_name(src), &ctx);
+            sl_buf_free(&q);
+        } else {
+            st = gw_ingest_webhook(&r->batch, body, len, webhook_event_name(src), &ctx);
+        }
+        break;
+    case EP_PIXEL_TRACK:
+    case EP_PIXEL_PAGE: {
+        sl_buf_t q = SL_BUF_INIT;
+        query_json(req, &q);
+        st = gw_ingest_single(&r->batch, q.data, q.len, ep == EP_PIXEL_PAGE ? "page" : "track",
+                              &ctx);
+        sl_buf_free(&q);
+        break;
+    }
+    default:
+        st = gw_ingest_single(&r->batch, body, len, ep_names[ep], &ctx);
+        break;
+    }
+    if (st) {
+        respond_problem(gw, req, ep, stats, st, r->batch.index, r->batch.reason, r->batch.error);
         goto out;
     }
-    if (!json_object_is_type(root, json_type_object)) {
-        respond_invalid(req, 400, -1, "request body must be a JSON object");
-        sl_metrics_add(gw->m_req_bad, 1);
+
+    size_t dropped = suppress(gw, ws, src, &r->batch);
+    if (dropped) {
+        sl_metric_t *m = atomic_load(&stats->suppressed);
+        if (!m) {
+            m = sl_metrics_counter("sluice_gateway_suppressed_events_total",
+                                   "Events of suppressed users, accepted and dropped", "source",
+                                   src->id, NULL);
+            atomic_store(&stats->suppressed, m);
+        }
+        sl_metrics_add(m, (double)dropped);
+    }
+    int64_t wait = rate_limit(gw, ws, src, r->batch.n);
+    if (wait) {
+        char ra[24];
+        snprintf(ra, sizeof(ra), "%lld", (long long)wait);
+        sl_http_req_add_header(req, "Retry-After", ra);
+        snprintf(msg, sizeof(msg),
+                 "rate limit exceeded: the %s allows %lld events per %lld s; retry in %lld s",
+                 gw->workspace_limit && gw->source_limit ? "workspace or source"
+                 : gw->workspace_limit                   ? "workspace"
+                                                         : "source",
+                 (long long)(gw->workspace_limit ? gw->workspace_limit : gw->source_limit),
+                 (long long)(gw->window_ms / 1000), (long long)wait);
+        respond_problem(gw, req, ep, stats, 429, -1, "rate_limited", msg);
+        goto out;
+    }
+    if (r->batch.n == 0) { /* every event was suppressed */
+        respond_ok(gw, req, ep, stats);
         goto out;
     }
 
-    json_object *events = NULL;
-    size_t n = 1;
-    if (batch) {
-        if (!json_object_object_get_ex(root, "batch", &events) ||
-            !json_object_is_type(events, json_type_array)) {
-            respond_invalid(req, 400, -1, "request body must have a \"batch\" array");
-            sl_metrics_add(gw->m_req_bad, 1);
-            goto out;
-        }
-        n = json_object_array_length(events);
-        if (n == 0) {
-            respond_invalid(req, 400, -1, "\"batch\" is empty");
-            sl_metrics_add(gw->m_req_bad, 1);
-            goto out;
-        }
-    }
-
-    /* Validate every event before producing any, so a rejected request writes nothing. */
-    char received_at[SL_TIME_STRLEN];
-    sl_time_format_ms(sl_time_now_ms(), received_at);
-    const char *ip = client_ip(req);
-    char(*keys)[SL_UUID_STRLEN] = sl_malloc(n * SL_UUID_STRLEN);
-    const char **texts = sl_malloc(n * sizeof(*texts));
-    size_t *lens = sl_malloc(n * sizeof(*lens));
-    for (size_t i = 0; i < n; i++) {
-        json_object *ev = batch ? json_object_array_get_idx(events, i) : root;
-        long index = batch ? (long)i : -1;
-        if (!json_object_is_type(ev, json_type_object)) {
-            respond_invalid(req, 400, index, "event must be a JSON object");
-            goto invalid;
-        }
-        json_object *t;
-        const char *type = batch ? (json_object_object_get_ex(ev, "type", &t) &&
-                                            json_object_is_type(t, json_type_string)
-                                        ? json_object_get_string(t)
-                                        : NULL)
-                                 : endpoint;
-        const char *problem = validate_event(ev, type);
-        if (problem) {
-            respond_invalid(req, 400, index, problem);
-            goto invalid;
-        }
-        char type_copy[16];
-        snprintf(type_copy, sizeof(type_copy), "%s", type);
-        enrich_event(ev, type_copy, received_at, ip, keys[i]);
-        texts[i] = json_object_to_json_string_ext(ev, JSON_C_TO_STRING_PLAIN);
-        lens[i] = strlen(texts[i]);
-        if (lens[i] > gw->max_event_size) {
-            char msg[160];
-            snprintf(msg, sizeof(msg), "event is %zu bytes, over the limit of %zu bytes", lens[i],
-                     gw->max_event_size);
-            respond_invalid(req, 413, index, msg);
-            goto invalid;
-        }
-    }
-
-    gw_request_t *r = sl_calloc(1, sizeof(*r));
+    /* Produce every event; the request is answered from the delivery reports. */
+    size_t n = r->batch.n;
     r->gw = gw;
     r->req = req;
+    r->ep = ep;
+    r->stats = stats;
     r->start_ms = sl_time_mono_ms();
     r->deadline_ms = r->start_ms + gw->ack_timeout_ms;
     atomic_init(&r->events_left, (int)n + 1);
     atomic_init(&r->refs, (int)n + 2);
+    atomic_fetch_add(&gw->inflight_bytes, (long long)r->batch.out.len);
     pthread_mutex_lock(&gw->rlock);
     if (gw->rtail)
         gw->rtail->next = r;
@@ -374,40 +707,37 @@ static sl_http_result_t handle_ingest(sl_http_req_t *req, void *opaque)
     gw->rtail = r;
     pthread_mutex_unlock(&gw->rlock);
     for (size_t i = 0; i < n; i++) {
+        const gw_event_t *e = &r->batch.events[i];
         rd_kafka_resp_err_t err = rd_kafka_producev(
-            gw->rk, RD_KAFKA_V_TOPIC(gw->topic), RD_KAFKA_V_KEY(keys[i], SL_UUID_STRLEN - 1),
-            RD_KAFKA_V_VALUE((void *)texts[i], lens[i]), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            gw->rk, RD_KAFKA_V_TOPIC(gw->topic), RD_KAFKA_V_KEY(e->rudder_id, SL_UUID_STRLEN - 1),
+            RD_KAFKA_V_VALUE(r->batch.out.data + e->off, e->len),
             RD_KAFKA_V_HEADER(GW_HDR_SOURCE_ID, src->id, -1),
             RD_KAFKA_V_HEADER(GW_HDR_RECEIVED_AT, received_at, -1), RD_KAFKA_V_OPAQUE(r),
             RD_KAFKA_V_END);
         if (err) {
             int expected = 0;
             atomic_compare_exchange_strong(&r->err, &expected, (int)err);
-            request_settle(r, (int)(n - i));
             sl_warn("gateway", "could not produce to kafka: %s", rd_kafka_err2str(err));
+            request_settle(r, (int)(n - i));
             break;
         }
+        r->produced++;
         atomic_fetch_add(&gw->inflight, 1);
     }
-    sl_metrics_add(gw->m_events, (double)n);
-    result = SL_HTTP_ASYNC;
     request_settle(r, 1); /* the handler's hold: answers now if every event is settled */
-    goto done;
-
-invalid:
-    sl_metrics_add(gw->m_req_bad, 1);
-done:
-    free(keys);
-    free(texts);
-    free(lens);
-out:
-    if (root)
-        json_object_put(root);
-    if (tok)
-        json_tokener_free(tok);
+    r = NULL;
     if (ws)
         sl_workspace_unref(ws);
-    return result;
+    return SL_HTTP_ASYNC;
+
+out:
+    if (r) {
+        gw_batch_free(&r->batch);
+        free(r);
+    }
+    if (ws)
+        sl_workspace_unref(ws);
+    return SL_HTTP_DONE;
 }
 
 gw_gateway_t *gw_gateway_new(const sl_conf_t *conf, sl_wsconf_t *ws, sl_http_server_t *srv,
@@ -417,14 +747,22 @@ gw_gateway_t *gw_gateway_new(const sl_conf_t *conf, sl_wsconf_t *ws, sl_http_ser
     atomic_init(&gw->ws, ws);
     gw->max_event_size = (size_t)sl_conf_size(conf, "gateway.max_event_size");
     gw->ack_timeout_ms = sl_conf_duration_ms(conf, "gateway.ack_timeout");
+    gw->trust_forwarded_for = sl_conf_bool(conf, "gateway.trust_forwarded_for");
+    gw->max_inflight_bytes = sl_conf_size(conf, "gateway.max_inflight_size");
+    gw->window_ms = sl_conf_duration_ms(conf, "gateway.rate_limit_window");
+    gw->workspace_limit = sl_conf_int(conf, "gateway.workspace_rate_limit");
+    gw->source_limit = sl_conf_int(conf, "gateway.source_rate_limit");
     pthread_mutex_init(&gw->rlock, NULL);
+    pthread_mutex_init(&gw->slock, NULL);
+    pthread_mutex_init(&gw->wlock, NULL);
+    pthread_rwlock_init(&gw->suplock, NULL);
     gw->topic = sl_kafka_topic(conf, SL_TOPIC_EVENTS);
 
     rd_kafka_conf_t *kconf = sl_kafka_conf_new(conf, SL_KAFKA_PRODUCER, NULL, errstr, errstr_size);
     if (!kconf)
         goto fail;
     char ms[32];
-    snprintf(ms, sizeof(ms), "%lld", (long long)sl_conf_duration_ms(conf, "gateway.ack_timeout"));
+    snprintf(ms, sizeof(ms), "%lld", (long long)gw->ack_timeout_ms);
     /* The bound on how long a client waits before a 503: librdkafka fails the message then. */
     if (rd_kafka_conf_set(kconf, "message.timeout.ms", ms, errstr, errstr_size) !=
         RD_KAFKA_CONF_OK) {
@@ -439,27 +777,32 @@ gw_gateway_t *gw_gateway_new(const sl_conf_t *conf, sl_wsconf_t *ws, sl_http_ser
         goto fail;
     }
 
-    gw->m_events = sl_metrics_counter("sluice_gateway_events_total",
-                                      "Events accepted for production to Kafka", NULL);
-    const char *help = "Ingest requests answered, by status class";
-    gw->m_req_ok = sl_metrics_counter("sluice_gateway_requests_total", help, "status", "200", NULL);
-    gw->m_req_bad =
-        sl_metrics_counter("sluice_gateway_requests_total", help, "status", "4xx", NULL);
-    gw->m_req_auth =
-        sl_metrics_counter("sluice_gateway_requests_total", help, "status", "401", NULL);
-    gw->m_req_unavail =
-        sl_metrics_counter("sluice_gateway_requests_total", help, "status", "503", NULL);
     gw->m_ack_seconds = sl_metrics_histogram(
         "sluice_gateway_kafka_ack_seconds",
         "Time from a request's first produce to Kafka's acknowledgement of all its events", NULL, 0,
         NULL);
+    for (int i = 0; i < EP_COUNT; i++)
+        gw->m_req_seconds[i] = sl_metrics_histogram(
+            "sluice_gateway_request_seconds",
+            "Time from a request's arrival to its answer, by endpoint", NULL, 0, "endpoint",
+            ep_names[i], NULL);
+    gw->m_inflight_bytes =
+        sl_metrics_gauge("sluice_gateway_inflight_bytes",
+                         "Bytes of events produced and not yet acknowledged by Kafka", NULL);
 
-    for (size_t i = 0; i < sizeof(single_types) / sizeof(single_types[0]); i++) {
+    for (int i = EP_TRACK; i <= EP_ALIAS; i++) {
         char path[32];
-        snprintf(path, sizeof(path), "/v1/%s", single_types[i]);
+        snprintf(path, sizeof(path), "/v1/%s", ep_names[i]);
         sl_http_route(srv, "POST", path, handle_ingest, gw);
     }
     sl_http_route(srv, "POST", "/v1/batch", handle_ingest, gw);
+    sl_http_route_max_body(srv, "POST", "/v1/import", handle_ingest, gw,
+                           (size_t)sl_conf_size(conf, "gateway.max_import_size"));
+    sl_http_route(srv, "POST", "/v1/webhook", handle_ingest, gw);
+    sl_http_route(srv, "GET", "/v1/webhook", handle_ingest, gw);
+    sl_http_route(srv, "POST", "/beacon/v1/batch", handle_ingest, gw);
+    sl_http_route(srv, "GET", "/pixel/v1/track", handle_ingest, gw);
+    sl_http_route(srv, "GET", "/pixel/v1/page", handle_ingest, gw);
 
     if (pthread_create(&gw->poller, NULL, poller_main, gw) != 0) {
         sl_err_set(errstr, errstr_size, SL_ERR_FATAL, "could not start the kafka poller thread");
@@ -497,6 +840,22 @@ void gw_gateway_destroy(gw_gateway_t *gw)
     rd_kafka_destroy(gw->rk); /* serves the last delivery reports */
     expire_requests(gw);
     pthread_mutex_destroy(&gw->rlock);
+    pthread_mutex_destroy(&gw->slock);
+    pthread_mutex_destroy(&gw->wlock);
+    pthread_rwlock_destroy(&gw->suplock);
+    suppression_clear(&gw->sup);
+    while (gw->stats) {
+        src_stats_t *s = gw->stats;
+        gw->stats = s->next;
+        free(s->source_id);
+        free(s);
+    }
+    while (gw->windows) {
+        window_t *w = gw->windows;
+        gw->windows = w->next;
+        free(w->key);
+        free(w);
+    }
     free(gw->topic);
     free(gw);
 }

@@ -1,0 +1,491 @@
+/*
+ * Strict JSON scanner, see json_scan.h. Recursive descent bounded by GW_JSON_MAX_DEPTH; the
+ * member and element iterators trust a document the scanner accepted.
+ */
+#include "gateway/json_scan.h"
+
+#include <stdint.h>
+#include <string.h>
+
+typedef struct scanner {
+    const char *start, *p, *end;
+    gw_json_error_t *err;
+} scanner_t;
+
+static bool fail(scanner_t *s, const char *at, const char *msg)
+{
+    if (s->err) {
+        s->err->offset = (size_t)(at - s->start);
+        s->err->msg = msg;
+    }
+    return false;
+}
+
+static inline bool is_ws(char c)
+{
+    return c == ' ' || c == '\n' || c == '\r' || c == '\t';
+}
+
+static inline const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && is_ws(*p))
+        p++;
+    return p;
+}
+
+/* Checks one UTF-8 sequence at p (first byte >= 0x80). Returns its length or 0. */
+static size_t utf8_seq(const unsigned char *p, const unsigned char *end)
+{
+    unsigned c = p[0];
+    size_t n;
+    unsigned min;
+    uint32_t cp;
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2, cp = c & 0x1F, min = 0x80;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3, cp = c & 0x0F, min = 0x800;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4, cp = c & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    if ((size_t)(end - p) < n)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return n;
+}
+
+static inline int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static bool read_hex4(const char *p, const char *end, uint32_t *out)
+{
+    if (end - p < 4)
+        return false;
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        int h = hexval(p[i]);
+        if (h < 0)
+            return false;
+        v = (v << 4) | (uint32_t)h;
+    }
+    *out = v;
+    return true;
+}
+
+/* s->p is at the opening quote. */
+static bool scan_string(scanner_t *s)
+{
+    const char *p = s->p + 1, *end = s->end;
+    for (;;) {
+        /* The common case: plain ASCII. */
+        while (p < end) {
+            unsigned char c = (unsigned char)*p;
+            if (c < 0x20 || c == '"' || c == '\\' || c >= 0x80)
+                break;
+            p++;
+        }
+        if (p >= end)
+            return fail(s, s->p, "unterminated string");
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') {
+            s->p = p + 1;
+            return true;
+        }
+        if (c < 0x20)
+            return fail(s, p, "control character in string (escape it)");
+        if (c >= 0x80) {
+            size_t n = utf8_seq((const unsigned char *)p, (const unsigned char *)end);
+            if (!n)
+                return fail(s, p, "invalid UTF-8 in string");
+            p += n;
+            continue;
+        }
+        /* Backslash. */
+        if (p + 1 >= end)
+            return fail(s, s->p, "unterminated string");
+        switch (p[1]) {
+        case '"':
+        case '\\':
+        case '/':
+        case 'b':
+        case 'f':
+        case 'n':
+        case 'r':
+        case 't':
+            p += 2;
+            break;
+        case 'u': {
+            uint32_t cp;
+            if (!read_hex4(p + 2, end, &cp))
+                return fail(s, p, "invalid \\u escape in string");
+            p += 6;
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                uint32_t lo;
+                if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || !read_hex4(p + 2, end, &lo) ||
+                    lo < 0xDC00 || lo > 0xDFFF)
+                    return fail(s, p - 6, "unpaired UTF-16 surrogate in string");
+                p += 6;
+            } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+                return fail(s, p - 6, "unpaired UTF-16 surrogate in string");
+            }
+            break;
+        }
+        default:
+            return fail(s, p, "invalid escape in string");
+        }
+    }
+}
+
+static bool scan_number(scanner_t *s)
+{
+    const char *p = s->p, *end = s->end, *start = p;
+    if (p < end && *p == '-')
+        p++;
+    if (p >= end)
+        return fail(s, start, "invalid number");
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    } else {
+        return fail(s, start, "invalid number");
+    }
+    if (p < end && *p == '.') {
+        p++;
+        if (p >= end || *p < '0' || *p > '9')
+            return fail(s, start, "invalid number");
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        if (p >= end || *p < '0' || *p > '9')
+            return fail(s, start, "invalid number");
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    s->p = p;
+    return true;
+}
+
+static bool scan_literal(scanner_t *s, const char *word, size_t n)
+{
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, word, n) != 0)
+        return fail(s, s->p, "invalid literal (expected a JSON value)");
+    s->p += n;
+    return true;
+}
+
+static bool scan_value(scanner_t *s, int depth, gw_json_type_t *type);
+
+static bool scan_container(scanner_t *s, int depth, bool object)
+{
+    if (depth > GW_JSON_MAX_DEPTH)
+        return fail(s, s->p, "nesting is too deep");
+    const char close = object ? '}' : ']';
+    s->p = skip_ws(s->p + 1, s->end);
+    if (s->p < s->end && *s->p == close) {
+        s->p++;
+        return true;
+    }
+    for (;;) {
+        gw_json_type_t t;
+        if (object) {
+            if (s->p >= s->end || *s->p != '"')
+                return fail(s, s->p, s->p >= s->end ? "unexpected end of input"
+                                                    : "expected a string key in object");
+            if (!scan_string(s))
+                return false;
+            s->p = skip_ws(s->p, s->end);
+            if (s->p >= s->end || *s->p != ':')
+                return fail(s, s->p, "expected ':' after object key");
+            s->p = skip_ws(s->p + 1, s->end);
+        }
+        if (!scan_value(s, depth + 1, &t))
+            return false;
+        s->p = skip_ws(s->p, s->end);
+        if (s->p >= s->end)
+            return fail(s, s->p, "unexpected end of input");
+        if (*s->p == close) {
+            s->p++;
+            return true;
+        }
+        if (*s->p != ',')
+            return fail(s, s->p, object ? "expected ',' or '}' in object"
+                                        : "expected ',' or ']' in array");
+        s->p = skip_ws(s->p + 1, s->end);
+    }
+}
+
+/* s->p is at the value's first byte (whitespace skipped). */
+static bool scan_value(scanner_t *s, int depth, gw_json_type_t *type)
+{
+    if (s->p >= s->end)
+        return fail(s, s->p, "unexpected end of input");
+    switch (*s->p) {
+    case '{':
+        *type = GW_JSON_OBJECT;
+        return scan_container(s, depth, true);
+    case '[':
+        *type = GW_JSON_ARRAY;
+        return scan_container(s, depth, false);
+    case '"':
+        *type = GW_JSON_STRING;
+        return scan_string(s);
+    case 't':
+        *type = GW_JSON_TRUE;
+        return scan_literal(s, "true", 4);
+    case 'f':
+        *type = GW_JSON_FALSE;
+        return scan_literal(s, "false", 5);
+    case 'n':
+        *type = GW_JSON_NULL;
+        return scan_literal(s, "null", 4);
+    default:
+        if (*s->p == '-' || (*s->p >= '0' && *s->p <= '9')) {
+            *type = GW_JSON_NUMBER;
+            return scan_number(s);
+        }
+        return fail(s, s->p, "unexpected character (expected a JSON value)");
+    }
+}
+
+bool gw_json_scan_document(const char *buf, size_t len, gw_json_span_t *value, gw_json_error_t *err)
+{
+    scanner_t s = {buf, buf, buf + len, err};
+    s.p = skip_ws(s.p, s.end);
+    const char *start = s.p;
+    gw_json_type_t type = GW_JSON_INVALID;
+    if (s.p >= s.end)
+        return fail(&s, s.p, "empty body (expected a JSON value)");
+    if (!scan_value(&s, 1, &type))
+        return false;
+    const char *vend = s.p;
+    s.p = skip_ws(s.p, s.end);
+    if (s.p != s.end)
+        return fail(&s, s.p, "unexpected data after the JSON value");
+    if (value) {
+        value->p = start;
+        value->len = (size_t)(vend - start);
+        value->type = type;
+    }
+    return true;
+}
+
+/* --- iteration over accepted documents --- */
+
+static gw_json_type_t type_of(char c)
+{
+    switch (c) {
+    case '{':
+        return GW_JSON_OBJECT;
+    case '[':
+        return GW_JSON_ARRAY;
+    case '"':
+        return GW_JSON_STRING;
+    case 't':
+        return GW_JSON_TRUE;
+    case 'f':
+        return GW_JSON_FALSE;
+    case 'n':
+        return GW_JSON_NULL;
+    default:
+        return GW_JSON_NUMBER;
+    }
+}
+
+/* The end of the valid value starting at p. */
+static const char *value_end(const char *p, const char *end)
+{
+    char c = *p;
+    if (c == '"') {
+        for (p++; p < end; p++) {
+            if (*p == '\\')
+                p++;
+            else if (*p == '"')
+                return p + 1;
+        }
+        return end;
+    }
+    if (c == '{' || c == '[') {
+        int depth = 0;
+        for (; p < end; p++) {
+            char d = *p;
+            if (d == '"') {
+                for (p++; p < end && *p != '"'; p++)
+                    if (*p == '\\')
+                        p++;
+            } else if (d == '{' || d == '[') {
+                depth++;
+            } else if (d == '}' || d == ']') {
+                if (--depth == 0)
+                    return p + 1;
+            }
+        }
+        return end;
+    }
+    while (p < end && *p != ',' && *p != '}' && *p != ']' && !is_ws(*p))
+        p++;
+    return p;
+}
+
+void gw_json_members_init(gw_json_members_t *it, gw_json_span_t obj)
+{
+    memset(it, 0, sizeof(*it));
+    it->p = obj.p + 1; /* after '{' */
+    it->end = obj.p + obj.len - 1;
+}
+
+bool gw_json_members_next(gw_json_members_t *it)
+{
+    const char *p = skip_ws(it->p, it->end);
+    if (p < it->end && *p == ',')
+        p = skip_ws(p + 1, it->end);
+    if (p >= it->end || *p != '"')
+        return false;
+    it->member_start = p;
+    it->key.p = p;
+    it->key.type = GW_JSON_STRING;
+    const char *q = value_end(p, it->end);
+    it->key.len = (size_t)(q - p);
+    q = skip_ws(q, it->end);
+    q = skip_ws(q + 1, it->end); /* ':' */
+    it->value.p = q;
+    it->value.type = type_of(*q);
+    const char *vend = value_end(q, it->end);
+    it->value.len = (size_t)(vend - q);
+    it->p = vend;
+    return true;
+}
+
+void gw_json_elems_init(gw_json_elems_t *it, gw_json_span_t arr)
+{
+    memset(it, 0, sizeof(*it));
+    it->p = arr.p + 1;
+    it->end = arr.p + arr.len - 1;
+}
+
+bool gw_json_elems_next(gw_json_elems_t *it)
+{
+    const char *p = skip_ws(it->p, it->end);
+    if (p < it->end && *p == ',')
+        p = skip_ws(p + 1, it->end);
+    if (p >= it->end)
+        return false;
+    it->value.p = p;
+    it->value.type = type_of(*p);
+    const char *vend = value_end(p, it->end);
+    it->value.len = (size_t)(vend - p);
+    it->p = vend;
+    return true;
+}
+
+/* --- strings --- */
+
+static size_t put_utf8(uint32_t cp, char *o)
+{
+    if (cp < 0x80) {
+        o[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        o[0] = (char)(0xC0 | (cp >> 6));
+        o[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        o[0] = (char)(0xE0 | (cp >> 12));
+        o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        o[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    o[0] = (char)(0xF0 | (cp >> 18));
+    o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    o[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+size_t gw_json_string_decode(gw_json_span_t s, char *out, size_t out_size)
+{
+    const char *p = s.p + 1, *end = s.p + s.len - 1;
+    size_t n = 0;
+    while (p < end) {
+        char tmp[4];
+        size_t k;
+        if (*p != '\\') {
+            tmp[0] = *p++;
+            k = 1;
+        } else {
+            char e = p[1];
+            p += 2;
+            switch (e) {
+            case 'b':
+                tmp[0] = '\b', k = 1;
+                break;
+            case 'f':
+                tmp[0] = '\f', k = 1;
+                break;
+            case 'n':
+                tmp[0] = '\n', k = 1;
+                break;
+            case 'r':
+                tmp[0] = '\r', k = 1;
+                break;
+            case 't':
+                tmp[0] = '\t', k = 1;
+                break;
+            case 'u': {
+                uint32_t cp = 0, lo = 0;
+                read_hex4(p, end, &cp);
+                p += 4;
+                if (cp >= 0xD800 && cp <= 0xDBFF && end - p >= 6 && read_hex4(p + 2, end, &lo)) {
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                    p += 6;
+                }
+                k = put_utf8(cp, tmp);
+                break;
+            }
+            default: /* '"', '\\', '/' */
+                tmp[0] = e, k = 1;
+                break;
+            }
+        }
+        for (size_t i = 0; i < k; i++, n++)
+            if (n + 1 < out_size)
+                out[n] = tmp[i];
+    }
+    if (out_size)
+        out[n < out_size ? n : out_size - 1] = '\0';
+    return n;
+}
+
+bool gw_json_key_is(gw_json_span_t key, const char *name)
+{
+    size_t n = strlen(name);
+    if (key.len == n + 2 && memcmp(key.p + 1, name, n) == 0)
+        return true;
+    if (!memchr(key.p, '\\', key.len) || key.len > 6 * n + 2)
+        return false;
+    char buf[128];
+    size_t m = gw_json_string_decode(key, buf, sizeof(buf));
+    return m == n && m < sizeof(buf) && memcmp(buf, name, n) == 0;
+}
