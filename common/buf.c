@@ -60,36 +60,41 @@ void sl_buf_printf(sl_buf_t *b, const char *fmt, ...)
 void sl_buf_json_str(sl_buf_t *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    sl_buf_reserve(b, n + 2);
-    sl_buf_putc(b, '"');
+    sl_buf_reserve(b, n * 6 + 2); /* the worst case: every byte \u-escaped */
+    char *o = b->data + b->len;
+    *o++ = '"';
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            continue;
+        }
+        *o++ = '\\';
         switch (c) {
         case '"':
-            sl_buf_append(b, "\\\"", 2);
-            break;
         case '\\':
-            sl_buf_append(b, "\\\\", 2);
+            *o++ = (char)c;
             break;
         case '\n':
-            sl_buf_append(b, "\\n", 2);
+            *o++ = 'n';
             break;
         case '\r':
-            sl_buf_append(b, "\\r", 2);
+            *o++ = 'r';
             break;
         case '\t':
-            sl_buf_append(b, "\\t", 2);
+            *o++ = 't';
             break;
         default:
-            if (c < 0x20) {
-                char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-                sl_buf_append(b, esc, 6);
-            } else {
-                sl_buf_putc(b, (char)c);
-            }
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
         }
     }
-    sl_buf_putc(b, '"');
+    *o++ = '"';
+    *o = '\0';
+    b->len = (size_t)(o - b->data);
 }
 
 void sl_buf_reset(sl_buf_t *b)

@@ -39,6 +39,7 @@ void gw_batch_free(gw_batch_t *b)
     sl_buf_free(&b->out);
     sl_buf_free(&b->ids);
     free(b->events);
+    gw_json_index_free(&b->idx);
     gw_batch_init(b);
 }
 
@@ -286,11 +287,11 @@ int gw_ingest_single(gw_batch_t *b, const char *body, size_t len, const char *ty
 {
     gw_json_span_t doc;
     gw_json_error_t e;
-    if (!gw_json_scan_document(body, len, &doc, &e))
+    if (!gw_json_scan_indexed(body, len, &doc, &e, &b->idx))
         return reject_json(b, &e);
     if (doc.type != GW_JSON_OBJECT)
         return reject(b, 400, -1, "not_object", "request body must be a JSON object");
-    gw_json_span_t none = {NULL, 0, GW_JSON_INVALID};
+    gw_json_span_t none = {.p = NULL};
     return add_event(b, doc, type, -1, none, ctx);
 }
 
@@ -298,11 +299,11 @@ int gw_ingest_batch(gw_batch_t *b, const char *body, size_t len, const gw_ingest
 {
     gw_json_span_t doc;
     gw_json_error_t e;
-    if (!gw_json_scan_document(body, len, &doc, &e))
+    if (!gw_json_scan_indexed(body, len, &doc, &e, &b->idx))
         return reject_json(b, &e);
     if (doc.type != GW_JSON_OBJECT)
         return reject(b, 400, -1, "not_object", "request body must be a JSON object");
-    gw_json_span_t batch = {NULL, 0, GW_JSON_INVALID}, sent_at = {NULL, 0, GW_JSON_INVALID};
+    gw_json_span_t batch = {.p = NULL}, sent_at = {.p = NULL};
     gw_json_members_t it;
     gw_json_members_init(&it, doc);
     while (gw_json_members_next(&it)) {
@@ -331,7 +332,7 @@ int gw_ingest_webhook(gw_batch_t *b, const char *body, size_t len, const char *e
 {
     gw_json_span_t doc;
     gw_json_error_t e;
-    if (!gw_json_scan_document(body, len, &doc, &e))
+    if (!gw_json_scan_indexed(body, len, &doc, &e, &b->idx))
         return reject_json(b, &e);
     sl_buf_t ev = SL_BUF_INIT;
     char anon[SL_UUID_STRLEN];

@@ -4,12 +4,16 @@
  */
 #include "gateway/json_scan.h"
 
+#include "common/mem.h"
+
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct scanner {
     const char *start, *p, *end;
     gw_json_error_t *err;
+    gw_json_index_t *idx;
 } scanner_t;
 
 static bool fail(scanner_t *s, const char *at, const char *msg)
@@ -201,9 +205,22 @@ static bool scan_container(scanner_t *s, int depth, bool object)
     if (depth > GW_JSON_MAX_DEPTH)
         return fail(s, s->p, "nesting is too deep");
     const char close = object ? '}' : ']';
+    size_t slot = 0;
+    gw_json_index_t *idx = s->idx;
+    if (idx) {
+        if (idx->n == idx->cap) {
+            idx->cap = idx->cap ? idx->cap * 2 : 64;
+            idx->starts = sl_realloc(idx->starts, idx->cap * sizeof(size_t));
+            idx->ends = sl_realloc(idx->ends, idx->cap * sizeof(size_t));
+        }
+        slot = idx->n++;
+        idx->starts[slot] = (size_t)(s->p - s->start);
+    }
     s->p = skip_ws(s->p + 1, s->end);
     if (s->p < s->end && *s->p == close) {
         s->p++;
+        if (idx)
+            idx->ends[slot] = (size_t)(s->p - s->start);
         return true;
     }
     for (;;) {
@@ -226,6 +243,8 @@ static bool scan_container(scanner_t *s, int depth, bool object)
             return fail(s, s->p, "unexpected end of input");
         if (*s->p == close) {
             s->p++;
+            if (idx)
+                idx->ends[slot] = (size_t)(s->p - s->start);
             return true;
         }
         if (*s->p != ',')
@@ -268,9 +287,31 @@ static bool scan_value(scanner_t *s, int depth, gw_json_type_t *type)
     }
 }
 
+void gw_json_index_init(gw_json_index_t *idx)
+{
+    memset(idx, 0, sizeof(*idx));
+}
+
+void gw_json_index_free(gw_json_index_t *idx)
+{
+    free(idx->starts);
+    free(idx->ends);
+    gw_json_index_init(idx);
+}
+
 bool gw_json_scan_document(const char *buf, size_t len, gw_json_span_t *value, gw_json_error_t *err)
 {
-    scanner_t s = {buf, buf, buf + len, err};
+    return gw_json_scan_indexed(buf, len, value, err, NULL);
+}
+
+bool gw_json_scan_indexed(const char *buf, size_t len, gw_json_span_t *value, gw_json_error_t *err,
+                          gw_json_index_t *idx)
+{
+    scanner_t s = {buf, buf, buf + len, err, idx};
+    if (idx) {
+        idx->base = buf;
+        idx->n = 0;
+    }
     s.p = skip_ws(s.p, s.end);
     const char *start = s.p;
     gw_json_type_t type = GW_JSON_INVALID;
@@ -286,6 +327,7 @@ bool gw_json_scan_document(const char *buf, size_t len, gw_json_span_t *value, g
         value->p = start;
         value->len = (size_t)(vend - start);
         value->type = type;
+        value->idx = idx;
     }
     return true;
 }
@@ -312,18 +354,35 @@ static gw_json_type_t type_of(char c)
     }
 }
 
-/* The end of the valid value starting at p. */
-static const char *value_end(const char *p, const char *end)
+/* The end of the valid value starting at p; idx (may be NULL) knows where containers end. */
+static const char *value_end(const char *p, const char *end, const gw_json_index_t *idx)
 {
     char c = *p;
     if (c == '"') {
-        for (p++; p < end; p++) {
-            if (*p == '\\')
-                p++;
-            else if (*p == '"')
-                return p + 1;
+        for (p++; p < end;) {
+            const char *q = memchr(p, '"', (size_t)(end - p));
+            if (!q)
+                return end;
+            const char *b = q;
+            while (b > p && b[-1] == '\\')
+                b--;
+            if (((q - b) & 1) == 0)
+                return q + 1;
+            p = q + 1;
         }
         return end;
+    }
+    if ((c == '{' || c == '[') && idx && idx->n) {
+        size_t off = (size_t)(p - idx->base), lo = 0, hi = idx->n;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (idx->starts[mid] < off)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo < idx->n && idx->starts[lo] == off)
+            return idx->base + idx->ends[lo];
     }
     if (c == '{' || c == '[') {
         int depth = 0;
@@ -352,6 +411,7 @@ void gw_json_members_init(gw_json_members_t *it, gw_json_span_t obj)
     memset(it, 0, sizeof(*it));
     it->p = obj.p + 1; /* after '{' */
     it->end = obj.p + obj.len - 1;
+    it->idx = obj.idx;
 }
 
 bool gw_json_members_next(gw_json_members_t *it)
@@ -364,13 +424,15 @@ bool gw_json_members_next(gw_json_members_t *it)
     it->member_start = p;
     it->key.p = p;
     it->key.type = GW_JSON_STRING;
-    const char *q = value_end(p, it->end);
+    it->key.idx = it->idx;
+    const char *q = value_end(p, it->end, it->idx);
     it->key.len = (size_t)(q - p);
     q = skip_ws(q, it->end);
     q = skip_ws(q + 1, it->end); /* ':' */
     it->value.p = q;
     it->value.type = type_of(*q);
-    const char *vend = value_end(q, it->end);
+    it->value.idx = it->idx;
+    const char *vend = value_end(q, it->end, it->idx);
     it->value.len = (size_t)(vend - q);
     it->p = vend;
     return true;
@@ -381,6 +443,7 @@ void gw_json_elems_init(gw_json_elems_t *it, gw_json_span_t arr)
     memset(it, 0, sizeof(*it));
     it->p = arr.p + 1;
     it->end = arr.p + arr.len - 1;
+    it->idx = arr.idx;
 }
 
 bool gw_json_elems_next(gw_json_elems_t *it)
@@ -392,7 +455,8 @@ bool gw_json_elems_next(gw_json_elems_t *it)
         return false;
     it->value.p = p;
     it->value.type = type_of(*p);
-    const char *vend = value_end(p, it->end);
+    it->value.idx = it->idx;
+    const char *vend = value_end(p, it->end, it->idx);
     it->value.len = (size_t)(vend - p);
     it->p = vend;
     return true;

@@ -24,11 +24,21 @@ typedef enum gw_json_type {
     GW_JSON_NULL
 } gw_json_type_t;
 
-/* A value in the document: its bytes (a string's quotes included) and its type. */
+/* Where each container of a scanned document ends, so walking it never rescans bytes: the
+ * containers' start and end offsets in document order. Owned by the caller, reusable. */
+typedef struct gw_json_index {
+    const char *base;
+    size_t *starts, *ends;
+    size_t n, cap;
+} gw_json_index_t;
+
+/* A value in the document: its bytes (a string's quotes included) and its type. idx, when
+ * set, speeds up iterating it (spans built by hand leave it NULL). */
 typedef struct gw_json_span {
     const char *p;
     size_t len;
     gw_json_type_t type;
+    const gw_json_index_t *idx;
 } gw_json_span_t;
 
 /* Where scanning failed and why. */
@@ -40,6 +50,12 @@ typedef struct gw_json_error {
 /* Checks that buf[0..len) is exactly one JSON value, surrounded by optional whitespace.
  * Returns true and the value's span, or false with err. */
 bool gw_json_scan_document(const char *buf, size_t len, gw_json_span_t *value, gw_json_error_t *err);
+/* The same, also filling idx (emptied first), which the returned span and every span the
+ * iterators derive from it refer to: idx must outlive them. */
+bool gw_json_scan_indexed(const char *buf, size_t len, gw_json_span_t *value, gw_json_error_t *err,
+                          gw_json_index_t *idx);
+void gw_json_index_init(gw_json_index_t *idx);
+void gw_json_index_free(gw_json_index_t *idx);
 
 /* Iterates the members of an object span that gw_json_scan_document accepted (no error
  * checking is repeated). Usage:
@@ -47,6 +63,7 @@ bool gw_json_scan_document(const char *buf, size_t len, gw_json_span_t *value, g
  *   while (gw_json_members_next(&it)) { it.key, it.member_start, it.value ... } */
 typedef struct gw_json_members {
     const char *p, *end;
+    const gw_json_index_t *idx;
     gw_json_span_t key;      /* the key string, quotes included */
     gw_json_span_t value;    /* the member's value */
     const char *member_start; /* the member's first byte (the key's opening quote) */
@@ -58,6 +75,7 @@ bool gw_json_members_next(gw_json_members_t *it);
 /* Iterates the elements of an array span, like gw_json_members. */
 typedef struct gw_json_elems {
     const char *p, *end;
+    const gw_json_index_t *idx;
     gw_json_span_t value;
 } gw_json_elems_t;
 

@@ -55,7 +55,7 @@ static void test_string_decode(void **state)
 {
     (void)state;
     const char *s = "\"a\\u0049\\n\\ud83d\\ude00\\/\"";
-    gw_json_span_t sp = {s, strlen(s), GW_JSON_STRING};
+    gw_json_span_t sp = {s, strlen(s), GW_JSON_STRING, NULL};
     char out[32];
     size_t n = gw_json_string_decode(sp, out, sizeof(out));
     assert_int_equal(n, 8);
@@ -63,7 +63,7 @@ static void test_string_decode(void **state)
     char tiny[3];
     assert_int_equal(gw_json_string_decode(sp, tiny, sizeof(tiny)), 8);
     assert_string_equal(tiny, "aI");
-    gw_json_span_t key = {"\"user\\u0049d\"", 13, GW_JSON_STRING};
+    gw_json_span_t key = {"\"user\\u0049d\"", 13, GW_JSON_STRING, NULL};
     assert_true(gw_json_key_is(key, "userId"));
     assert_false(gw_json_key_is(key, "user"));
 }
