@@ -82,6 +82,7 @@ struct gw_gateway {
     size_t max_event_size;
     bool trust_forwarded_for;
     pthread_t poller;
+    bool kafka_ok; /* what /health was last told; the poller thread's */
     atomic_bool stop;
     atomic_long inflight;       /* events produced but not yet acknowledged */
     atomic_llong inflight_bytes; /* their bytes */
@@ -333,8 +334,12 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         int expected = 0;
         atomic_compare_exchange_strong(&r->err, &expected, (int)m->err);
         sl_warn("gateway", "kafka did not acknowledge an event: %s", rd_kafka_err2str(m->err));
-        sl_health_set("kafka", false, "kafka did not acknowledge events; see the gateway log");
-    } else {
+        if (gw->kafka_ok) {
+            gw->kafka_ok = false;
+            sl_health_set("kafka", false, "kafka did not acknowledge events; see the gateway log");
+        }
+    } else if (!gw->kafka_ok) {
+        gw->kafka_ok = true;
         sl_health_set("kafka", true, NULL);
     }
     request_settle(r, 1);
