@@ -745,6 +745,13 @@ out:
     return SL_HTTP_DONE;
 }
 
+static void note_linger(const char *name, const char *value, void *opaque)
+{
+    (void)value;
+    if (strcmp(name, "linger.ms") == 0 || strcmp(name, "queue.buffering.max.ms") == 0)
+        *(bool *)opaque = true;
+}
+
 gw_gateway_t *gw_gateway_new(const sl_conf_t *conf, sl_wsconf_t *ws, sl_http_server_t *srv,
                              char *errstr, size_t errstr_size)
 {
@@ -771,6 +778,15 @@ gw_gateway_t *gw_gateway_new(const sl_conf_t *conf, sl_wsconf_t *ws, sl_http_ser
     /* The bound on how long a client waits before a 503: librdkafka fails the message then. */
     if (rd_kafka_conf_set(kconf, "message.timeout.ms", ms, errstr, errstr_size) !=
         RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(kconf);
+        goto fail;
+    }
+    /* A client waits for its events' acknowledgement, so batch for 1 ms rather than the
+     * pipeline's 5, unless the user chose a linger. */
+    bool user_linger = false;
+    sl_conf_kafka_props_foreach(conf, note_linger, &user_linger);
+    if (!user_linger &&
+        rd_kafka_conf_set(kconf, "linger.ms", "1", errstr, errstr_size) != RD_KAFKA_CONF_OK) {
         rd_kafka_conf_destroy(kconf);
         goto fail;
     }
