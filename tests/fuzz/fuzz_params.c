@@ -24,7 +24,15 @@ static void run(char **names, char **values, size_t n, const char *const *skip)
                out.len);
     json_object *o;
     enum json_tokener_error jerr;
-    FUZZ_CHECK(fuzz_jsonc_parse(out.data, out.len, JSON_TOKENER_STRICT, 1 << 16, &o, &jerr) &&
+    /* Deep enough for the output: one level per dot (json-c allocates the depth up front). */
+    int depth = 2;
+    for (size_t i = 0; i < n; i++) {
+        int dots = 2;
+        for (const char *c = names[i]; *c; c++)
+            dots += *c == '.';
+        depth = dots > depth ? dots : depth;
+    }
+    FUZZ_CHECK(fuzz_jsonc_parse(out.data, out.len, JSON_TOKENER_STRICT, depth, &o, &jerr) &&
                    json_object_is_type(o, json_type_object),
                "json-c: %s: %s", json_tokener_error_desc(jerr), out.data);
     for (size_t i = 0; i < n; i++) {
