@@ -101,6 +101,23 @@ static const sl_conf_opt_t options[] = {
     /* Processor */
     {"processor.port", SL_CONF_INT, "8081", 1, 65535, NULL, 0,
      "Port of the processor's /health, /metrics and /version when it runs as its own role."},
+    {"processor.instance_id", SL_CONF_STR, "", NO_RANGE, NULL, 0,
+     "Names this processor instance in its Kafka transactional.id "
+     "(`<kafka.topic_prefix>processor-<instance_id>`): stable across restarts, unique per "
+     "running instance. Empty: the host name and `processor.port`."},
+    {"processor.transaction_interval", SL_CONF_DURATION, "100ms", 1, 60000, NULL, 0,
+     "How long the processor collects events into one Kafka transaction before committing "
+     "it (with the consumed offsets)."},
+    {"processor.transaction_max_events", SL_CONF_INT, "10000", 1, 10000000, NULL, 0,
+     "Most events in one transaction."},
+    {"processor.dedup", SL_CONF_BOOL, "false", NO_RANGE, NULL, 0,
+     "Drop events whose messageId was already seen in the same partition within "
+     "`processor.dedup_window` (off by default, as in RudderStack)."},
+    {"processor.dedup_window", SL_CONF_DURATION, "3600s", 1000, 604800000, NULL, 0,
+     "How far back dedup looks for the same messageId."},
+    {"processor.dedup_max_ids", SL_CONF_INT, "100000", 1, 100000000, NULL, 0,
+     "Most messageIds dedup keeps per partition (16 bytes each, twice over); the oldest go "
+     "first."},
 
     /* Router */
     {"router.port", SL_CONF_INT, "8082", 1, 65535, NULL, 0,

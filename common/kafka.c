@@ -13,7 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *const sl_kafka_pipeline_topics[] = {SL_TOPIC_EVENTS, SL_TOPIC_DELIVERY, NULL};
+const char *const sl_kafka_pipeline_topics[] = {SL_TOPIC_EVENTS, SL_TOPIC_DELIVERY, SL_TOPIC_FAILED,
+                                                NULL};
 
 /* The bootstrap list, for error messages from librdkafka's threads. */
 static char bootstrap[512];
@@ -131,6 +132,7 @@ rd_kafka_t *sl_kafka_producer_new(const sl_conf_t *conf,
 
 typedef struct consumer_ctx {
     void (*revoke_cb)(rd_kafka_t *, const rd_kafka_topic_partition_list_t *, void *);
+    void (*assign_cb)(rd_kafka_t *, const rd_kafka_topic_partition_list_t *, void *);
     void *opaque;
 } consumer_ctx_t;
 
@@ -141,6 +143,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         sl_info("kafka", "%s: assigned %d partitions", rd_kafka_name(rk), parts->cnt);
         rd_kafka_assign(rk, parts);
+        if (c->assign_cb)
+            c->assign_cb(rk, parts, c->opaque);
     } else {
         sl_info("kafka", "%s: %d partitions revoked", rd_kafka_name(rk), parts->cnt);
         if (c->revoke_cb)
@@ -183,6 +187,15 @@ rd_kafka_t *sl_kafka_consumer_new(
         return NULL;
     }
     return rk;
+}
+
+void sl_kafka_consumer_on_assign(rd_kafka_t *rk,
+                                 void (*assign_cb)(rd_kafka_t *rk,
+                                                   const rd_kafka_topic_partition_list_t *parts,
+                                                   void *opaque))
+{
+    consumer_ctx_t *c = rd_kafka_opaque(rk);
+    c->assign_cb = assign_cb;
 }
 
 void sl_kafka_consumer_destroy(rd_kafka_t *rk)

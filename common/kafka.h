@@ -17,6 +17,7 @@
 /* Topic suffixes: the full name is kafka.topic_prefix + suffix (default "sluice.events"). */
 #define SL_TOPIC_EVENTS   "events"   /* gateway -> processor, keyed by rudderId */
 #define SL_TOPIC_DELIVERY "delivery" /* processor -> router, keyed by rudderId */
+#define SL_TOPIC_FAILED   "failed"   /* processor's dead letters, keyed by rudderId */
 
 /* Every topic of the pipeline, for the dev broker and `sluice topics create`. NULL-terminated. */
 extern const char *const sl_kafka_pipeline_topics[];
@@ -53,6 +54,13 @@ rd_kafka_t *sl_kafka_consumer_new(
     const sl_conf_t *conf, const char *group_id, const char *const *topics,
     void (*revoke_cb)(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts, void *opaque),
     void *opaque, char *errstr, size_t errstr_size);
+
+/* Called after partitions are assigned (their positions are not fetched yet), on the thread
+ * that polls the consumer. */
+void sl_kafka_consumer_on_assign(rd_kafka_t *rk,
+                                 void (*assign_cb)(rd_kafka_t *rk,
+                                                   const rd_kafka_topic_partition_list_t *parts,
+                                                   void *opaque));
 
 /* Destroys a consumer made by sl_kafka_consumer_new (after rd_kafka_consumer_close). */
 void sl_kafka_consumer_destroy(rd_kafka_t *rk);

@@ -1,7 +1,8 @@
 /*
- * The processor role, see processor.h: consumes the events topic, selects each event's
- * destinations, builds their delivery jobs and produces them to the delivery topic. An event's
- * offset is marked done only when all its jobs are acknowledged by Kafka.
+ * The processor role, see processor.h. Events are consumed in transactions: the delivery jobs
+ * and dead letters an event yields and its consumed offset are committed in one Kafka
+ * transaction, so on a real cluster each event's outputs appear exactly once to read_committed
+ * consumers. A failed transaction is aborted and its events are read again.
  */
 #include "processor/processor.h"
 #include "common/buf.h"
@@ -12,6 +13,8 @@
 #include "common/mem.h"
 #include "common/metrics.h"
 #include "common/timeutil.h"
+#include "processor/dedup.h"
+#include "processor/select.h"
 
 #include <json-c/json.h>
 #include <pthread.h>
@@ -19,64 +22,49 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
-#define PR_COMMIT_EVERY_MS  500
-#define PR_DRAIN_TIMEOUT_MS 30000
+#define PR_TXN_TIMEOUT_MS 30000
+
+/* Kafka headers: from the gateway, to the router, and on events sent again by
+ * `sluice failed retry` (which go to one destination and skip dedup). */
+#define HDR_SOURCE_ID        "sluice-source-id"
+#define HDR_RECEIVED_AT      "sluice-received-at"
+#define HDR_RETRY_DEST       "sluice-retry-destination"
+#define HDR_DESTINATION_ID   "sluice-destination-id"
+#define HDR_MESSAGE_ID       "sluice-message-id"
+#define HDR_ATTEMPT          "sluice-attempt"
+#define HDR_FAILED_STAGE     "sluice-failed-stage"
+
+/* The next offset to commit for each partition consumed in the open transaction. */
+typedef struct position {
+    int32_t partition;
+    int64_t next;
+} position_t;
 
 struct pr_processor {
     sl_wsconf_t *ws;
+    const sl_conf_t *conf;
     rd_kafka_t *consumer, *producer;
-    char *events_topic, *delivery_topic;
+    char *events_topic, *delivery_topic, *failed_topic;
     char *group; /* <topic prefix>processor */
-    sl_kafka_offsets_t *offsets;
+    char *txn_id;
     pthread_t thread;
     atomic_bool stop;
-    sl_metric_t *m_events, *m_jobs, *m_filtered, *m_unsupported, *m_invalid;
+    int64_t txn_interval_ms;
+    size_t txn_max_events;
+
+    bool txn_open;
+    position_t *pos;
+    size_t npos, cappos, txn_events;
+
+    pr_dedup_t *dedup; /* NULL when dedup is off */
+    int64_t dedup_window_ms;
+    size_t dedup_max_ids;
+
+    sl_metric_t *m_events, *m_jobs, *m_filtered, *m_failed, *m_dups, *m_txn_commits,
+        *m_txn_aborts;
 };
-
-/* One consumed event whose jobs are in flight; its offset is done when pending reaches 0.
- * Touched only on the processor thread (delivery reports are served there too). */
-typedef struct pr_event {
-    pr_processor_t *pr;
-    int32_t partition;
-    int64_t offset;
-    int pending;
-    bool abandoned; /* not all jobs were produced: leave the offset uncommitted */
-} pr_event_t;
-
-static void event_release(pr_event_t *e)
-{
-    if (--e->pending > 0)
-        return;
-    if (!e->abandoned)
-        sl_kafka_offsets_done(e->pr->offsets, e->pr->events_topic, e->partition, e->offset);
-    free(e);
-}
-
-/* Delivery report for a job. The producer retries without a time limit
- * (message.timeout.ms=0), so an error here is one librdkafka will not retry: produce again,
- * the event's offset stays uncommitted meanwhile. */
-static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
-{
-    pr_processor_t *pr = opaque;
-    pr_event_t *e = m->_private;
-    if (!m->err) {
-        event_release(e);
-        return;
-    }
-    sl_error("processor", "could not produce a delivery job to \"%s\": %s; producing it again",
-             rd_kafka_topic_name(m->rkt), rd_kafka_err2str(m->err));
-    if (atomic_load(&pr->stop)) {
-        /* Left uncommitted: the event is processed again after a restart. */
-        return;
-    }
-    rd_kafka_resp_err_t err = rd_kafka_producev(
-        rk, RD_KAFKA_V_TOPIC(rd_kafka_topic_name(m->rkt)), RD_KAFKA_V_KEY(m->key, m->key_len),
-        RD_KAFKA_V_VALUE(m->payload, m->len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-        RD_KAFKA_V_OPAQUE(e), RD_KAFKA_V_END);
-    if (err)
-        sl_error("processor", "could not produce a delivery job again: %s", rd_kafka_err2str(err));
-}
 
 static const char *str_field(json_object *o, const char *name)
 {
@@ -86,42 +74,41 @@ static const char *str_field(json_object *o, const char *name)
     return NULL;
 }
 
-/* The destination definition's supportedMessageTypes; no list means every type. */
-static bool supports_type(const sl_destination_t *d, const char *type)
+static const char *header_value(const rd_kafka_message_t *m, const char *name, char *buf,
+                                size_t bufsz)
 {
-    json_object *list;
-    if (!json_object_object_get_ex(d->def_config, "supportedMessageTypes", &list) ||
-        !json_object_is_type(list, json_type_array))
-        return true;
-    for (size_t i = 0; i < json_object_array_length(list); i++) {
-        const char *t = json_object_get_string(json_object_array_get_idx(list, i));
-        if (t && type && strcasecmp(t, type) == 0)
-            return true;
-    }
-    return false;
+    rd_kafka_headers_t *hdrs;
+    const void *val;
+    size_t len;
+    if (rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        rd_kafka_header_get_last(hdrs, name, &val, &len) != RD_KAFKA_RESP_ERR_NO_ERROR || !val)
+        return NULL;
+    snprintf(buf, bufsz, "%.*s", (int)len, (const char *)val);
+    return buf;
 }
 
-/* The event's `integrations` object: a destination named by its definition name or display
- * name gets its own setting; otherwise "All" decides (default true). */
-static bool integrations_allow(json_object *ev, const sl_destination_t *d)
+/* --- output --- */
+
+/* Produces one record in the open transaction, waiting for room in the producer queue.
+ * Returns false only when stopping (the transaction is then aborted). */
+static bool produce(pr_processor_t *pr, const char *topic, const void *key, size_t key_len,
+                    const sl_buf_t *value, rd_kafka_headers_t *hdrs)
 {
-    json_object *integ, *v;
-    if (!json_object_object_get_ex(ev, "integrations", &integ) ||
-        !json_object_is_type(integ, json_type_object))
-        return true;
-    const char *names[] = {d->def_name, d->def_display_name};
-    for (size_t i = 0; i < 2; i++) {
-        if (!names[i] || !*names[i])
-            continue;
-        json_object_object_foreach(integ, key, val)
-        {
-            if (strcasecmp(key, names[i]) == 0)
-                return !json_object_is_type(val, json_type_boolean) || json_object_get_boolean(val);
-        }
+    for (;;) {
+        rd_kafka_headers_t *h = rd_kafka_headers_copy(hdrs);
+        rd_kafka_resp_err_t err = rd_kafka_producev(
+            pr->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
+            RD_KAFKA_V_VALUE(value->data, value->len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
+        if (!err)
+            return true;
+        rd_kafka_headers_destroy(h);
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+            sl_error("processor", "could not produce to %s: %s", topic, rd_kafka_err2str(err));
+        if (atomic_load(&pr->stop))
+            return false;
+        rd_kafka_poll(pr->producer, 100);
     }
-    if (json_object_object_get_ex(integ, "All", &v) && json_object_is_type(v, json_type_boolean))
-        return json_object_get_boolean(v);
-    return true;
 }
 
 /* Builds the WEBHOOK delivery job (RudderStack-compatible: the event is the body; method and
@@ -178,76 +165,124 @@ static bool build_webhook_job(sl_buf_t *job, const sl_destination_t *d, const ch
     return true;
 }
 
-static const char *header_value(const rd_kafka_message_t *m, const char *name, char *buf,
-                                size_t bufsz)
+/*
+ * A dead letter: the event (as JSON when it is JSON, else as a string) with where and why it
+ * failed, to the failed topic. The failed-events recorder copies it into Postgres, where
+ * `sluice failed list` and `retry` find it.
+ */
+static bool dead_letter(pr_processor_t *pr, const rd_kafka_message_t *m, const char *stage,
+                        const char *reason, const char *source_id, const sl_destination_t *d,
+                        const char *message_id, const char *received_at, bool event_is_json)
 {
-    rd_kafka_headers_t *hdrs;
-    const void *val;
-    size_t len;
-    if (rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR ||
-        rd_kafka_header_get_last(hdrs, name, &val, &len) != RD_KAFKA_RESP_ERR_NO_ERROR || !val)
-        return NULL;
-    snprintf(buf, bufsz, "%.*s", (int)len, (const char *)val);
-    return buf;
-}
-
-/* Produces one job, waiting for room in the producer queue. False if stopping meanwhile. */
-static bool produce_job(pr_processor_t *pr, const sl_buf_t *job, const rd_kafka_message_t *m,
-                        const char *dest_id, const char *message_id, pr_event_t *e)
-{
-    for (;;) {
-        rd_kafka_resp_err_t err = rd_kafka_producev(
-            pr->producer, RD_KAFKA_V_TOPIC(pr->delivery_topic), RD_KAFKA_V_KEY(m->key, m->key_len),
-            RD_KAFKA_V_VALUE(job->data, job->len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_HEADER("sluice-destination-id", dest_id, -1),
-            RD_KAFKA_V_HEADER("sluice-message-id", message_id, -1),
-            RD_KAFKA_V_HEADER("sluice-attempt", "1", 1), RD_KAFKA_V_OPAQUE(e), RD_KAFKA_V_END);
-        if (!err)
-            return true;
-        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-            sl_error("processor", "could not produce a delivery job: %s", rd_kafka_err2str(err));
-        }
-        if (atomic_load(&pr->stop))
-            return false;
-        rd_kafka_poll(pr->producer, 100);
+    char now[SL_TIME_STRLEN];
+    sl_time_format_ms(sl_time_now_ms(), now);
+    sl_buf_t b = SL_BUF_INIT;
+    sl_buf_puts(&b, "{\"failedAt\":");
+    sl_buf_json_str(&b, now, strlen(now));
+    sl_buf_puts(&b, ",\"stage\":");
+    sl_buf_json_str(&b, stage, strlen(stage));
+    sl_buf_puts(&b, ",\"reason\":");
+    sl_buf_json_str(&b, reason, strlen(reason));
+    const char *fields[][2] = {{"sourceId", source_id},
+                               {"destinationId", d ? d->id : NULL},
+                               {"destinationType", d ? d->def_name : NULL},
+                               {"messageId", message_id},
+                               {"receivedAt", received_at}};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        if (!fields[i][1])
+            continue;
+        sl_buf_printf(&b, ",\"%s\":", fields[i][0]);
+        sl_buf_json_str(&b, fields[i][1], strlen(fields[i][1]));
     }
+    sl_buf_printf(&b, ",\"eventPartition\":%d,\"eventOffset\":%lld,\"event\":", (int)m->partition,
+                  (long long)m->offset);
+    if (event_is_json)
+        sl_buf_append(&b, m->payload, m->len);
+    else
+        sl_buf_json_str(&b, m->payload ? m->payload : "", m->payload ? m->len : 0);
+    sl_buf_putc(&b, '}');
+
+    rd_kafka_headers_t *h = rd_kafka_headers_new(4);
+    rd_kafka_header_add(h, HDR_FAILED_STAGE, -1, stage, -1);
+    if (source_id)
+        rd_kafka_header_add(h, HDR_SOURCE_ID, -1, source_id, -1);
+    if (d)
+        rd_kafka_header_add(h, HDR_DESTINATION_ID, -1, d->id, -1);
+    if (message_id)
+        rd_kafka_header_add(h, HDR_MESSAGE_ID, -1, message_id, -1);
+    bool ok = produce(pr, pr->failed_topic, m->key, m->key_len, &b, h);
+    rd_kafka_headers_destroy(h);
+    sl_buf_free(&b);
+    sl_metrics_add(pr->m_failed, 1);
+    sl_warn("processor", "event %s failed (%s%s%s): %s; it is in the failed events",
+            message_id ? message_id : "(no messageId)", stage, d ? " for destination " : "",
+            d ? d->id : "", reason);
+    return ok;
 }
 
-static void process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
+/* --- one event --- */
+
+static void note_position(pr_processor_t *pr, int32_t partition, int64_t offset)
 {
-    char source_id[256], received_at[64];
-    json_object *ev = NULL;
+    for (size_t i = 0; i < pr->npos; i++) {
+        if (pr->pos[i].partition == partition) {
+            pr->pos[i].next = offset + 1;
+            return;
+        }
+    }
+    if (pr->npos == pr->cappos) {
+        pr->cappos = pr->cappos ? pr->cappos * 2 : 16;
+        pr->pos = sl_realloc(pr->pos, pr->cappos * sizeof(*pr->pos));
+    }
+    pr->pos[pr->npos++] = (position_t){partition, offset + 1};
+}
+
+/* Processes one event inside the open transaction. Returns false only when stopping. */
+static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
+{
+    char source_id[256], received_at[64], retry_dest[256];
     sl_workspace_t *ws = NULL;
-    pr_event_t *e = sl_calloc(1, sizeof(*e));
-    e->pr = pr;
-    e->partition = m->partition;
-    e->offset = m->offset;
-    e->pending = 1; /* held while jobs are produced */
-    sl_kafka_offsets_track(pr->offsets, pr->events_topic, m->partition, m->offset);
+    bool ok = true;
     sl_metrics_add(pr->m_events, 1);
 
     json_tokener *tok = json_tokener_new();
-    ev = json_tokener_parse_ex(tok, m->payload, (int)m->len);
-    bool parsed = json_tokener_get_error(tok) == json_tokener_success && ev &&
+    json_object *ev = m->payload ? json_tokener_parse_ex(tok, m->payload, (int)m->len) : NULL;
+    bool parsed = ev && json_tokener_get_error(tok) == json_tokener_success &&
                   json_object_is_type(ev, json_type_object);
     json_tokener_free(tok);
     const char *message_id = parsed ? str_field(ev, "messageId") : NULL;
     const char *type = parsed ? str_field(ev, "type") : NULL;
-    if (!message_id || !type || !m->key ||
-        !header_value(m, "sluice-source-id", source_id, sizeof(source_id))) {
-        sl_error("processor",
-                 "skipping malformed event at %s [%d] offset %lld: not a gateway event "
-                 "(JSON object with messageId and type, keyed, with a sluice-source-id header)",
-                 pr->events_topic, (int)m->partition, (long long)m->offset);
-        sl_metrics_add(pr->m_invalid, 1);
+    bool has_source = header_value(m, HDR_SOURCE_ID, source_id, sizeof(source_id)) != NULL;
+    if (!message_id || !type || !m->key || !has_source) {
+        char reason[200];
+        snprintf(reason, sizeof(reason),
+                 "not a gateway event at %s [%d] offset %lld: expected a JSON object with "
+                 "messageId and type, a key and a %s header",
+                 pr->events_topic, (int)m->partition, (long long)m->offset, HDR_SOURCE_ID);
+        ok = dead_letter(pr, m, "event", reason, has_source ? source_id : NULL, NULL, message_id,
+                         NULL, parsed);
         goto out;
     }
-    if (!header_value(m, "sluice-received-at", received_at, sizeof(received_at)))
+    if (!header_value(m, HDR_RECEIVED_AT, received_at, sizeof(received_at)))
         snprintf(received_at, sizeof(received_at), "%s",
                  str_field(ev, "receivedAt") ? str_field(ev, "receivedAt") : "");
+    const char *only_dest = header_value(m, HDR_RETRY_DEST, retry_dest, sizeof(retry_dest));
+
+    /* Dedup by messageId within the window (events sent again on purpose skip it). */
+    if (pr->dedup && !only_dest) {
+        rd_kafka_timestamp_type_t tstype;
+        int64_t ts = rd_kafka_message_timestamp(m, &tstype);
+        if (ts < 0)
+            ts = sl_time_now_ms();
+        if (pr_dedup_seen(pr->dedup, m->partition, message_id, strlen(message_id), ts)) {
+            sl_debug("processor", "dropping duplicate event %s", message_id);
+            sl_metrics_add(pr->m_dups, 1);
+            goto out;
+        }
+    }
+
     char user_key[128];
     snprintf(user_key, sizeof(user_key), "%.*s", (int)m->key_len, (const char *)m->key);
-
     ws = sl_wsconf_get(pr->ws);
     const sl_source_t *src = sl_workspace_source_by_id(ws, source_id);
     if (!src || !src->enabled) {
@@ -256,76 +291,400 @@ static void process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
         sl_metrics_add(pr->m_filtered, 1);
         goto out;
     }
+
+    /* Timestamp correction, spliced into the event's bytes (no second serialization). */
+    const char *text = m->payload;
+    size_t text_len = m->len;
+    sl_buf_t corrected = SL_BUF_INIT;
+    char ts[SL_TIME_STRLEN];
+    if (pr_timestamp_correct(ev, received_at, ts)) {
+        const char *close = memrchr(m->payload, '}', m->len);
+        sl_buf_append(&corrected, m->payload, (size_t)(close - (const char *)m->payload));
+        sl_buf_puts(&corrected, ",\"timestamp\":");
+        sl_buf_json_str(&corrected, ts, strlen(ts));
+        sl_buf_putc(&corrected, '}');
+        text = corrected.data;
+        text_len = corrected.len;
+    }
+
     sl_buf_t job = SL_BUF_INIT;
-    for (size_t i = 0; i < src->ndestinations; i++) {
+    for (size_t i = 0; i < src->ndestinations && ok; i++) {
         const sl_destination_t *d = src->destinations[i];
-        if (!d->enabled || !supports_type(d, type) || !integrations_allow(ev, d)) {
+        if (only_dest && strcmp(only_dest, d->id) != 0)
+            continue;
+        const char *why = pr_select_reason(ev, type, d);
+        if (why) {
+            sl_debug("processor", "event %s not for destination %s: %s", message_id, d->id, why);
             sl_metrics_add(pr->m_filtered, 1);
             continue;
         }
-        const char *reason = "destination type is not supported yet";
+        const char *reason = NULL;
         sl_buf_reset(&job);
-        if (strcmp(d->def_name, "WEBHOOK") != 0 ||
-            !build_webhook_job(&job, d, source_id, message_id, user_key, received_at, m->payload,
-                               m->len, &reason)) {
-            sl_warn("processor", "not delivering event %s to destination %s (%s): %s", message_id,
-                    d->id, d->def_name, reason);
-            sl_metrics_add(pr->m_unsupported, 1);
+        if (strcmp(d->def_name, "WEBHOOK") != 0) {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "destination type %s is not supported", d->def_name);
+            ok = dead_letter(pr, m, "destination_transformation", msg, source_id, d, message_id,
+                             received_at, true);
             continue;
         }
-        e->pending++;
-        if (!produce_job(pr, &job, m, d->id, message_id, e)) {
-            /* Stopping: keep the offset uncommitted so the event is processed again. */
-            e->pending--;
-            e->abandoned = true;
-            break;
+        if (!build_webhook_job(&job, d, source_id, message_id, user_key, received_at, text,
+                               text_len, &reason)) {
+            ok = dead_letter(pr, m, "destination_transformation", reason, source_id, d,
+                             message_id, received_at, true);
+            continue;
         }
-        sl_metrics_add(pr->m_jobs, 1);
+        rd_kafka_headers_t *h = rd_kafka_headers_new(3);
+        rd_kafka_header_add(h, HDR_DESTINATION_ID, -1, d->id, -1);
+        rd_kafka_header_add(h, HDR_MESSAGE_ID, -1, message_id, -1);
+        rd_kafka_header_add(h, HDR_ATTEMPT, -1, "1", 1);
+        ok = produce(pr, pr->delivery_topic, m->key, m->key_len, &job, h);
+        rd_kafka_headers_destroy(h);
+        if (ok)
+            sl_metrics_add(pr->m_jobs, 1);
     }
     sl_buf_free(&job);
+    sl_buf_free(&corrected);
 out:
     if (ws)
         sl_workspace_unref(ws);
     if (ev)
         json_object_put(ev);
-    event_release(e);
+    return ok;
+}
+
+/* --- transactions --- */
+
+/* Logs a transaction error; returns true if it is fatal for this producer. */
+static bool txn_error(const char *what, rd_kafka_error_t *err)
+{
+    sl_error("processor", "kafka transaction: %s failed: %s%s", what, rd_kafka_error_string(err),
+             rd_kafka_error_is_fatal(err) ? " (fatal)" : "");
+    return rd_kafka_error_is_fatal(err);
+}
+
+static void dedup_rebuild(pr_processor_t *pr, const rd_kafka_topic_partition_list_t *assigned);
+
+/* Puts the consumer back at the committed offsets of its assignment, after an abort: the
+ * events of the aborted transaction are read and processed again. */
+static void rewind_to_committed(pr_processor_t *pr)
+{
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    if (rd_kafka_assignment(pr->consumer, &parts) || !parts)
+        return;
+    if (parts->cnt && rd_kafka_committed(pr->consumer, parts, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        /* The aborted transaction's messageIds are in the dedup sets: rebuild them. */
+        if (pr->dedup)
+            dedup_rebuild(pr, parts);
+        for (int i = 0; i < parts->cnt; i++)
+            if (parts->elems[i].offset < 0)
+                parts->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING;
+        rd_kafka_error_t *e = rd_kafka_seek_partitions(pr->consumer, parts, 10000);
+        if (e) {
+            sl_error("processor", "could not rewind after an aborted transaction: %s",
+                     rd_kafka_error_string(e));
+            rd_kafka_error_destroy(e);
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(parts);
+}
+
+static void txn_abort(pr_processor_t *pr)
+{
+    rd_kafka_error_t *e = rd_kafka_abort_transaction(pr->producer, PR_TXN_TIMEOUT_MS);
+    if (e) {
+        txn_error("abort", e);
+        rd_kafka_error_destroy(e);
+    }
+    pr->txn_open = false;
+    pr->npos = 0;
+    pr->txn_events = 0;
+    sl_metrics_add(pr->m_txn_aborts, 1);
+    rewind_to_committed(pr);
+}
+
+/* Commits the open transaction with the consumed offsets. Returns 0, or -1 if it was aborted
+ * (the consumer is rewound), or -2 on a fatal error. */
+static int txn_commit(pr_processor_t *pr)
+{
+    if (!pr->txn_open)
+        return 0;
+    rd_kafka_error_t *e = NULL;
+    if (pr->npos) {
+        rd_kafka_topic_partition_list_t *offs = rd_kafka_topic_partition_list_new((int)pr->npos);
+        for (size_t i = 0; i < pr->npos; i++)
+            rd_kafka_topic_partition_list_add(offs, pr->events_topic, pr->pos[i].partition)
+                ->offset = pr->pos[i].next;
+        rd_kafka_consumer_group_metadata_t *cgmd = rd_kafka_consumer_group_metadata(pr->consumer);
+        e = rd_kafka_send_offsets_to_transaction(pr->producer, offs, cgmd, PR_TXN_TIMEOUT_MS);
+        rd_kafka_consumer_group_metadata_destroy(cgmd);
+        rd_kafka_topic_partition_list_destroy(offs);
+        if (e) {
+            bool fatal = txn_error("sending the consumed offsets", e);
+            rd_kafka_error_destroy(e);
+            if (fatal)
+                return -2;
+            txn_abort(pr);
+            return -1;
+        }
+    }
+    for (int attempt = 0;; attempt++) {
+        e = rd_kafka_commit_transaction(pr->producer, PR_TXN_TIMEOUT_MS);
+        if (!e)
+            break;
+        bool retry = rd_kafka_error_is_retriable(e) && attempt < 5;
+        bool fatal = txn_error("commit", e);
+        bool abort_needed = rd_kafka_error_txn_requires_abort(e);
+        rd_kafka_error_destroy(e);
+        if (fatal)
+            return -2;
+        if (abort_needed || !retry) {
+            txn_abort(pr);
+            return -1;
+        }
+    }
+    pr->txn_open = false;
+    pr->npos = 0;
+    pr->txn_events = 0;
+    sl_metrics_add(pr->m_txn_commits, 1);
+    sl_health_set("kafka", true, NULL);
+    return 0;
+}
+
+static bool txn_begin(pr_processor_t *pr)
+{
+    rd_kafka_error_t *e = rd_kafka_begin_transaction(pr->producer);
+    if (e) {
+        txn_error("begin", e);
+        rd_kafka_error_destroy(e);
+        return false;
+    }
+    pr->txn_open = true;
+    return true;
+}
+
+/* --- dedup across restarts and rebalances --- */
+
+/*
+ * Rebuilds the dedup sets of newly assigned partitions from the events topic: the messageIds
+ * of the events before each partition's committed offset, back to the dedup window (at most
+ * dedup_max_ids of them). Runs on the processor thread inside the assignment callback.
+ */
+static void dedup_rebuild(pr_processor_t *pr, const rd_kafka_topic_partition_list_t *assigned)
+{
+    char errstr[512];
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_copy(assigned);
+    if (rd_kafka_committed(pr->consumer, parts, 10000) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        sl_warn("processor", "dedup: could not read the committed offsets; the window starts "
+                             "empty for the assigned partitions");
+        rd_kafka_topic_partition_list_destroy(parts);
+        return;
+    }
+    /* A plain reader: assigned partitions, never subscribed, never committing. */
+    char group[512];
+    snprintf(group, sizeof(group), "%s-dedup-reader", pr->group);
+    rd_kafka_conf_t *kconf =
+        sl_kafka_conf_new(pr->conf, SL_KAFKA_CONSUMER, group, errstr, sizeof(errstr));
+    rd_kafka_t *rk = kconf ? rd_kafka_new(RD_KAFKA_CONSUMER, kconf, errstr, sizeof(errstr)) : NULL;
+    if (!rk) {
+        if (kconf)
+            rd_kafka_conf_destroy(kconf);
+        sl_warn("processor", "dedup: could not create a reader: %s", errstr);
+        rd_kafka_topic_partition_list_destroy(parts);
+        return;
+    }
+    /* Where each partition's window starts: by time, then no more than max ids back. */
+    rd_kafka_topic_partition_list_t *starts = rd_kafka_topic_partition_list_copy(parts);
+    int64_t since = sl_time_now_ms() - pr->dedup_window_ms;
+    for (int i = 0; i < starts->cnt; i++)
+        starts->elems[i].offset = since;
+    rd_kafka_offsets_for_times(rk, starts, 10000);
+    size_t want = 0;
+    for (int i = 0; i < parts->cnt; i++) {
+        int64_t end = parts->elems[i].offset, start = starts->elems[i].offset;
+        pr_dedup_forget(pr->dedup, parts->elems[i].partition);
+        if (end <= 0) {
+            starts->elems[i].offset = RD_KAFKA_OFFSET_END; /* nothing committed: nothing seen */
+            continue;
+        }
+        if (start < 0 || start > end)
+            start = end; /* nothing in the window */
+        if (end - start > (int64_t)pr->dedup_max_ids)
+            start = end - (int64_t)pr->dedup_max_ids;
+        starts->elems[i].offset = start;
+        want += (size_t)(end - start);
+    }
+    size_t got = 0;
+    json_tokener *tok = json_tokener_new();
+    if (want) {
+        rd_kafka_assign(rk, starts);
+        int64_t deadline = sl_time_mono_ms() + 60000;
+        int left = 0;
+        for (int i = 0; i < parts->cnt; i++)
+            left += starts->elems[i].offset >= 0 && starts->elems[i].offset < parts->elems[i].offset;
+        while (left > 0 && sl_time_mono_ms() < deadline && !atomic_load(&pr->stop)) {
+            rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
+            if (!m)
+                continue;
+            if (!m->err) {
+                rd_kafka_topic_partition_t *p =
+                    rd_kafka_topic_partition_list_find(parts, pr->events_topic, m->partition);
+                if (p && m->offset < p->offset) {
+                    json_tokener_reset(tok);
+                    json_object *o = json_tokener_parse_ex(tok, m->payload, (int)m->len);
+                    const char *mid = o ? str_field(o, "messageId") : NULL;
+                    rd_kafka_timestamp_type_t tt;
+                    int64_t ts = rd_kafka_message_timestamp(m, &tt);
+                    if (mid)
+                        pr_dedup_seen(pr->dedup, m->partition, mid, strlen(mid),
+                                      ts >= 0 ? ts : sl_time_now_ms());
+                    if (o)
+                        json_object_put(o);
+                    got++;
+                    if (m->offset + 1 == p->offset)
+                        left--;
+                }
+            }
+            rd_kafka_message_destroy(m);
+        }
+        rd_kafka_consumer_close(rk);
+    }
+    json_tokener_free(tok);
+    rd_kafka_destroy(rk);
+    sl_info("processor", "dedup: rebuilt the window of %d partitions from %zu events", parts->cnt,
+            got);
+    rd_kafka_topic_partition_list_destroy(starts);
+    rd_kafka_topic_partition_list_destroy(parts);
+}
+
+/* --- rebalances --- */
+
+static void on_assign(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    pr_processor_t *pr = opaque;
+    (void)rk;
+    if (pr->dedup && parts->cnt)
+        dedup_rebuild(pr, parts);
 }
 
 static void on_revoke(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
     pr_processor_t *pr = opaque;
-    /* Jobs of revoked partitions still in flight will be redone by the new owner. */
-    rd_kafka_flush(pr->producer, 5000);
-    sl_kafka_offsets_commit(pr->offsets, rk, true);
-    sl_kafka_offsets_forget(pr->offsets, parts);
+    (void)rk;
+    /* Finish the open transaction while the partitions are still ours. */
+    if (pr->txn_open && txn_commit(pr) != 0)
+        sl_warn("processor", "the transaction open at a rebalance was not committed; the new "
+                             "owner processes its events again");
+    if (pr->dedup)
+        for (int i = 0; i < parts->cnt; i++)
+            pr_dedup_forget(pr->dedup, parts->elems[i].partition);
 }
+
+/* --- the loop --- */
+
+static bool init_producer(pr_processor_t *pr, char *errstr, size_t errstr_size);
 
 static void *processor_main(void *arg)
 {
     pr_processor_t *pr = arg;
-    int64_t last_commit = sl_time_mono_ms();
+    int64_t txn_start = 0;
     while (!atomic_load(&pr->stop)) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(pr->consumer, 100);
+        int64_t now = sl_time_mono_ms();
+        int timeout = 100;
+        if (pr->txn_open) {
+            int64_t left = txn_start + pr->txn_interval_ms - now;
+            timeout = left > 0 ? (int)left : 0;
+        }
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(pr->consumer, timeout);
         if (m) {
-            if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
-                process_event(pr, m);
-            else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+                if (!pr->txn_open) {
+                    if (!txn_begin(pr)) {
+                        /* The producer is unusable: make a new one, read the event again. */
+                        rd_kafka_message_destroy(m);
+                        rewind_to_committed(pr);
+                        char err[512];
+                        while (!atomic_load(&pr->stop) && !init_producer(pr, err, sizeof(err))) {
+                            sl_error("processor", "could not restart the producer: %s", err);
+                            usleep(1000 * 1000);
+                        }
+                        continue;
+                    }
+                    txn_start = sl_time_mono_ms();
+                }
+                if (process_event(pr, m)) {
+                    note_position(pr, m->partition, m->offset);
+                    pr->txn_events++;
+                } else {
+                    /* Stopping in the middle of an event: none of it may be committed. */
+                    rd_kafka_message_destroy(m);
+                    txn_abort(pr);
+                    break;
+                }
+            } else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
                 sl_warn("processor", "kafka consumer: %s", rd_kafka_message_errstr(m));
+            }
             rd_kafka_message_destroy(m);
         }
         rd_kafka_poll(pr->producer, 0);
-        if (sl_time_mono_ms() - last_commit >= PR_COMMIT_EVERY_MS) {
-            sl_kafka_offsets_commit(pr->offsets, pr->consumer, false);
-            last_commit = sl_time_mono_ms();
+        if (pr->txn_open && (pr->txn_events >= pr->txn_max_events ||
+                             sl_time_mono_ms() - txn_start >= pr->txn_interval_ms)) {
+            if (txn_commit(pr) == -2) {
+                char err[512];
+                rewind_to_committed(pr);
+                while (!atomic_load(&pr->stop) && !init_producer(pr, err, sizeof(err))) {
+                    sl_error("processor", "could not restart the producer: %s", err);
+                    usleep(1000 * 1000);
+                }
+            }
         }
     }
-    /* Drain: wait for in-flight jobs, then commit what is durable. */
-    int64_t deadline = sl_time_mono_ms() + PR_DRAIN_TIMEOUT_MS;
-    while (rd_kafka_outq_len(pr->producer) > 0 && sl_time_mono_ms() < deadline)
-        rd_kafka_poll(pr->producer, 100);
-    sl_kafka_offsets_commit(pr->offsets, pr->consumer, true);
+    /* Drain: commit what was processed. */
+    if (pr->txn_open && txn_commit(pr) != 0)
+        sl_warn("processor", "the last transaction was not committed; its events are processed "
+                             "again after the restart");
     rd_kafka_consumer_close(pr->consumer);
     return NULL;
+}
+
+/* Creates (or re-creates, after a fatal error) the transactional producer. */
+static bool init_producer(pr_processor_t *pr, char *errstr, size_t errstr_size)
+{
+    if (pr->producer) {
+        rd_kafka_destroy(pr->producer);
+        pr->producer = NULL;
+    }
+    pr->txn_open = false;
+    pr->npos = 0;
+    pr->txn_events = 0;
+    rd_kafka_conf_t *kconf =
+        sl_kafka_conf_new(pr->conf, SL_KAFKA_PRODUCER, NULL, errstr, errstr_size);
+    if (!kconf)
+        return false;
+    char timeout[32];
+    snprintf(timeout, sizeof(timeout), "%d", PR_TXN_TIMEOUT_MS * 2);
+    if (rd_kafka_conf_set(kconf, "transactional.id", pr->txn_id, errstr, errstr_size) !=
+            RD_KAFKA_CONF_OK ||
+        rd_kafka_conf_set(kconf, "transaction.timeout.ms", timeout, errstr, errstr_size) !=
+            RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(kconf);
+        return false;
+    }
+    pr->producer = rd_kafka_new(RD_KAFKA_PRODUCER, kconf, errstr, errstr_size);
+    if (!pr->producer) {
+        rd_kafka_conf_destroy(kconf);
+        return false;
+    }
+    rd_kafka_error_t *e = rd_kafka_init_transactions(pr->producer, PR_TXN_TIMEOUT_MS);
+    if (e) {
+        sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT,
+                   "could not initialise kafka transactions (transactional.id %s): %s",
+                   pr->txn_id, rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+        rd_kafka_destroy(pr->producer);
+        pr->producer = NULL;
+        return false;
+    }
+    return true;
 }
 
 /* Frees pr and its clients (the consumer already closed); the thread is not running. */
@@ -336,10 +695,13 @@ static void processor_free(pr_processor_t *pr)
         rd_kafka_flush(pr->producer, 1000);
         rd_kafka_destroy(pr->producer);
     }
-    sl_kafka_offsets_destroy(pr->offsets);
+    pr_dedup_free(pr->dedup);
+    free(pr->pos);
     free(pr->events_topic);
     free(pr->delivery_topic);
+    free(pr->failed_topic);
     free(pr->group);
+    free(pr->txn_id);
     free(pr);
 }
 
@@ -348,44 +710,61 @@ pr_processor_t *pr_processor_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
 {
     pr_processor_t *pr = sl_calloc(1, sizeof(*pr));
     pr->ws = ws;
+    pr->conf = conf;
     pr->events_topic = sl_kafka_topic(conf, SL_TOPIC_EVENTS);
     pr->delivery_topic = sl_kafka_topic(conf, SL_TOPIC_DELIVERY);
+    pr->failed_topic = sl_kafka_topic(conf, SL_TOPIC_FAILED);
     pr->group = sl_kafka_topic(conf, "processor");
-    pr->offsets = sl_kafka_offsets_new();
+    pr->txn_interval_ms = sl_conf_duration_ms(conf, "processor.transaction_interval");
+    pr->txn_max_events = (size_t)sl_conf_int(conf, "processor.transaction_max_events");
+    if (sl_conf_bool(conf, "processor.dedup")) {
+        pr->dedup_window_ms = sl_conf_duration_ms(conf, "processor.dedup_window");
+        pr->dedup_max_ids = (size_t)sl_conf_int(conf, "processor.dedup_max_ids");
+        pr->dedup = pr_dedup_new(pr->dedup_window_ms, pr->dedup_max_ids);
+    }
 
-    rd_kafka_conf_t *kconf = sl_kafka_conf_new(conf, SL_KAFKA_PRODUCER, NULL, errstr, errstr_size);
-    if (!kconf)
-        goto fail;
-    /* Never give up on a job: the event's offset is committed only after all its jobs. */
-    if (rd_kafka_conf_set(kconf, "message.timeout.ms", "0", errstr, errstr_size) !=
-        RD_KAFKA_CONF_OK) {
-        rd_kafka_conf_destroy(kconf);
-        goto fail;
+    /* The transactional id must be stable across restarts (so a restarted instance fences
+     * its predecessor's open transaction at once) and unique per running instance. */
+    const char *instance = sl_conf_str(conf, "processor.instance_id");
+    char id[512];
+    if (*instance) {
+        snprintf(id, sizeof(id), "%s-%s", pr->group, instance);
+    } else {
+        char host[256] = "localhost";
+        gethostname(host, sizeof(host) - 1);
+        snprintf(id, sizeof(id), "%s-%s-%lld", pr->group, host,
+                 (long long)sl_conf_int(conf, "processor.port"));
     }
-    rd_kafka_conf_set_dr_msg_cb(kconf, on_delivery);
-    rd_kafka_conf_set_opaque(kconf, pr);
-    pr->producer = rd_kafka_new(RD_KAFKA_PRODUCER, kconf, errstr, errstr_size);
-    if (!pr->producer) {
-        rd_kafka_conf_destroy(kconf);
+    pr->txn_id = sl_strdup(id);
+
+    if (!init_producer(pr, errstr, errstr_size))
         goto fail;
-    }
     const char *topics[] = {pr->events_topic, NULL};
     pr->consumer =
         sl_kafka_consumer_new(conf, pr->group, topics, on_revoke, pr, errstr, errstr_size);
     if (!pr->consumer)
         goto fail;
+    sl_kafka_consumer_on_assign(pr->consumer, on_assign);
 
     pr->m_events = sl_metrics_counter("sluice_processor_events_total", "Events consumed", NULL);
     pr->m_jobs = sl_metrics_counter("sluice_processor_jobs_total",
                                     "Delivery jobs produced to the delivery topic", NULL);
     pr->m_filtered = sl_metrics_counter(
         "sluice_processor_filtered_total",
-        "Event-destination pairs not delivered because of config, type or integrations", NULL);
-    pr->m_unsupported =
-        sl_metrics_counter("sluice_processor_undeliverable_total",
-                           "Event-destination pairs whose destination can't take the event", NULL);
-    pr->m_invalid = sl_metrics_counter("sluice_processor_invalid_events_total",
-                                       "Messages on the events topic that are not events", NULL);
+        "Event-destination pairs not delivered because of config, type, integrations, consent "
+        "or event filters",
+        NULL);
+    pr->m_failed = sl_metrics_counter("sluice_processor_failed_total",
+                                      "Dead letters written to the failed topic", NULL);
+    pr->m_dups = sl_metrics_counter("sluice_processor_duplicates_total",
+                                    "Events dropped as duplicates of a messageId in the window",
+                                    NULL);
+    pr->m_txn_commits = sl_metrics_counter("sluice_processor_transactions_total",
+                                           "Kafka transactions, by outcome", "outcome", "commit",
+                                           NULL);
+    pr->m_txn_aborts = sl_metrics_counter("sluice_processor_transactions_total",
+                                          "Kafka transactions, by outcome", "outcome", "abort",
+                                          NULL);
 
     if (pthread_create(&pr->thread, NULL, processor_main, pr) != 0) {
         sl_err_set(errstr, errstr_size, SL_ERR_FATAL, "could not start the processor thread");
