@@ -109,8 +109,8 @@ static void collect(gw_json_span_t ev, fields_t *f)
     gw_json_members_init(&it, ev);
     while (gw_json_members_next(&it)) {
         gw_json_span_t k = it.key;
-        if (k.len < 6 || k.len > 40)
-            continue; /* shorter or longer than any name below, escaped or not */
+        if (k.len < 6)
+            continue; /* shorter than any name below */
         if (gw_json_key_is(k, "type"))
             f->type = it.value;
         else if (gw_json_key_is(k, "userId"))

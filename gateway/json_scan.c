@@ -259,6 +259,8 @@ static bool scan_value(scanner_t *s, int depth, gw_json_type_t *type)
 {
     if (s->p >= s->end)
         return fail(s, s->p, "unexpected end of input");
+    if (depth > GW_JSON_MAX_DEPTH) /* json-c counts scalars as a level too */
+        return fail(s, s->p, "nesting is too deep");
     switch (*s->p) {
     case '{':
         *type = GW_JSON_OBJECT;
