@@ -263,17 +263,35 @@ static void cerr(cc_t *cc, const char *where, const char *fmt, ...)
     snprintf(cc->err, cc->errsz, "%s: %s: %s", cc->file, where, msg);
 }
 
-/* where + "." + key, into buf */
-static const char *sub_where(char *buf, size_t sz, const char *where, const char *key)
+/* buf = a + b + c, cut to sz; any of them may be buf itself. */
+static const char *join3(char *buf, size_t sz, const char *a, const char *b, const char *c)
 {
-    snprintf(buf, sz, "%s%s%s", where, *where ? "." : "", key);
+    char tmp[512];
+    size_t n = 0;
+    const char *parts[3] = {a, b, c};
+    for (size_t i = 0; i < 3; i++)
+        for (const char *p = parts[i]; *p && n + 1 < sizeof(tmp); p++)
+            tmp[n++] = *p;
+    tmp[n] = '\0';
+    if (n + 1 > sz)
+        n = sz - 1;
+    memcpy(buf, tmp, n);
+    buf[n] = '\0';
     return buf;
 }
 
+/* where + "." + key, into buf (which may hold where) */
+static const char *sub_where(char *buf, size_t sz, const char *where, const char *key)
+{
+    return join3(buf, sz, where, *where ? "." : "", key);
+}
+
+/* where + "[i]", into buf (which may hold where) */
 static const char *sub_index(char *buf, size_t sz, const char *where, size_t i)
 {
-    snprintf(buf, sz, "%s[%zu]", where, i);
-    return buf;
+    char idx[24];
+    snprintf(idx, sizeof(idx), "[%zu]", i);
+    return join3(buf, sz, where, idx, "");
 }
 
 static json_object *jget(json_object *o, const char *key)
