@@ -22,6 +22,8 @@ static const sl_cmd_t commands[] = {
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
+int pr_jsworker_main(int argc, char **argv); /* hidden: `sluice js-worker`, processor/jsworker.c */
+
 static void usage(FILE *out)
 {
     fputs("usage: sluice [--config FILE] COMMAND [ARGS]\n\n"
@@ -50,6 +52,8 @@ int cmd_version(int argc, char **argv, const char *config_file)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "js-worker") == 0) /* the sandbox of user transformations */
+        return pr_jsworker_main(argc - 1, argv + 1);
     const char *config_file = NULL;
     int i = 1;
     while (i < argc && argv[i][0] == '-') {
