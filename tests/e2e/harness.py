@@ -376,3 +376,9 @@ def kafka_local(*args, timeout=180):
     """Runs scripts/kafka-local with args; returns the CompletedProcess (never raises)."""
     return subprocess.run([os.path.join(SOURCE_DIR, "scripts", "kafka-local")] + list(args),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def iso_ms(s):
+    """Milliseconds since the epoch of an RFC 3339 time such as 2026-11-26T10:00:00.123Z."""
+    from datetime import datetime
+    return int(datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() * 1000)

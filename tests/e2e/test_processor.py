@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""The processor end to end.
+
+  --case rules         selection rules (types, integrations, consent, allow/deny lists),
+                       timestamp correction, dead letters, config changes without a restart
+  --case dedup         the messageId window, across a restart (dev broker)
+  --case exactly-once  SIGKILL the processor mid-stream on the real Kafka: every event is in
+                       the delivery topic exactly once for read_committed consumers
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+
+import harness as h
+
+KEY = "e2e-write-key"
+
+
+def webhook(dest_id, url, **config):
+    cfg = {"webhookUrl": url, "webhookMethod": "POST"}
+    types = config.pop("types", ["track", "identify", "page", "screen", "group", "alias"])
+    cfg.update(config)
+    return {"id": dest_id, "name": dest_id, "enabled": True, "config": cfg,
+            "destinationDefinition": {"name": "WEBHOOK", "displayName": "Webhook",
+                                      "config": {"supportedMessageTypes": types}}}
+
+
+def config(dests):
+    cfg = h.workspace_config("http://127.0.0.1:9", write_key=KEY)
+    cfg["sources"][0]["destinations"] = dests
+    return cfg
+
+
+def send(p, path, ev):
+    st, body, _ = h.http("POST", p.url + path, ev, write_key=KEY)
+    if st != 200:
+        h.fail(f"POST {path}: {st} {body!r}")
+
+
+def by_path(sink):
+    out = {}
+    for r in sink.requests():
+        try:
+            ev = json.loads(r["body"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        out.setdefault(r["path"], []).append(ev)
+    return out
+
+
+def case_rules(env):
+    sink = h.Sink(env)
+    u = sink.url
+    env.write_workspace(config([
+        webhook("d-all", u + "/all"),
+        webhook("d-track", u + "/track", types=["track"]),
+        webhook("d-consent", u + "/consent",
+                oneTrustCookieCategories=[{"oneTrustCookieCategory": "C0004"}]),
+        webhook("d-allow", u + "/allow", eventFilteringOption="whitelistedEvents",
+                whitelistedEvents=[{"eventName": "Order Completed"}]),
+        webhook("d-deny", u + "/deny", eventFilteringOption="blacklistedEvents",
+                blacklistedEvents=[{"eventName": "Page Scrolled"}]),
+        {"id": "d-hubspot", "name": "hs", "enabled": True, "config": {"apiKey": "x"},
+         "destinationDefinition": {"name": "HS", "displayName": "HubSpot", "config": {}}},
+        dict(webhook("d-off", u + "/off"), enabled=False),
+    ]))
+    dev = h.DevKafka(env)
+    p = env.start("all", SLUICE_KAFKA_BROKERS=dev.bootstrap)
+    env.wait_healthy(p)
+
+    order = {"userId": "u1", "event": "Order Completed", "messageId": "m-order",
+             "originalTimestamp": "2026-11-26T11:00:05.000Z", "sentAt": "2026-11-26T11:00:07.000Z"}
+    scroll = {"userId": "u1", "event": "Page Scrolled", "messageId": "m-scroll",
+              "timestamp": "2020-01-01T00:00:00.000Z"}
+    ident = {"userId": "u1", "messageId": "m-ident", "traits": {"plan": "pro"}}
+    denied = {"userId": "u2", "event": "Order Completed", "messageId": "m-denied",
+              "context": {"consentManagement": {"deniedConsentIds": ["C0004"]}}}
+    nowhere = {"userId": "u3", "event": "Order Completed", "messageId": "m-nowhere",
+               "integrations": {"All": False}}
+    only = {"userId": "u3", "event": "Order Completed", "messageId": "m-only",
+            "integrations": {"All": False, "Webhook": True}}
+    send(p, "/v1/track", order)
+    send(p, "/v1/track", scroll)
+    send(p, "/v1/identify", ident)
+    send(p, "/v1/track", denied)
+    send(p, "/v1/track", nowhere)
+    send(p, "/v1/track", only)
+
+    want = {
+        "/all": {"m-order", "m-scroll", "m-ident", "m-denied", "m-only"},
+        "/track": {"m-order", "m-scroll", "m-denied", "m-only"},
+        "/consent": {"m-order", "m-scroll", "m-ident", "m-only"},
+        "/allow": {"m-order", "m-ident", "m-denied", "m-only"},
+        "/deny": {"m-order", "m-ident", "m-denied", "m-only"},
+    }
+
+    def arrived():
+        got = {k: {e["messageId"] for e in v} for k, v in by_path(sink).items()}
+        return got if all(want[k] <= got.get(k, set()) for k in want) else None
+    h.wait_for("every selected event at its destination", arrived, timeout=30)
+    time.sleep(1.0)  # anything that should not arrive has had time to
+    got = {k: [e["messageId"] for e in v] for k, v in by_path(sink).items()}
+    for k in want:
+        if sorted(got.get(k, [])) != sorted(want[k]):
+            h.fail(f"{k}: got {sorted(got.get(k, []))}, want {sorted(want[k])}")
+    if "/off" in got:
+        h.fail("a disabled destination got events")
+
+    # Timestamp correction: kept when valid, else receivedAt - (sentAt - originalTimestamp).
+    evs = {e["messageId"]: e for e in by_path(sink)["/all"]}
+    if evs["m-scroll"]["timestamp"] != "2020-01-01T00:00:00.000Z":
+        h.fail(f"a valid timestamp was changed: {evs['m-scroll']}")
+    o = evs["m-order"]
+    recv = h.iso_ms(o["receivedAt"])
+    if abs(h.iso_ms(o["timestamp"]) - (recv - 2000)) > 1:
+        h.fail(f"timestamp correction: {o['timestamp']} for receivedAt {o['receivedAt']}")
+
+    # The unsupported destination type: one dead letter per event, with the reason.
+    # (m-only names only "Webhook" in its integrations, so HubSpot never sees it.)
+    def letters():
+        out = [json.loads(m["value"]) for m in h.kafka_messages(dev.bootstrap, env.prefix + "failed")]
+        return out if len(out) >= 4 else None
+    dl = h.wait_for("dead letters for the HS destination", letters, timeout=20)
+    if {d["messageId"] for d in dl} != {"m-order", "m-scroll", "m-ident", "m-denied"} \
+            or any(d["destinationId"] != "d-hubspot" or "not supported" not in d["reason"]
+                   or d["stage"] != "destination_transformation" or "event" not in d
+                   for d in dl):
+        h.fail(f"dead letters: {dl}")
+
+    # A config change applies to new events within seconds, without a restart.
+    cfg = json.load(open(env.ws_path))
+    cfg["sources"][0]["destinations"].append(webhook("d-late", u + "/late"))
+    env.write_workspace(cfg)
+    t0 = time.time()
+
+    def late():
+        send(p, "/v1/track", {"userId": "u4", "event": "Late", "messageId": str(uuid.uuid4())})
+        return by_path(sink).get("/late")
+    h.wait_for("an event at a destination added to the config", late, timeout=20, interval=0.5)
+    h.log(f"new destination served {time.time() - t0:.1f} s after the config changed")
+
+
+def case_dedup(env):
+    sink = h.Sink(env)
+    env.write_workspace(config([webhook("d-all", sink.url + "/all")]))
+    # Real Kafka: the dev broker's group coordinator is slow to let a restarted member back in.
+    over = dict(SLUICE_PROCESSOR_DEDUP="true", SLUICE_PROCESSOR_DEDUP_WINDOW="600s")
+    p = env.start("all", **over)
+    env.wait_healthy(p)
+    x = {"userId": "dup-user", "event": "Paid", "messageId": "dup-x"}
+    send(p, "/v1/track", x)
+    send(p, "/v1/track", x)  # an SDK retry
+    send(p, "/v1/batch", {"batch": [dict(x, type="track"),
+                                    {"type": "track", "userId": "dup-user", "event": "Other",
+                                     "messageId": "dup-y"}]})
+    h.wait_for("dup-y", lambda: "dup-y" in sink.message_ids(), timeout=30)
+    time.sleep(1.0)
+    if sink.message_ids().count("dup-x") != 1:
+        h.fail(f"dup-x delivered {sink.message_ids().count('dup-x')} times before the restart")
+
+    # Restart: the window is rebuilt from the events topic.
+    p.stop()
+    q = env.start("all", **dict(over, SLUICE_GATEWAY_PORT=p.env["SLUICE_GATEWAY_PORT"],
+                               SLUICE_PROCESSOR_PORT=p.env["SLUICE_PROCESSOR_PORT"]))
+    env.wait_healthy(q)
+    send(q, "/v1/track", x)
+    send(q, "/v1/track", {"userId": "dup-user", "event": "After", "messageId": "dup-z"})
+    h.wait_for("dup-z", lambda: "dup-z" in sink.message_ids(), timeout=30)
+    time.sleep(1.0)
+    ids = sink.message_ids()
+    if ids.count("dup-x") != 1 or ids.count("dup-y") != 1 or ids.count("dup-z") != 1:
+        h.fail(f"after the restart: {ids}")
+    if "rebuilt the window" not in q.output():
+        h.fail("the processor did not rebuild its dedup window at start")
+    st, body, _ = h.http("GET", q.url + "/metrics")
+    if "sluice_processor_duplicates_total 1" not in body.decode():
+        h.fail("the duplicate after the restart is not counted")
+
+
+def read_committed(brokers, topic):
+    r = subprocess.run(["kcat", "-C", "-b", brokers, "-t", topic, "-o", "beginning", "-e", "-q",
+                        "-X", "isolation.level=read_committed", "-f", "%h\n"],
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        h.fail(f"kcat: {r.stderr[-500:]}")
+    ids = []
+    for line in r.stdout.splitlines():
+        for part in line.split(","):
+            if part.startswith("sluice-message-id="):
+                ids.append(part.split("=", 1)[1])
+    return ids
+
+
+def case_exactly_once(env):
+    env.write_workspace(config([webhook("d-all", "http://127.0.0.1:9/all")]))
+    gw = env.start("gateway")
+    env.wait_healthy(gw)
+    # A killed member leaves no LeaveGroup: a short session lets the restarted one in sooner.
+    fast = dict(SLUICE_KAFKA_SESSION_TIMEOUT_MS="6000", SLUICE_KAFKA_HEARTBEAT_INTERVAL_MS="1000")
+    pr = env.start("processor", **fast)
+    env.wait_healthy(pr)
+    sent, stop = [], threading.Event()
+
+    def client():
+        i = 0
+        while not stop.is_set():
+            batch = []
+            for _ in range(50):
+                mid = f"eo-{i}"
+                i += 1
+                batch.append({"type": "track", "userId": f"u{i % 97}", "event": "E",
+                              "messageId": mid})
+            st, _, _ = h.http("POST", gw.url + "/v1/batch", {"batch": batch}, write_key=KEY)
+            if st == 200:
+                sent.extend(b["messageId"] for b in batch)
+            time.sleep(0.01)
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        for _ in range(2):
+            mark = len(sent)
+            h.wait_for("events flowing", lambda: len(sent) >= mark + 500, timeout=60)
+            h.log(f"SIGKILL the processor after {len(sent)} events")
+            pr.signal(signal.SIGKILL)
+            pr.p.wait(10)
+            pr = env.start("processor", name="processor-again",
+                           SLUICE_PROCESSOR_PORT=pr.env["SLUICE_PROCESSOR_PORT"], **fast)
+            env.wait_healthy(pr)
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        t.join(30)
+    want = set(sent)
+    h.log(f"{len(want)} events acknowledged by the gateway")
+    topic = env.prefix + "delivery"
+
+    def complete():
+        ids = read_committed(env.brokers, topic)
+        return ids if want <= set(ids) else None
+    ids = h.wait_for("every acknowledged event in the delivery topic", complete, timeout=90,
+                     interval=2)
+    dups = len(ids) - len(set(ids))
+    if dups:
+        h.fail(f"{dups} events are in the delivery topic more than once for read_committed")
+    h.log(f"{len(ids)} jobs, each exactly once, across two SIGKILLs of the processor")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--case", required=True, choices=["rules", "dedup", "exactly-once"])
+    a = ap.parse_args()
+    if a.case == "exactly-once":
+        h.run(case_exactly_once, "processor-eo", kafka="real")
+    elif a.case == "dedup":
+        h.run(case_dedup, "processor-dedup", kafka="real")
+    else:
+        h.run(case_rules, "processor-rules", kafka="embedded")
