@@ -27,10 +27,10 @@ static const size_t sizes[] = {32768, 256, 1024, 64 << 20};
 enum { BATCH = 6, WEBHOOK = 7 };
 
 /*
- * Known bug "longkey" (SLUICE_FUZZ_KNOWN): ingest.c's collect() skips keys longer than 40
- * bytes as written, but "\u0061\u006e..." spells anonymousId in 68, messageId in 56, context in
- * 44: such a field is missed (a 400 no_user, the client's context lost, a second messageId
- * kept). True if the body has such a key, anywhere.
+ * Known bug "longkey" (SLUICE_FUZZ_KNOWN; fixed in 306aa99): ingest.c's collect() skipped keys
+ * longer than 40 bytes as written, but "\u0061\u006e..." spells anonymousId in 68, messageId in
+ * 56, context in 44: such a field was missed (a 400 no_user, the client's context lost, a
+ * second messageId kept). True if the body has such a key, anywhere.
  */
 static bool long_field_key(gw_json_span_t v)
 {
