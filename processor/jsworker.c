@@ -83,6 +83,7 @@ static struct {
     size_t out_bytes;
     int log_lines, log_dropped;
     sl_buf_t line;
+    sl_buf_t conv; /* scratch for jw_push_json and jw_utf8 */
 } jw;
 
 /* ---- frames on stdout ------------------------------------------------------------------ */
@@ -303,6 +304,78 @@ static bool jw_format_error(jw_heap_t *h, sl_buf_t *out)
     return false;
 }
 
+/* ---- UTF-8 at the boundary ------------------------------------------------------------ */
+
+/* Duktape keeps strings in CESU-8: a character outside the BMP made in JavaScript or read from
+ * a \ud83d\ude00 escape is two 3-byte surrogates, which is not UTF-8; and a 4-byte UTF-8
+ * character read from raw input is one character where JavaScript has two. So input JSON gets
+ * its 4-byte characters escaped as surrogate pairs (standard semantics: '😀'.length is 2), and
+ * output JSON gets surrogate pairs joined back into UTF-8 and lone surrogates \u-escaped. */
+
+/* Pushes JSON text as a string, non-BMP characters escaped. */
+static void jw_push_json(duk_context *ctx, const char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len && (unsigned char)s[i] < 0xF0)
+        i++;
+    if (i == len) {
+        duk_push_lstring(ctx, s, len);
+        return;
+    }
+    sl_buf_t *b = &jw.conv;
+    sl_buf_reset(b);
+    sl_buf_append(b, s, i);
+    while (i < len) {
+        const unsigned char *u = (const unsigned char *)s + i;
+        if (u[0] >= 0xF0 && u[0] <= 0xF4 && i + 3 < len && (u[1] & 0xC0) == 0x80 &&
+            (u[2] & 0xC0) == 0x80 && (u[3] & 0xC0) == 0x80) {
+            uint32_t cp = (uint32_t)(u[0] & 7) << 18 | (uint32_t)(u[1] & 0x3F) << 12 |
+                          (uint32_t)(u[2] & 0x3F) << 6 | (uint32_t)(u[3] & 0x3F);
+            if (cp >= 0x10000 && cp <= 0x10FFFF) {
+                cp -= 0x10000;
+                sl_buf_printf(b, "\\u%04x\\u%04x", 0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF));
+                i += 4;
+                continue;
+            }
+        }
+        sl_buf_putc(b, s[i++]);
+    }
+    duk_push_lstring(ctx, b->data, b->len);
+}
+
+/* The JSON text s as UTF-8: s itself, or a converted copy valid until the next call. */
+static const char *jw_utf8(const char *s, size_t len, size_t *out_len)
+{
+    *out_len = len;
+    if (!memchr(s, 0xED, len))
+        return s;
+    sl_buf_t *b = &jw.conv;
+    sl_buf_reset(b);
+    sl_buf_reserve(b, len);
+    size_t i = 0;
+    while (i < len) {
+        const unsigned char *u = (const unsigned char *)s + i;
+        if (u[0] == 0xED && i + 2 < len && u[1] >= 0xA0) { /* a surrogate */
+            uint32_t hi = 0xD000 | (uint32_t)(u[1] & 0x3F) << 6 | (uint32_t)(u[2] & 0x3F);
+            if (hi < 0xDC00 && i + 5 < len && u[3] == 0xED && u[4] >= 0xB0) {
+                uint32_t lo = 0xD000 | (uint32_t)(u[4] & 0x3F) << 6 | (uint32_t)(u[5] & 0x3F);
+                uint32_t cp = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                char o[4] = {(char)(0xF0 | cp >> 18), (char)(0x80 | ((cp >> 12) & 0x3F)),
+                             (char)(0x80 | ((cp >> 6) & 0x3F)), (char)(0x80 | (cp & 0x3F))};
+                sl_buf_append(b, o, 4);
+                i += 6;
+            } else {
+                sl_buf_printf(b, "\\u%04x", hi);
+                i += 3;
+            }
+            continue;
+        }
+        sl_buf_putc(b, s[i++]);
+    }
+    *out_len = b->len;
+    return b->data;
+}
+
 /* ---- the functions the code sees: log() and metadata() --------------------------------- */
 
 static duk_ret_t jw_json_encode_top(duk_context *ctx, void *udata)
@@ -346,7 +419,9 @@ static duk_ret_t jw_log(duk_context *ctx)
             b->data[i] = ' ';
     sl_buf_t f = SL_BUF_INIT;
     size_t off = pr_jsw_frame_begin(&f, PR_JSW_LOG);
-    pr_jsw_buf_str(&f, b->data ? b->data : "", b->len);
+    size_t tlen;
+    const char *text = jw_utf8(b->data ? b->data : "", b->len, &tlen);
+    pr_jsw_buf_str(&f, text, tlen);
     pr_jsw_frame_end(&f, off);
     jw_write_all(f.data, f.len);
     sl_buf_free(&f);
@@ -383,7 +458,7 @@ static duk_ret_t jw_metadata(duk_context *ctx)
     if (duk_get_prop_index(ctx, -1, (duk_uarridx_t)idx))
         return 1;
     duk_pop(ctx);
-    duk_push_lstring(ctx, jw.md[idx], jw.md_len[idx]);
+    jw_push_json(ctx, jw.md[idx], jw.md_len[idx]);
     duk_json_decode(ctx, -1);
     if (!duk_is_object(ctx, -1) || duk_is_array(ctx, -1)) {
         duk_pop(ctx);
@@ -570,6 +645,7 @@ static void jw_heap_drop(jw_heap_t *h)
 
 static void jw_out_error(sl_buf_t *out, const char *msg, size_t len)
 {
+    msg = jw_utf8(msg, len, &len);
     char k = 2; /* PR_USERTX_ERROR */
     sl_buf_append(out, &k, 1);
     pr_jsw_buf_u32(out, 0);
@@ -590,6 +666,7 @@ static void jw_out_events(sl_buf_t *out, uint32_t count, const char *json, size_
     char k = 1; /* PR_USERTX_EVENTS */
     sl_buf_append(out, &k, 1);
     pr_jsw_buf_u32(out, count);
+    json = jw_utf8(json, len, &len);
     if (!wrap) {
         pr_jsw_buf_str(out, json, len);
         return;
@@ -651,7 +728,7 @@ static duk_ret_t jw_event_call(duk_context *ctx, void *udata)
     (void)udata;
     duk_idx_t b = duk_get_top(ctx) - 2; /* a safe call shares its caller's frame */
     uint32_t i = jw.cur;
-    duk_push_lstring(ctx, jw.ev[i], jw.ev_len[i]);
+    jw_push_json(ctx, jw.ev[i], jw.ev_len[i]);
     duk_json_decode(ctx, b + 2); /* metadata() knows it by jw.cur: no hidden index needed */
     duk_dup(ctx, b);
     duk_dup(ctx, b + 2);
@@ -778,7 +855,7 @@ typedef struct jw_batch {
 static duk_ret_t jw_decode(duk_context *ctx, void *udata)
 {
     (void)udata;
-    duk_push_lstring(ctx, jw.ev[jw.cur], jw.ev_len[jw.cur]);
+    jw_push_json(ctx, jw.ev[jw.cur], jw.ev_len[jw.cur]);
     duk_json_decode(ctx, -1);
     return 1;
 }
@@ -869,6 +946,7 @@ static duk_ret_t jw_batch_call(duk_context *ctx, void *udata)
         }
         sl_buf_t *o = &jw.outs[idx];
         sl_buf_putc(o, jw.counts[idx]++ ? ',' : '[');
+        s = jw_utf8(s, slen, &slen);
         sl_buf_append(o, s, slen);
         duk_pop(ctx);
     }
@@ -1077,5 +1155,6 @@ int pr_jsworker_main(int argc, char **argv)
         jw.heaps[i] = NULL;
     }
     sl_buf_free(&jw.line);
+    sl_buf_free(&jw.conv);
     return rc;
 }

@@ -386,6 +386,15 @@ int pr_usertx_run(pr_usertx_pool_t *pool, const char *version_id, const char *co
     ux_worker_t *w = worker_acquire(pool);
     int rc = 0;
     char msg[256];
+    int st;
+    if (w->pid > 0 && waitpid(w->pid, &st, WNOHANG) == w->pid) { /* e.g. the OOM killer */
+        char how[96];
+        describe_status(st, how, sizeof(how));
+        sl_warn("usertx", "transformation worker %d %s while idle; starting another",
+                (int)w->pid, how);
+        w->pid = 0;
+        worker_stop(w, false);
+    }
     if (w->pid <= 0 && worker_start(pool, w, msg, sizeof(msg)) != 0) {
         sl_warn("usertx", "transformation %s: %s", version_id, msg);
         fail_all(out, n, msg);

@@ -7,7 +7,10 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -319,6 +322,26 @@ static void test_no_escape(void **state)
     pr_usertx_results_free(out, 5);
 }
 
+/* Duktape's strings are CESU-8 inside; what comes out is UTF-8, with JavaScript's lengths. */
+static void test_unicode(void **state)
+{
+    (void)state;
+    const char *code = "function transformEvent(e) {\n"
+                       "  e.len = e.s.length;\n"
+                       "  e.made = '\\ud83d\\ude00';\n"
+                       "  e.lone = '\\ud800';\n"
+                       "  e.hangul = '\\ud55c';\n"
+                       "  return e;\n"
+                       "}\n";
+    const char *ev[] = {"{\"s\":\"\xf0\x9f\x98\x80 \xc3\xa9 \\ud83d\\ude01\"}"};
+    pr_usertx_result_t out[1];
+    run("v-utf8", code, ev, NULL, 1, out);
+    assert_events(&out[0], 1,
+                  "[{\"s\":\"\xf0\x9f\x98\x80 \xc3\xa9 \xf0\x9f\x98\x81\",\"len\":7,"
+                  "\"made\":\"\xf0\x9f\x98\x80\",\"lone\":\"\\ud800\",\"hangul\":\"\xed\x95\x9c\"}]");
+    pr_usertx_results_free(out, 1);
+}
+
 static void test_timeout(void **state)
 {
     (void)state;
@@ -477,6 +500,31 @@ static void test_threads(void **state)
     }
 }
 
+/* The pids of this process's children (from /proc), at most max. */
+static size_t children(pid_t *pids, size_t max)
+{
+    size_t n = 0;
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    while (d && (e = readdir(d)) && n < max) {
+        char path[300], buf[512];
+        snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        size_t len = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[len] = '\0';
+        char *close_paren = strrchr(buf, ')');
+        int ppid = 0;
+        if (close_paren && sscanf(close_paren + 1, " %*c %d", &ppid) == 1 && ppid == getpid())
+            pids[n++] = (pid_t)atoi(e->d_name);
+    }
+    if (d)
+        closedir(d);
+    return n;
+}
+
 /* A worker that dies mid-call is reported, and replaced for the next call. */
 static void test_worker_crash(void **state)
 {
@@ -499,6 +547,32 @@ static void test_worker_crash(void **state)
                                   "fault) while running the transformation");
         pr_usertx_results_free(out, 2);
     }
+    pr_usertx_pool_free(p);
+
+    /* A worker that died while idle is replaced before the call, which then succeeds. */
+    const char *argv2[] = {getenv("SLUICE_BIN"), "js-worker", NULL};
+    o.worker_argv = argv2;
+    pid_t before[64], after[64];
+    size_t nb = children(before, 64);
+    p = pr_usertx_pool_new(&o, err, sizeof(err));
+    assert_non_null(p);
+    size_t na = children(after, 64);
+    pid_t worker = 0;
+    for (size_t i = 0; i < na; i++) {
+        bool old = false;
+        for (size_t j = 0; j < nb; j++)
+            old = old || after[i] == before[j];
+        if (!old)
+            worker = after[i];
+    }
+    assert_true(worker > 0);
+    assert_int_equal(kill(worker, SIGKILL), 0);
+    usleep(100 * 1000);
+    assert_int_equal(pr_usertx_run(p, "v-idle", "function transformEvent(e) { return e; }", ev,
+                                   NULL, 1, out),
+                     0);
+    assert_events(&out[0], 1, "[{}]");
+    pr_usertx_results_free(out, 1);
     pr_usertx_pool_free(p);
 
     /* A command that is not a worker fails at start. */
@@ -553,6 +627,7 @@ int main(void)
         cmocka_unit_test(test_bad_return),
         cmocka_unit_test(test_syntax_error),
         cmocka_unit_test(test_no_escape),
+        cmocka_unit_test(test_unicode),
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_memory),
         cmocka_unit_test(test_state_and_versions),
