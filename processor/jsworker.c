@@ -516,6 +516,57 @@ static void jw_setup(duk_context *ctx, void *udata)
     duk_pop(ctx);
 }
 
+/* Duktape is ES5.1 with parts of ES2015+. Library methods that transformations commonly use
+ * and Duktape lacks are added here (non-enumerable, like the real ones); syntax it lacks
+ * (arrow functions, let, template literals, classes, destructuring) can't be added. */
+static const char jw_prelude[] =
+    "(function () {\n"
+    "  function def(o, n, f) {\n"
+    "    if (!o[n]) Object.defineProperty(o, n, {value: f, writable: true, configurable: true});\n"
+    "  }\n"
+    "  function pad(t, n, s) {\n"
+    "    t = String(t); s = s === undefined ? ' ' : String(s);\n"
+    "    var need = n - t.length, f = '';\n"
+    "    if (need <= 0 || !s) return '';\n"
+    "    while (f.length < need) f += s;\n"
+    "    return f.slice(0, need);\n"
+    "  }\n"
+    "  def(Array.prototype, 'includes', function (v, from) {\n"
+    "    var n = this.length >>> 0, i = from | 0;\n"
+    "    if (i < 0) i = Math.max(n + i, 0);\n"
+    "    for (; i < n; i++) { var x = this[i]; if (x === v || (x !== x && v !== v)) return true; "
+    "}\n"
+    "    return false;\n"
+    "  });\n"
+    "  def(Array.prototype, 'find', function (f, t) {\n"
+    "    for (var i = 0, n = this.length >>> 0; i < n; i++) if (f.call(t, this[i], i, this)) "
+    "return this[i];\n"
+    "  });\n"
+    "  def(Array.prototype, 'findIndex', function (f, t) {\n"
+    "    for (var i = 0, n = this.length >>> 0; i < n; i++) if (f.call(t, this[i], i, this)) "
+    "return i;\n"
+    "    return -1;\n"
+    "  });\n"
+    "  def(Array, 'from', function (a, f, t) {\n"
+    "    var r = [];\n"
+    "    for (var i = 0, n = a.length >>> 0; i < n; i++) r.push(f ? f.call(t, a[i], i) : a[i]);\n"
+    "    return r;\n"
+    "  });\n"
+    "  def(Object, 'entries', function (o) {\n"
+    "    return Object.keys(o).map(function (k) { return [k, o[k]]; });\n"
+    "  });\n"
+    "  def(Object, 'values', function (o) {\n"
+    "    return Object.keys(o).map(function (k) { return o[k]; });\n"
+    "  });\n"
+    "  def(Object, 'fromEntries', function (a) {\n"
+    "    var o = {};\n"
+    "    for (var i = 0; i < a.length; i++) o[a[i][0]] = a[i][1];\n"
+    "    return o;\n"
+    "  });\n"
+    "  def(String.prototype, 'padStart', function (n, s) { return pad(this, n, s) + this; });\n"
+    "  def(String.prototype, 'padEnd', function (n, s) { return this + pad(this, n, s); });\n"
+    "})();\n";
+
 typedef struct jw_src {
     const char *vid, *code;
     size_t vid_len, code_len;
@@ -527,6 +578,10 @@ static duk_ret_t jw_load_call(duk_context *ctx, void *udata)
 {
     jw_src_t *src = udata;
     jw_setup(ctx, NULL);
+    duk_push_literal(ctx, "prelude");
+    duk_compile_lstring_filename(ctx, 0, jw_prelude, sizeof(jw_prelude) - 1);
+    duk_call(ctx, 0);
+    duk_pop(ctx);
     duk_push_lstring(ctx, src->vid, src->vid_len);
     duk_compile_lstring_filename(ctx, 0, src->code, src->code_len);
     duk_call(ctx, 0);
@@ -848,7 +903,7 @@ static void jw_run_events(const char *vid, size_t vid_len, const char *code, siz
 /* The state of a transformBatch call. */
 typedef struct jw_batch {
     jw_heap_t *heap;
-    char **perr;  /* per event: why its JSON did not parse, or NULL */
+    char **perr;   /* per event: why its JSON did not parse, or NULL */
     uint32_t good; /* events that parsed */
 } jw_batch_t;
 

@@ -239,8 +239,7 @@ static void worker_release(pr_usertx_pool_t *pool, ux_worker_t *w)
 
 /* ---- the pool -------------------------------------------------------------------------- */
 
-pr_usertx_pool_t *pr_usertx_pool_new(const pr_usertx_opts_t *opts, char *errstr,
-                                     size_t errstr_size)
+pr_usertx_pool_t *pr_usertx_pool_new(const pr_usertx_opts_t *opts, char *errstr, size_t errstr_size)
 {
     pr_usertx_opts_t o = {0};
     if (opts)
@@ -390,8 +389,8 @@ int pr_usertx_run(pr_usertx_pool_t *pool, const char *version_id, const char *co
     if (w->pid > 0 && waitpid(w->pid, &st, WNOHANG) == w->pid) { /* e.g. the OOM killer */
         char how[96];
         describe_status(st, how, sizeof(how));
-        sl_warn("usertx", "transformation worker %d %s while idle; starting another",
-                (int)w->pid, how);
+        sl_warn("usertx", "transformation worker %d %s while idle; starting another", (int)w->pid,
+                how);
         w->pid = 0;
         worker_stop(w, false);
     }
@@ -436,8 +435,8 @@ int pr_usertx_run(pr_usertx_pool_t *pool, const char *version_id, const char *co
             const char *s;
             uint32_t slen = pr_jsw_rd_str(&r, &s);
             if (!r.bad)
-                sl_info("usertx", "transformation log versionId=%s: %.*s", version_id,
-                        (int)slen, s);
+                sl_info("usertx", "transformation log versionId=%s: %.*s", version_id, (int)slen,
+                        s);
             consume(&w->rbuf, flen);
             continue;
         }
@@ -452,8 +451,9 @@ int pr_usertx_run(pr_usertx_pool_t *pool, const char *version_id, const char *co
     int status = worker_stop(w, true);
     if (io == UX_TIMEOUT) {
         snprintf(msg, sizeof(msg), "transformation timed out after %d ms", pool->time_limit_ms);
-        sl_warn("usertx", "transformation %s timed out after %d ms on %zu events; its worker "
-                          "was killed",
+        sl_warn("usertx",
+                "transformation %s timed out after %d ms on %zu events; its worker "
+                "was killed",
                 version_id, pool->time_limit_ms, n);
     } else if (io == UX_EOF) {
         char how[96];
@@ -481,8 +481,7 @@ int pr_usertx_load_code(const char *dir, const char *version_id, char **code, ch
     *code = NULL;
     if (!version_id || !*version_id || version_id[0] == '.')
         return sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
-                          "invalid transformation version id \"%s\"",
-                          version_id ? version_id : "");
+                          "invalid transformation version id \"%s\"", version_id ? version_id : "");
     for (const char *p = version_id; *p; p++) {
         char c = *p;
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -515,8 +514,7 @@ int pr_usertx_load_code(const char *dir, const char *version_id, char **code, ch
             continue;
         if (r < 0) {
             rc = sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
-                            "could not read transformation code \"%s\": %s", path,
-                            strerror(errno));
+                            "could not read transformation code \"%s\": %s", path, strerror(errno));
             goto out;
         }
         if (r == 0)
@@ -524,9 +522,9 @@ int pr_usertx_load_code(const char *dir, const char *version_id, char **code, ch
         b.len += (size_t)r;
         b.data[b.len] = '\0';
         if (b.len > UX_MAX_CODE) {
-            rc = sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
-                            "transformation code \"%s\" is larger than %u bytes", path,
-                            UX_MAX_CODE);
+            rc =
+                sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
+                           "transformation code \"%s\" is larger than %u bytes", path, UX_MAX_CODE);
             goto out;
         }
     }

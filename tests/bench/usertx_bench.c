@@ -20,29 +20,27 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *code_event =
-    "function transformEvent(event, metadata) {\n"
-    "  if (event.event === 'Ignored') return null;\n"
-    "  event.properties = event.properties || {};\n"
-    "  event.properties.source = metadata(event).sourceId;\n"
-    "  event.event = event.event.toLowerCase();\n"
-    "  delete event.context.userAgent;\n"
-    "  return event;\n"
-    "}\n";
+static const char *code_event = "function transformEvent(event, metadata) {\n"
+                                "  if (event.event === 'Ignored') return null;\n"
+                                "  event.properties = event.properties || {};\n"
+                                "  event.properties.source = metadata(event).sourceId;\n"
+                                "  event.event = event.event.toLowerCase();\n"
+                                "  delete event.context.userAgent;\n"
+                                "  return event;\n"
+                                "}\n";
 
-static const char *code_batch =
-    "function transformBatch(events, metadata) {\n"
-    "  var out = [];\n"
-    "  for (var i = 0; i < events.length; i++) {\n"
-    "    var event = events[i];\n"
-    "    event.properties = event.properties || {};\n"
-    "    event.properties.source = metadata(event).sourceId;\n"
-    "    event.event = event.event.toLowerCase();\n"
-    "    delete event.context.userAgent;\n"
-    "    out.push(event);\n"
-    "  }\n"
-    "  return out;\n"
-    "}\n";
+static const char *code_batch = "function transformBatch(events, metadata) {\n"
+                                "  var out = [];\n"
+                                "  for (var i = 0; i < events.length; i++) {\n"
+                                "    var event = events[i];\n"
+                                "    event.properties = event.properties || {};\n"
+                                "    event.properties.source = metadata(event).sourceId;\n"
+                                "    event.event = event.event.toLowerCase();\n"
+                                "    delete event.context.userAgent;\n"
+                                "    out.push(event);\n"
+                                "  }\n"
+                                "  return out;\n"
+                                "}\n";
 
 static pr_usertx_pool_t *pool;
 static int batch = 500;
@@ -79,9 +77,9 @@ static void *caller(void *arg)
                  id, i, i);
     }
     while (sl_time_mono_ms() < stop_at) {
-        int rc = pr_usertx_run(pool, "bench-v1", use_batch_fn ? code_batch : code_event,
-                               (const char *const *)ev, (const char *const *)md, (size_t)batch,
-                               out);
+        int rc =
+            pr_usertx_run(pool, "bench-v1", use_batch_fn ? code_batch : code_event,
+                          (const char *const *)ev, (const char *const *)md, (size_t)batch, out);
         if (rc != 0) {
             atomic_fetch_add(&failures, batch);
             continue;

@@ -230,8 +230,12 @@ static void test_throw(void **state)
                        "  if (event.event === 'json') return JSON.parse('{x');\n"
                        "  return event;\n"
                        "}\n";
-    const char *ev[] = {"{\"event\":\"ok1\"}", "{\"event\":\"bad\"}", "{\"event\":\"err\"}",
-                        "{\"event\":\"str\"}", "{\"event\":\"json\"}", "{\"event\":\"ok2\"}",
+    const char *ev[] = {"{\"event\":\"ok1\"}",
+                        "{\"event\":\"bad\"}",
+                        "{\"event\":\"err\"}",
+                        "{\"event\":\"str\"}",
+                        "{\"event\":\"json\"}",
+                        "{\"event\":\"ok2\"}",
                         "{not json"};
     pr_usertx_result_t out[7];
     run("v-throw", code, ev, NULL, 7, out);
@@ -303,13 +307,14 @@ static void test_syntax_error(void **state)
 static void test_no_escape(void **state)
 {
     (void)state;
-    const char *code = "function transformEvent(event) {\n"
-                       "  if (event.t === 'require') return require('fs').readFileSync('/etc/passwd');\n"
-                       "  if (event.t === 'process') return process.env;\n"
-                       "  if (event.t === 'duktape') return Duktape.env;\n"
-                       "  if (event.t === 'print') return print('to stdout');\n"
-                       "  return {g: typeof fetch + typeof XMLHttpRequest + typeof setTimeout};\n"
-                       "}\n";
+    const char *code =
+        "function transformEvent(event) {\n"
+        "  if (event.t === 'require') return require('fs').readFileSync('/etc/passwd');\n"
+        "  if (event.t === 'process') return process.env;\n"
+        "  if (event.t === 'duktape') return Duktape.env;\n"
+        "  if (event.t === 'print') return print('to stdout');\n"
+        "  return {g: typeof fetch + typeof XMLHttpRequest + typeof setTimeout};\n"
+        "}\n";
     const char *ev[] = {"{\"t\":\"require\"}", "{\"t\":\"process\"}", "{\"t\":\"duktape\"}",
                         "{\"t\":\"print\"}", "{\"t\":\"types\"}"};
     pr_usertx_result_t out[5];
@@ -320,6 +325,30 @@ static void test_no_escape(void **state)
     assert_error(&out[3], "ReferenceError: identifier 'print' undefined (line 5)");
     assert_events(&out[4], 1, "[{\"g\":\"undefinedundefinedundefined\"}]");
     pr_usertx_results_free(out, 5);
+}
+
+/* Library methods Duktape lacks come from the prelude, and stay out of for-in. */
+static void test_prelude(void **state)
+{
+    (void)state;
+    const char *code =
+        "function transformEvent(e) {\n"
+        "  var keys = [];\n"
+        "  for (var k in [1]) keys.push(k);\n"
+        "  return {inc: [1, NaN].includes(NaN), find: [1, 5, 7].find(function (x) {\n"
+        "    return x > 4; }), idx: [1, 5].findIndex(function (x) { return x > 9; }),\n"
+        "    from: Array.from('ab'), ent: Object.entries({a: 1}),\n"
+        "    vals: Object.values({a: 1, b: 2}), fe: Object.fromEntries([['k', 'v']]),\n"
+        "    ps: 'abc'.padStart(10, 'foo'), pe: '5'.padEnd(3, '0'), keys: keys};\n"
+        "}\n";
+    const char *ev[] = {"{}"};
+    pr_usertx_result_t out[1];
+    run("v-prelude", code, ev, NULL, 1, out);
+    assert_events(&out[0], 1,
+                  "[{\"inc\":true,\"find\":5,\"idx\":-1,\"from\":[\"a\",\"b\"],\"ent\":[[\"a\",1]],"
+                  "\"vals\":[1,2],\"fe\":{\"k\":\"v\"},\"ps\":\"foofoofabc\",\"pe\":\"500\","
+                  "\"keys\":[\"0\"]}]");
+    pr_usertx_results_free(out, 1);
 }
 
 /* Duktape's strings are CESU-8 inside; what comes out is UTF-8, with JavaScript's lengths. */
@@ -336,9 +365,10 @@ static void test_unicode(void **state)
     const char *ev[] = {"{\"s\":\"\xf0\x9f\x98\x80 \xc3\xa9 \\ud83d\\ude01\"}"};
     pr_usertx_result_t out[1];
     run("v-utf8", code, ev, NULL, 1, out);
-    assert_events(&out[0], 1,
-                  "[{\"s\":\"\xf0\x9f\x98\x80 \xc3\xa9 \xf0\x9f\x98\x81\",\"len\":7,"
-                  "\"made\":\"\xf0\x9f\x98\x80\",\"lone\":\"\\ud800\",\"hangul\":\"\xed\x95\x9c\"}]");
+    assert_events(
+        &out[0], 1,
+        "[{\"s\":\"\xf0\x9f\x98\x80 \xc3\xa9 \xf0\x9f\x98\x81\",\"len\":7,"
+        "\"made\":\"\xf0\x9f\x98\x80\",\"lone\":\"\\ud800\",\"hangul\":\"\xed\x95\x9c\"}]");
     pr_usertx_results_free(out, 1);
 }
 
@@ -395,11 +425,12 @@ static void test_memory(void **state)
     pr_usertx_results_free(out, 5);
 
     /* A bomb that keeps what it took in a global: the heap is dropped and loaded afresh. */
-    const char *global = "var keep = [];\n"
-                         "function transformEvent(event) {\n"
-                         "  if (event.event === 'objects') while (true) keep.push({n: keep.length});\n"
-                         "  return event;\n"
-                         "}\n";
+    const char *global =
+        "var keep = [];\n"
+        "function transformEvent(event) {\n"
+        "  if (event.event === 'objects') while (true) keep.push({n: keep.length});\n"
+        "  return event;\n"
+        "}\n";
     for (int round = 0; round < 2; round++) {
         run("v-bomb-global", global, ev, NULL, 3, out);
         assert_events(&out[0], 1, "[{\"event\":\"ok1\"}]");
@@ -409,8 +440,9 @@ static void test_memory(void **state)
     }
 
     /* At the top level: every event fails, and the pool goes on. */
-    run("v-bomb-top", "var s = 'x'; while (true) s += s;\n"
-                      "function transformEvent(e) { return e; }",
+    run("v-bomb-top",
+        "var s = 'x'; while (true) s += s;\n"
+        "function transformEvent(e) { return e; }",
         ev, NULL, 2, out);
     assert_error(&out[0], "memory limit exceeded");
     assert_error(&out[1], "memory limit exceeded");
@@ -539,8 +571,8 @@ static void test_worker_crash(void **state)
     const char *ev[] = {"{}", "{}"};
     pr_usertx_result_t out[2];
     for (int round = 0; round < 2; round++) {
-        assert_int_equal(pr_usertx_run(p, "v-crash", "function transformEvent(e) { return e; }",
-                                       ev, NULL, 2, out),
+        assert_int_equal(pr_usertx_run(p, "v-crash", "function transformEvent(e) { return e; }", ev,
+                                       NULL, 2, out),
                          0);
         for (int i = 0; i < 2; i++)
             assert_error(&out[i], "transformation worker was killed by signal 11 (Segmentation "
@@ -568,9 +600,9 @@ static void test_worker_crash(void **state)
     assert_true(worker > 0);
     assert_int_equal(kill(worker, SIGKILL), 0);
     usleep(100 * 1000);
-    assert_int_equal(pr_usertx_run(p, "v-idle", "function transformEvent(e) { return e; }", ev,
-                                   NULL, 1, out),
-                     0);
+    assert_int_equal(
+        pr_usertx_run(p, "v-idle", "function transformEvent(e) { return e; }", ev, NULL, 1, out),
+        0);
     assert_events(&out[0], 1, "[{}]");
     pr_usertx_results_free(out, 1);
     pr_usertx_pool_free(p);
@@ -610,8 +642,7 @@ static void test_load_code(void **state)
     assert_null(code);
     assert_int_equal(pr_usertx_load_code(dir, "../etc/passwd", &code, err, sizeof(err)),
                      SL_ERR_INVALID);
-    assert_int_equal(pr_usertx_load_code(dir, ".hidden", &code, err, sizeof(err)),
-                     SL_ERR_INVALID);
+    assert_int_equal(pr_usertx_load_code(dir, ".hidden", &code, err, sizeof(err)), SL_ERR_INVALID);
     unlink(path);
     rmdir(dir);
 }
@@ -627,6 +658,7 @@ int main(void)
         cmocka_unit_test(test_bad_return),
         cmocka_unit_test(test_syntax_error),
         cmocka_unit_test(test_no_escape),
+        cmocka_unit_test(test_prelude),
         cmocka_unit_test(test_unicode),
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_memory),
