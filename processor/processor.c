@@ -14,6 +14,7 @@
 #include "common/metrics.h"
 #include "common/timeutil.h"
 #include "processor/dedup.h"
+#include "processor/desttx.h"
 #include "processor/select.h"
 
 #include <json-c/json.h>
@@ -58,6 +59,8 @@ struct pr_processor {
     position_t *pos;
     size_t npos, cappos, txn_events;
 
+    pr_desttx_t *desttx;    /* destination definitions */
+    pr_desttx_out_t txout;  /* the processor thread's transformation output, reused */
     pr_dedup_t *dedup; /* NULL when dedup is off */
     int64_t dedup_window_ms;
     size_t dedup_max_ids;
@@ -111,23 +114,18 @@ static bool produce(pr_processor_t *pr, const char *topic, const void *key, size
     }
 }
 
-/* Builds the WEBHOOK delivery job (RudderStack-compatible: the event is the body; method and
- * headers from config). Returns false, with reason, if the destination config can't be used. */
-static bool build_webhook_job(sl_buf_t *job, const sl_destination_t *d, const char *source_id,
-                              const char *message_id, const char *user_key, const char *received_at,
-                              const char *event, size_t event_len, const char **reason)
+/* The delivery job envelope around one request of a destination transformation. */
+static void build_job(sl_buf_t *job, const sl_destination_t *d, const char *source_id,
+                      const char *message_id, size_t index, size_t nreqs, const char *user_key,
+                      const char *received_at, const pr_desttx_req_t *req)
 {
-    const char *url = str_field(d->config, "webhookUrl");
-    if (!url || !*url) {
-        *reason = "destination config has no webhookUrl";
-        return false;
-    }
-    const char *method = str_field(d->config, "webhookMethod");
-    if (!method || !*method)
-        method = "POST";
-
     sl_buf_puts(job, "{\"jobId\":");
-    sl_buf_printf(job, "\"%s:%s\"", message_id, d->id);
+    char id[600];
+    if (nreqs > 1)
+        snprintf(id, sizeof(id), "%s:%s:%zu", message_id, d->id, index);
+    else
+        snprintf(id, sizeof(id), "%s:%s", message_id, d->id);
+    sl_buf_json_str(job, id, strlen(id));
     sl_buf_puts(job, ",\"messageId\":");
     sl_buf_json_str(job, message_id, strlen(message_id));
     sl_buf_puts(job, ",\"sourceId\":");
@@ -140,29 +138,9 @@ static bool build_webhook_job(sl_buf_t *job, const sl_destination_t *d, const ch
     sl_buf_json_str(job, user_key, strlen(user_key));
     sl_buf_puts(job, ",\"receivedAt\":");
     sl_buf_json_str(job, received_at, strlen(received_at));
-    sl_buf_puts(job, ",\"request\":{\"method\":");
-    sl_buf_json_str(job, method, strlen(method));
-    sl_buf_puts(job, ",\"url\":");
-    sl_buf_json_str(job, url, strlen(url));
-    sl_buf_puts(job, ",\"headers\":{\"Content-Type\":\"application/json\"");
-    json_object *headers;
-    if (json_object_object_get_ex(d->config, "headers", &headers) &&
-        json_object_is_type(headers, json_type_array)) {
-        for (size_t i = 0; i < json_object_array_length(headers); i++) {
-            json_object *h = json_object_array_get_idx(headers, i);
-            const char *from = str_field(h, "from"), *to = str_field(h, "to");
-            if (!from || !*from || !to)
-                continue;
-            sl_buf_putc(job, ',');
-            sl_buf_json_str(job, from, strlen(from));
-            sl_buf_putc(job, ':');
-            sl_buf_json_str(job, to, strlen(to));
-        }
-    }
-    sl_buf_puts(job, "},\"body\":");
-    sl_buf_json_str(job, event, event_len);
-    sl_buf_puts(job, "}}");
-    return true;
+    sl_buf_puts(job, ",\"request\":");
+    pr_desttx_write_request(req, job);
+    sl_buf_putc(job, '}');
 }
 
 /*
@@ -305,6 +283,7 @@ static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
         sl_buf_putc(&corrected, '}');
         text = corrected.data;
         text_len = corrected.len;
+        json_object_object_add(ev, "timestamp", json_object_new_string(ts));
     }
 
     sl_buf_t job = SL_BUF_INIT;
@@ -318,29 +297,37 @@ static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
             sl_metrics_add(pr->m_filtered, 1);
             continue;
         }
-        const char *reason = NULL;
-        sl_buf_reset(&job);
-        if (strcmp(d->def_name, "WEBHOOK") != 0) {
-            char msg[160];
-            snprintf(msg, sizeof(msg), "destination type %s is not supported", d->def_name);
+        pr_desttx_out_t *out = &pr->txout;
+        int rc = pr_desttx_transform_text(pr->desttx, d, ev, text, text_len, out);
+        if (rc == SL_ERR_NOTFOUND || (rc && out->status == PR_DESTTX_FAILED)) {
+            char msg[320];
+            if (rc == SL_ERR_NOTFOUND)
+                snprintf(msg, sizeof(msg), "destination type %s is not supported", d->def_name);
+            else
+                snprintf(msg, sizeof(msg), "%s", out->reason);
             ok = dead_letter(pr, m, "destination_transformation", msg, source_id, d, message_id,
                              received_at, true);
             continue;
         }
-        if (!build_webhook_job(&job, d, source_id, message_id, user_key, received_at, text,
-                               text_len, &reason)) {
-            ok = dead_letter(pr, m, "destination_transformation", reason, source_id, d,
-                             message_id, received_at, true);
+        if (rc) {
+            sl_debug("processor", "event %s not for destination %s: %s", message_id, d->id,
+                     out->reason);
+            sl_metrics_add(pr->m_filtered, 1);
             continue;
         }
         rd_kafka_headers_t *h = rd_kafka_headers_new(3);
         rd_kafka_header_add(h, HDR_DESTINATION_ID, -1, d->id, -1);
         rd_kafka_header_add(h, HDR_MESSAGE_ID, -1, message_id, -1);
         rd_kafka_header_add(h, HDR_ATTEMPT, -1, "1", 1);
-        ok = produce(pr, pr->delivery_topic, m->key, m->key_len, &job, h);
+        for (size_t r = 0; r < out->nreqs && ok; r++) {
+            sl_buf_reset(&job);
+            build_job(&job, d, source_id, message_id, r, out->nreqs, user_key, received_at,
+                      &out->reqs[r]);
+            ok = produce(pr, pr->delivery_topic, m->key, m->key_len, &job, h);
+            if (ok)
+                sl_metrics_add(pr->m_jobs, 1);
+        }
         rd_kafka_headers_destroy(h);
-        if (ok)
-            sl_metrics_add(pr->m_jobs, 1);
     }
     sl_buf_free(&job);
     sl_buf_free(&corrected);
@@ -696,6 +683,8 @@ static void processor_free(pr_processor_t *pr)
         rd_kafka_destroy(pr->producer);
     }
     pr_dedup_free(pr->dedup);
+    pr_desttx_out_free(&pr->txout);
+    pr_desttx_free(pr->desttx);
     free(pr->pos);
     free(pr->events_topic);
     free(pr->delivery_topic);
@@ -736,6 +725,10 @@ pr_processor_t *pr_processor_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
                  (long long)sl_conf_int(conf, "processor.port"));
     }
     pr->txn_id = sl_strdup(id);
+    pr_desttx_out_t init = PR_DESTTX_OUT_INIT;
+    pr->txout = init;
+    if (pr_desttx_load(&pr->desttx, errstr, errstr_size) != 0)
+        goto fail;
 
     if (!init_producer(pr, errstr, errstr_size))
         goto fail;
