@@ -110,6 +110,17 @@ static const sl_conf_opt_t options[] = {
      "it (with the consumed offsets)."},
     {"processor.transaction_max_events", SL_CONF_INT, "10000", 1, 10000000, NULL, 0,
      "Most events in one transaction."},
+    {"processor.transformations_dir", SL_CONF_STR, "", NO_RANGE, NULL, 0,
+     "Directory of user transformations, one `<versionId>.js` file each, for destinations "
+     "whose `transformations` entry has no `code` in the workspace config."},
+    {"processor.transformation_workers", SL_CONF_INT, "0", 0, 64, NULL, 0,
+     "Sandbox processes running JavaScript user transformations; 0 means one per CPU. "
+     "Started when the first transformation runs."},
+    {"processor.transformation_time_limit", SL_CONF_DURATION, "4s", 10, 600000, NULL, 0,
+     "Longest a user transformation may run for one call; past it the sandbox is killed and "
+     "the call's events fail."},
+    {"processor.transformation_memory_limit", SL_CONF_SIZE, "128MB", 1048576, 17179869184LL,
+     NULL, 0, "Memory cap of one user transformation's JavaScript heap."},
     {"processor.dedup", SL_CONF_BOOL, "false", NO_RANGE, NULL, 0,
      "Drop events whose messageId was already seen in the same partition within "
      "`processor.dedup_window` (off by default, as in RudderStack)."},

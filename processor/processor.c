@@ -16,6 +16,7 @@
 #include "processor/dedup.h"
 #include "processor/desttx.h"
 #include "processor/select.h"
+#include "processor/usertx.h"
 
 #include <json-c/json.h>
 #include <pthread.h>
@@ -61,12 +62,16 @@ struct pr_processor {
 
     pr_desttx_t *desttx;    /* destination definitions */
     pr_desttx_out_t txout;  /* the processor thread's transformation output, reused */
+    pr_usertx_pool_t *usertx; /* started on first use */
+    bool usertx_broken;       /* could not start: transformations fail until restart */
+    char *tx_dir;             /* processor.transformations_dir */
+    struct code_cache *codes; /* code of transformations by versionId, from tx_dir */
     pr_dedup_t *dedup; /* NULL when dedup is off */
     int64_t dedup_window_ms;
     size_t dedup_max_ids;
 
     sl_metric_t *m_events, *m_jobs, *m_filtered, *m_failed, *m_dups, *m_txn_commits,
-        *m_txn_aborts;
+        *m_txn_aborts, *m_tx_dropped;
 };
 
 static const char *str_field(json_object *o, const char *name)
@@ -116,15 +121,15 @@ static bool produce(pr_processor_t *pr, const char *topic, const void *key, size
 
 /* The delivery job envelope around one request of a destination transformation. */
 static void build_job(sl_buf_t *job, const sl_destination_t *d, const char *source_id,
-                      const char *message_id, size_t index, size_t nreqs, const char *user_key,
-                      const char *received_at, const pr_desttx_req_t *req)
+                      const char *message_id, const char *variant, size_t index, size_t nreqs,
+                      const char *user_key, const char *received_at, const pr_desttx_req_t *req)
 {
     sl_buf_puts(job, "{\"jobId\":");
     char id[600];
     if (nreqs > 1)
-        snprintf(id, sizeof(id), "%s:%s:%zu", message_id, d->id, index);
+        snprintf(id, sizeof(id), "%s:%s%s:%zu", message_id, d->id, variant, index);
     else
-        snprintf(id, sizeof(id), "%s:%s", message_id, d->id);
+        snprintf(id, sizeof(id), "%s:%s%s", message_id, d->id, variant);
     sl_buf_json_str(job, id, strlen(id));
     sl_buf_puts(job, ",\"messageId\":");
     sl_buf_json_str(job, message_id, strlen(message_id));
@@ -198,6 +203,101 @@ static bool dead_letter(pr_processor_t *pr, const rd_kafka_message_t *m, const c
     return ok;
 }
 
+/* --- user transformations --- */
+
+typedef struct code_cache {
+    char *version_id, *code;
+    struct code_cache *next;
+} code_cache_t;
+
+/* The destination's user transformation: its versionId and code, or false if it has none.
+ * The code is the entry's "code" in the workspace config, else <versionId>.js in the
+ * transformations directory. *err is set (and true returned) when it can't be loaded. */
+static bool transformation_of(pr_processor_t *pr, const sl_destination_t *d,
+                              const char **version_id, const char **code, char *err,
+                              size_t err_size)
+{
+    json_object *list, *t;
+    *err = '\0';
+    if (!json_object_object_get_ex(d->json, "transformations", &list) ||
+        !json_object_is_type(list, json_type_array) || json_object_array_length(list) == 0)
+        return false;
+    t = json_object_array_get_idx(list, 0);
+    *version_id = str_field(t, "versionId");
+    if (!*version_id || !**version_id) {
+        snprintf(err, err_size, "the destination's transformation has no versionId");
+        return true;
+    }
+    *code = str_field(t, "code");
+    if (*code)
+        return true;
+    for (code_cache_t *c = pr->codes; c; c = c->next) {
+        if (strcmp(c->version_id, *version_id) == 0) {
+            *code = c->code;
+            return true;
+        }
+    }
+    if (!*pr->tx_dir) {
+        snprintf(err, err_size,
+                 "transformation %s has no code in the workspace config and "
+                 "processor.transformations_dir is not set",
+                 *version_id);
+        return true;
+    }
+    char *text = NULL;
+    if (pr_usertx_load_code(pr->tx_dir, *version_id, &text, err, err_size) != 0)
+        return true;
+    code_cache_t *c = sl_calloc(1, sizeof(*c));
+    c->version_id = sl_strdup(*version_id);
+    c->code = text;
+    c->next = pr->codes;
+    pr->codes = c;
+    *code = text;
+    return true;
+}
+
+static pr_usertx_pool_t *usertx_pool(pr_processor_t *pr, char *err, size_t err_size)
+{
+    if (pr->usertx || pr->usertx_broken)
+        return pr->usertx;
+    pr_usertx_opts_t o = {
+        .workers = (int)sl_conf_int(pr->conf, "processor.transformation_workers"),
+        .time_limit_ms = (int)sl_conf_duration_ms(pr->conf, "processor.transformation_time_limit"),
+        .memory_limit_bytes = (size_t)sl_conf_size(pr->conf, "processor.transformation_memory_limit"),
+    };
+    pr->usertx = pr_usertx_pool_new(&o, err, err_size);
+    if (!pr->usertx) {
+        pr->usertx_broken = true;
+        sl_error("processor", "could not start the JavaScript sandbox: %s", err);
+    }
+    return pr->usertx;
+}
+
+/* The metadata(event) object RudderStack gives transformations. */
+static void metadata_json(sl_buf_t *b, const sl_workspace_t *ws, const char *source_id,
+                          const sl_destination_t *d, json_object *ev, const char *received_at)
+{
+    const char *fields[][2] = {{"sourceId", source_id},
+                               {"destinationId", d->id},
+                               {"destinationType", d->def_name},
+                               {"workspaceId", sl_workspace_id(ws)},
+                               {"messageId", str_field(ev, "messageId")},
+                               {"rudderId", str_field(ev, "rudderId")},
+                               {"receivedAt", received_at},
+                               {"eventName", str_field(ev, "event")},
+                               {"eventType", str_field(ev, "type")}};
+    sl_buf_putc(b, '{');
+    bool first = true;
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        if (!fields[i][1])
+            continue;
+        sl_buf_printf(b, "%s\"%s\":", first ? "" : ",", fields[i][0]);
+        sl_buf_json_str(b, fields[i][1], strlen(fields[i][1]));
+        first = false;
+    }
+    sl_buf_putc(b, '}');
+}
+
 /* --- one event --- */
 
 static void note_position(pr_processor_t *pr, int32_t partition, int64_t offset)
@@ -213,6 +313,47 @@ static void note_position(pr_processor_t *pr, int32_t partition, int64_t offset)
         pr->pos = sl_realloc(pr->pos, pr->cappos * sizeof(*pr->pos));
     }
     pr->pos[pr->npos++] = (position_t){partition, offset + 1};
+}
+
+/* Transforms one event (or one output of a user transformation) for destination d and
+ * produces its delivery jobs. Returns false only when stopping. */
+static bool deliver(pr_processor_t *pr, const rd_kafka_message_t *m, const sl_destination_t *d,
+                    json_object *ev, const char *text, size_t text_len, const char *source_id,
+                    const char *message_id, const char *variant, const char *user_key,
+                    const char *received_at, sl_buf_t *job)
+{
+    pr_desttx_out_t *out = &pr->txout;
+    bool ok = true;
+    int rc = pr_desttx_transform_text(pr->desttx, d, ev, text, text_len, out);
+    if (rc == SL_ERR_NOTFOUND || (rc && out->status == PR_DESTTX_FAILED)) {
+        char msg[320];
+        if (rc == SL_ERR_NOTFOUND)
+            snprintf(msg, sizeof(msg), "destination type %s is not supported", d->def_name);
+        else
+            snprintf(msg, sizeof(msg), "%s", out->reason);
+        return dead_letter(pr, m, "destination_transformation", msg, source_id, d,
+                           message_id, received_at, true);
+    }
+    if (rc) {
+        sl_debug("processor", "event %s not for destination %s: %s", message_id, d->id,
+                 out->reason);
+        sl_metrics_add(pr->m_filtered, 1);
+        return true;
+    }
+    rd_kafka_headers_t *h = rd_kafka_headers_new(3);
+    rd_kafka_header_add(h, HDR_DESTINATION_ID, -1, d->id, -1);
+    rd_kafka_header_add(h, HDR_MESSAGE_ID, -1, message_id, -1);
+    rd_kafka_header_add(h, HDR_ATTEMPT, -1, "1", 1);
+    for (size_t r = 0; r < out->nreqs && ok; r++) {
+        sl_buf_reset(job);
+        build_job(job, d, source_id, message_id, variant, r, out->nreqs, user_key, received_at,
+                  &out->reqs[r]);
+        ok = produce(pr, pr->delivery_topic, m->key, m->key_len, job, h);
+        if (ok)
+            sl_metrics_add(pr->m_jobs, 1);
+    }
+    rd_kafka_headers_destroy(h);
+    return ok;
 }
 
 /* Processes one event inside the open transaction. Returns false only when stopping. */
@@ -297,37 +438,56 @@ static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
             sl_metrics_add(pr->m_filtered, 1);
             continue;
         }
-        pr_desttx_out_t *out = &pr->txout;
-        int rc = pr_desttx_transform_text(pr->desttx, d, ev, text, text_len, out);
-        if (rc == SL_ERR_NOTFOUND || (rc && out->status == PR_DESTTX_FAILED)) {
-            char msg[320];
-            if (rc == SL_ERR_NOTFOUND)
-                snprintf(msg, sizeof(msg), "destination type %s is not supported", d->def_name);
-            else
-                snprintf(msg, sizeof(msg), "%s", out->reason);
-            ok = dead_letter(pr, m, "destination_transformation", msg, source_id, d, message_id,
+        const char *version_id = NULL, *code = NULL;
+        char err[512];
+        if (!transformation_of(pr, d, &version_id, &code, err, sizeof(err))) {
+            ok = deliver(pr, m, d, ev, text, text_len, source_id, message_id, "", user_key,
+                         received_at, &job);
+            continue;
+        }
+        pr_usertx_pool_t *pool = *err ? NULL : usertx_pool(pr, err, sizeof(err));
+        pr_usertx_result_t res = {0};
+        if (pool) {
+            sl_buf_t meta = SL_BUF_INIT, in = SL_BUF_INIT;
+            metadata_json(&meta, ws, source_id, d, ev, received_at);
+            sl_buf_append(&in, text, text_len);
+            const char *evs[1] = {in.data}, *metas[1] = {meta.data};
+            if (pr_usertx_run(pool, version_id, code, evs, metas, 1, &res) != 0) {
+                res.kind = PR_USERTX_ERROR;
+                res.error = sl_strdup("the JavaScript sandbox failed; see the processor log");
+            }
+            sl_buf_free(&meta);
+            sl_buf_free(&in);
+        } else if (!*err) {
+            snprintf(err, sizeof(err), "the JavaScript sandbox could not start");
+        }
+        if (!pool || res.kind == PR_USERTX_ERROR) {
+            char msg[700];
+            snprintf(msg, sizeof(msg), "transformation %s: %s", version_id ? version_id : "?",
+                     pool ? res.error : err);
+            ok = dead_letter(pr, m, "user_transformation", msg, source_id, d, message_id,
                              received_at, true);
-            continue;
+        } else if (res.kind == PR_USERTX_DROP) {
+            sl_metrics_add(pr->m_tx_dropped, 1);
+        } else {
+            json_object *outs = json_tokener_parse(res.events_json);
+            size_t n = outs ? json_object_array_length(outs) : 0;
+            for (size_t k = 0; k < n && ok; k++) {
+                json_object *o = json_object_array_get_idx(outs, k);
+                if (!json_object_is_type(o, json_type_object))
+                    continue;
+                /* Outputs of a fan-out get their own job ids: /0, /1, ... */
+                const char *otext = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+                char variant[32] = "";
+                if (n > 1)
+                    snprintf(variant, sizeof(variant), "/%zu", k);
+                ok = deliver(pr, m, d, o, otext, strlen(otext), source_id, message_id, variant,
+                             user_key, received_at, &job);
+            }
+            if (outs)
+                json_object_put(outs);
         }
-        if (rc) {
-            sl_debug("processor", "event %s not for destination %s: %s", message_id, d->id,
-                     out->reason);
-            sl_metrics_add(pr->m_filtered, 1);
-            continue;
-        }
-        rd_kafka_headers_t *h = rd_kafka_headers_new(3);
-        rd_kafka_header_add(h, HDR_DESTINATION_ID, -1, d->id, -1);
-        rd_kafka_header_add(h, HDR_MESSAGE_ID, -1, message_id, -1);
-        rd_kafka_header_add(h, HDR_ATTEMPT, -1, "1", 1);
-        for (size_t r = 0; r < out->nreqs && ok; r++) {
-            sl_buf_reset(&job);
-            build_job(&job, d, source_id, message_id, r, out->nreqs, user_key, received_at,
-                      &out->reqs[r]);
-            ok = produce(pr, pr->delivery_topic, m->key, m->key_len, &job, h);
-            if (ok)
-                sl_metrics_add(pr->m_jobs, 1);
-        }
-        rd_kafka_headers_destroy(h);
+        pr_usertx_results_free(&res, 1);
     }
     sl_buf_free(&job);
     sl_buf_free(&corrected);
@@ -683,6 +843,15 @@ static void processor_free(pr_processor_t *pr)
         rd_kafka_destroy(pr->producer);
     }
     pr_dedup_free(pr->dedup);
+    pr_usertx_pool_free(pr->usertx);
+    while (pr->codes) {
+        code_cache_t *c = pr->codes;
+        pr->codes = c->next;
+        free(c->version_id);
+        free(c->code);
+        free(c);
+    }
+    free(pr->tx_dir);
     pr_desttx_out_free(&pr->txout);
     pr_desttx_free(pr->desttx);
     free(pr->pos);
@@ -725,6 +894,7 @@ pr_processor_t *pr_processor_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
                  (long long)sl_conf_int(conf, "processor.port"));
     }
     pr->txn_id = sl_strdup(id);
+    pr->tx_dir = sl_strdup(sl_conf_str(conf, "processor.transformations_dir"));
     pr_desttx_out_t init = PR_DESTTX_OUT_INIT;
     pr->txout = init;
     if (pr_desttx_load(&pr->desttx, errstr, errstr_size) != 0)
@@ -749,6 +919,9 @@ pr_processor_t *pr_processor_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
         NULL);
     pr->m_failed = sl_metrics_counter("sluice_processor_failed_total",
                                       "Dead letters written to the failed topic", NULL);
+    pr->m_tx_dropped = sl_metrics_counter(
+        "sluice_processor_transformation_dropped_total",
+        "Events a user transformation dropped (returned null, undefined or [])", NULL);
     pr->m_dups = sl_metrics_counter("sluice_processor_duplicates_total",
                                     "Events dropped as duplicates of a messageId in the window",
                                     NULL);

@@ -3,6 +3,8 @@
 
   --case rules         selection rules (types, integrations, consent, allow/deny lists),
                        timestamp correction, dead letters, config changes without a restart
+  --case transform     JavaScript user transformations: one, drop, many, log, metadata; a throw,
+                       an infinite loop and a memory bomb become dead letters while others flow
   --case dedup         the messageId window, across a restart (dev broker)
   --case exactly-once  SIGKILL the processor mid-stream on the real Kafka: every event is in
                        the delivery topic exactly once for read_committed consumers
@@ -145,6 +147,83 @@ def case_rules(env):
     h.log(f"new destination served {time.time() - t0:.1f} s after the config changed")
 
 
+TX_CODE = r"""
+function transformEvent(event, metadata) {
+  var m = metadata(event);
+  event.properties = event.properties || {};
+  event.properties.tx = m.destinationId + '/' + m.eventType + '/' + m.sourceId;
+  if (event.event === 'Drop') return null;
+  if (event.event === 'Fan')
+    return [event, {type: 'track', event: 'Fan2', userId: event.userId,
+                    messageId: event.messageId + '-2'}];
+  if (event.event === 'Throw') {
+    var x = undefined;
+    return x.boom;
+  }
+  if (event.event === 'Loop') { while (true) {} }
+  if (event.event === 'Bomb') { var a = []; while (true) a.push({n: a.length, s: 'y' + a.length}); }
+  log('saw', event.event);
+  return event;
+}
+"""
+
+
+def case_transform(env):
+    sink = h.Sink(env)
+    txdir = os.path.join(env.workdir, "transformations")
+    os.makedirs(txdir)
+    with open(os.path.join(txdir, "v-dir.js"), "w") as f:
+        f.write("function transformBatch(events, metadata) {\n"
+                "  return events.map(function (e) { e.fromDir = true; return e; });\n}\n")
+    code_dest = webhook("d-code", sink.url + "/code")
+    code_dest["transformations"] = [{"versionId": "v-code", "code": TX_CODE}]
+    dir_dest = webhook("d-dir", sink.url + "/dir")
+    dir_dest["transformations"] = [{"versionId": "v-dir"}]
+    env.write_workspace(config([code_dest, dir_dest]))
+    dev = h.DevKafka(env)
+    p = env.start("all", SLUICE_KAFKA_BROKERS=dev.bootstrap,
+                  SLUICE_PROCESSOR_TRANSFORMATIONS_DIR=txdir,
+                  SLUICE_PROCESSOR_TRANSFORMATION_TIME_LIMIT="1500ms",
+                  SLUICE_PROCESSOR_TRANSFORMATION_MEMORY_LIMIT="16MB")
+    env.wait_healthy(p)
+    for name in ["Normal", "Drop", "Fan", "Throw", "Loop", "Bomb", "After"]:
+        send(p, "/v1/track", {"userId": "tx-user", "event": name, "messageId": "tx-" + name})
+
+    def done():
+        got = by_path(sink)
+        code_ids = [e["messageId"] for e in got.get("/code", [])]
+        return got if "tx-After" in code_ids and len(got.get("/dir", [])) >= 7 else None
+    got = h.wait_for("the events after the failing ones", done, timeout=60)
+    code = {e["messageId"]: e for e in got["/code"]}
+    if sorted(code) != sorted(["tx-Normal", "tx-Fan", "tx-Fan-2", "tx-After"]):
+        h.fail(f"/code got {sorted(code)}")
+    if code["tx-Normal"]["properties"]["tx"] != "d-code/track/src-e2e":
+        h.fail(f"metadata() in the transformation: {code['tx-Normal']['properties']}")
+    if code["tx-Fan-2"]["event"] != "Fan2":
+        h.fail(f"fan-out: {code['tx-Fan-2']}")
+    if not all(e.get("fromDir") for e in got["/dir"]):
+        h.fail(f"transformBatch from the directory: {got['/dir']}")
+    if "saw Normal" not in p.output() or "v-code" not in p.output():
+        h.fail("log() did not reach the processor log")
+
+    def letters():
+        out = [json.loads(m["value"])
+               for m in h.kafka_messages(dev.bootstrap, env.prefix + "failed")]
+        return out if len(out) >= 3 else None
+    dl = {d["messageId"]: d for d in h.wait_for("dead letters", letters, timeout=30)}
+    if sorted(dl) != ["tx-Bomb", "tx-Loop", "tx-Throw"]:
+        h.fail(f"dead letters: {sorted(dl)}")
+    for mid, want in [("tx-Throw", "line"), ("tx-Loop", "timed out")]:
+        if want not in dl[mid]["reason"] or dl[mid]["stage"] != "user_transformation":
+            h.fail(f"{mid}: {dl[mid]}")
+    if not any(w in dl["tx-Bomb"]["reason"] for w in ("memory", "timed out")):
+        h.fail(f"memory bomb: {dl['tx-Bomb']}")
+    h.log("dead letters: " + "; ".join(f"{k}: {v['reason']}" for k, v in sorted(dl.items())))
+    if 'sluice_processor_transformation_dropped_total 1' not in \
+            h.http("GET", p.url + "/metrics")[1].decode():
+        h.fail("the dropped event is not counted")
+
+
 def case_dedup(env):
     sink = h.Sink(env)
     env.write_workspace(config([webhook("d-all", sink.url + "/all")]))
@@ -252,10 +331,13 @@ def case_exactly_once(env):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--case", required=True, choices=["rules", "dedup", "exactly-once"])
+    ap.add_argument("--case", required=True,
+                    choices=["rules", "transform", "dedup", "exactly-once"])
     a = ap.parse_args()
     if a.case == "exactly-once":
         h.run(case_exactly_once, "processor-eo", kafka="real")
+    elif a.case == "transform":
+        h.run(case_transform, "processor-transform", kafka="embedded")
     elif a.case == "dedup":
         h.run(case_dedup, "processor-dedup", kafka="real")
     else:
