@@ -23,6 +23,7 @@ int cmd_config(int argc, char **argv, const char *config_file);    /* cmd/config
 int cmd_migrate(int argc, char **argv, const char *config_file);   /* cmd/migrate.c */
 int cmd_dev_kafka(int argc, char **argv, const char *config_file); /* cmd/dev_kafka.c */
 int cmd_dev_sink(int argc, char **argv, const char *config_file);  /* cmd/dev_sink.c */
+int cmd_failed(int argc, char **argv, const char *config_file);    /* cmd/failed.c */
 int cmd_version(int argc, char **argv, const char *config_file);   /* cmd/sluice.c */
 
 #endif

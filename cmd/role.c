@@ -15,6 +15,7 @@
 #include "common/timeutil.h"
 #include "common/wsconf.h"
 #include "gateway/gateway.h"
+#include "processor/failed.h"
 #include "processor/processor.h"
 #include "router/router.h"
 
@@ -143,6 +144,7 @@ int cmd_role(int argc, char **argv, const char *config_file)
     sl_http_server_t *srv = NULL;
     gw_gateway_t *gw = NULL;
     pr_processor_t *pr = NULL;
+    pr_failed_recorder_t *rec = NULL;
     rt_router_t *rt = NULL;
     sl_wsconf_t *ws = NULL;
     sl_pg_t *pg = NULL;
@@ -256,6 +258,11 @@ int cmd_role(int argc, char **argv, const char *config_file)
     }
 
     if (!stopping) {
+        if (run_pr && *dsn && !(rec = pr_failed_recorder_start(conf, err, sizeof(err)))) {
+            fprintf(stderr, "sluice %s: could not start the failed-events recorder: %s\n", role,
+                    err);
+            goto drain;
+        }
         if (run_rt && !(rt = rt_router_start(conf, ws, err, sizeof(err)))) {
             fprintf(stderr, "sluice %s: could not start the router: %s\n", role, err);
             goto drain;
@@ -276,6 +283,7 @@ drain:
             sl_warn("sluice", "%d events were not acknowledged by kafka before stopping", left);
     }
     pr_processor_stop(pr);
+    pr_failed_recorder_stop(rec);
     rt_router_stop(rt);
     sl_http_server_destroy(srv);
     srv = NULL;

@@ -13,6 +13,7 @@ static const sl_cmd_t commands[] = {
     {"router", "run the router (delivery to destinations)", cmd_role},
     {"all", "run every role in one process (the single-process install)", cmd_role},
     {"migrate", "apply pending Postgres migrations and exit", cmd_migrate},
+    {"failed", "list the processor's dead letters, or send them through again", cmd_failed},
     {"config", "print the effective configuration or the configuration reference", cmd_config},
     {"dev-kafka", "run the embedded Kafka-protocol dev broker with a fault-injection control",
      cmd_dev_kafka},

@@ -70,6 +70,7 @@ def case_rules(env):
         {"id": "d-hubspot", "name": "hs", "enabled": True, "config": {"apiKey": "x"},
          "destinationDefinition": {"name": "HS", "displayName": "HubSpot", "config": {}}},
         dict(webhook("d-off", u + "/off"), enabled=False),
+        webhook("d-broken", ""),  # no webhookUrl: its events fail until the config is fixed
     ]))
     dev = h.DevKafka(env)
     p = env.start("all", SLUICE_KAFKA_BROKERS=dev.bootstrap)
@@ -126,13 +127,50 @@ def case_rules(env):
     # (m-only names only "Webhook" in its integrations, so HubSpot never sees it.)
     def letters():
         out = [json.loads(m["value"]) for m in h.kafka_messages(dev.bootstrap, env.prefix + "failed")]
-        return out if len(out) >= 4 else None
-    dl = h.wait_for("dead letters for the HS destination", letters, timeout=20)
-    if {d["messageId"] for d in dl} != {"m-order", "m-scroll", "m-ident", "m-denied"} \
-            or any(d["destinationId"] != "d-hubspot" or "not supported" not in d["reason"]
-                   or d["stage"] != "destination_transformation" or "event" not in d
-                   for d in dl):
-        h.fail(f"dead letters: {dl}")
+        return out if len(out) >= 9 else None
+    dl = h.wait_for("dead letters", letters, timeout=20)
+    hs = [d for d in dl if d["destinationId"] == "d-hubspot"]
+    broken = [d for d in dl if d["destinationId"] == "d-broken"]
+    if {d["messageId"] for d in hs} != {"m-order", "m-scroll", "m-ident", "m-denied"} \
+            or any("not supported" not in d["reason"] or "event" not in d
+                   or d["stage"] != "destination_transformation" for d in hs):
+        h.fail(f"dead letters for HS: {hs}")
+    if {d["messageId"] for d in broken} != want["/all"] or \
+            any("webhookUrl" not in d["reason"] for d in broken):
+        h.fail(f"dead letters for the broken webhook: {broken}")
+
+    # They are in Postgres too; `sluice failed list` shows them.
+    def rows():
+        r = h.psql(env.dsn, "SELECT destination_id, message_id FROM sluice_failed_events")
+        return r if len(r) >= 9 else None
+    h.wait_for("dead letters in sluice_failed_events", rows, timeout=20)
+    fenv = dict(p.env)
+    out = subprocess.run([h.SLUICE, "failed", "list", "--destination", "d-broken"], env=fenv,
+                         capture_output=True, text=True, timeout=30)
+    if out.returncode != 0 or out.stdout.count("webhookUrl") != 5:
+        h.fail(f"sluice failed list: {out.returncode} {out.stdout} {out.stderr}")
+
+    # Fix the cause, then retry: the events reach that destination, and only that one.
+    cfg = json.load(open(env.ws_path))
+    for d in cfg["sources"][0]["destinations"]:
+        if d["id"] == "d-broken":
+            d["config"]["webhookUrl"] = u + "/fixed"
+    env.write_workspace(cfg)
+    time.sleep(1.5)  # the config is polled every 200 ms here
+    out = subprocess.run([h.SLUICE, "failed", "retry", "--destination", "d-broken"], env=fenv,
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0 or "retried 5 dead letters" not in out.stdout:
+        h.fail(f"sluice failed retry: {out.returncode} {out.stdout} {out.stderr}")
+    h.wait_for("the retried events at the fixed destination",
+               lambda: len(by_path(sink).get("/fixed", [])) >= 5, timeout=30)
+    time.sleep(1.0)
+    got = {k: sorted(e["messageId"] for e in v) for k, v in by_path(sink).items()}
+    if got["/fixed"] != sorted(want["/all"]) or got["/all"] != sorted(want["/all"]):
+        h.fail(f"after the retry: {got}")
+    out = subprocess.run([h.SLUICE, "failed", "list", "--destination", "d-broken"], env=fenv,
+                         capture_output=True, text=True, timeout=30)
+    if "webhookUrl" in out.stdout:
+        h.fail(f"retried dead letters are still listed as pending: {out.stdout}")
 
     # A config change applies to new events within seconds, without a restart.
     cfg = json.load(open(env.ws_path))
