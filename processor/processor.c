@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #define PR_TXN_TIMEOUT_MS 30000
+#define PR_BATCH          500 /* events consumed and processed together */
 
 /* Kafka headers: from the gateway, to the router, and on events sent again by
  * `sluice failed retry` (which go to one destination and skip dedup). */
@@ -66,6 +67,8 @@ struct pr_processor {
     bool usertx_broken;       /* could not start: transformations fail until restart */
     char *tx_dir;             /* processor.transformations_dir */
     struct code_cache *codes; /* code of transformations by versionId, from tx_dir */
+    struct pending *pending;  /* events waiting for their user transformation */
+    size_t npending, cappending;
     pr_dedup_t *dedup; /* NULL when dedup is off */
     int64_t dedup_window_ms;
     size_t dedup_max_ids;
@@ -298,6 +301,176 @@ static void metadata_json(sl_buf_t *b, const sl_workspace_t *ws, const char *sou
     sl_buf_putc(b, '}');
 }
 
+/*
+ * An event waiting for a destination's user transformation. Transformations run once per
+ * batch of consumed events, one sandbox round trip per transformation, not per event.
+ */
+typedef struct pending {
+    const rd_kafka_message_t *m;
+    sl_workspace_t *ws; /* held: d and the transformation's code live in it */
+    const sl_destination_t *d;
+    const char *version_id, *code;
+    char *text, *meta, *source_id, *message_id, *user_key, *received_at;
+} pending_t;
+
+static void pending_add(pr_processor_t *pr, const rd_kafka_message_t *m, sl_workspace_t *ws,
+                        const sl_destination_t *d, const char *version_id, const char *code,
+                        const char *text, size_t text_len, json_object *ev, const char *source_id,
+                        const char *message_id, const char *user_key, const char *received_at)
+{
+    if (pr->npending == pr->cappending) {
+        pr->cappending = pr->cappending ? pr->cappending * 2 : 64;
+        pr->pending = sl_realloc(pr->pending, pr->cappending * sizeof(*pr->pending));
+    }
+    pending_t *p = &pr->pending[pr->npending++];
+    sl_buf_t meta = SL_BUF_INIT;
+    metadata_json(&meta, ws, source_id, d, ev, received_at);
+    *p = (pending_t){.m = m,
+                     .ws = sl_workspace_ref(ws),
+                     .d = d,
+                     .version_id = version_id,
+                     .code = code,
+                     .text = sl_strndup(text, text_len),
+                     .meta = sl_buf_steal(&meta),
+                     .source_id = sl_strdup(source_id),
+                     .message_id = sl_strdup(message_id),
+                     .user_key = sl_strdup(user_key),
+                     .received_at = sl_strdup(received_at)};
+}
+
+static void pending_clear(pr_processor_t *pr)
+{
+    for (size_t i = 0; i < pr->npending; i++) {
+        pending_t *p = &pr->pending[i];
+        sl_workspace_unref(p->ws);
+        free(p->text);
+        free(p->meta);
+        free(p->source_id);
+        free(p->message_id);
+        free(p->user_key);
+        free(p->received_at);
+    }
+    pr->npending = 0;
+}
+
+static bool deliver(pr_processor_t *pr, const rd_kafka_message_t *m, const sl_destination_t *d,
+                    json_object *ev, const char *text, size_t text_len, const char *source_id,
+                    const char *message_id, const char *variant, const char *user_key,
+                    const char *received_at, sl_buf_t *job);
+
+/* What a transformation made of one pending event: dead letter, drop, or deliveries. */
+static bool transformed(pr_processor_t *pr, const pending_t *p, pr_usertx_result_t *res,
+                        const char *pool_err, sl_buf_t *job)
+{
+    if (pool_err || res->kind == PR_USERTX_ERROR) {
+        char msg[700];
+        snprintf(msg, sizeof(msg), "transformation %s: %s", p->version_id,
+                 pool_err ? pool_err : res->error);
+        return dead_letter(pr, p->m, "user_transformation", msg, p->source_id, p->d,
+                           p->message_id, p->received_at, true);
+    }
+    if (res->kind == PR_USERTX_DROP) {
+        sl_metrics_add(pr->m_tx_dropped, 1);
+        return true;
+    }
+    bool ok = true;
+    json_object *outs = json_tokener_parse(res->events_json);
+    size_t n = outs && json_object_is_type(outs, json_type_array) ? json_object_array_length(outs)
+                                                                   : 0;
+    for (size_t k = 0; k < n && ok; k++) {
+        json_object *o = json_object_array_get_idx(outs, k);
+        if (!json_object_is_type(o, json_type_object))
+            continue;
+        /* Outputs of a fan-out get their own job ids: /0, /1, ... */
+        const char *otext = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+        char variant[32] = "";
+        if (n > 1)
+            snprintf(variant, sizeof(variant), "/%zu", k);
+        ok = deliver(pr, p->m, p->d, o, otext, strlen(otext), p->source_id, p->message_id,
+                     variant, p->user_key, p->received_at, job);
+    }
+    if (outs)
+        json_object_put(outs);
+    return ok;
+}
+
+/* True if every result is the same error about the call rather than one event. */
+static bool call_failed(const pr_usertx_result_t *res, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (res[i].kind != PR_USERTX_ERROR || !res[i].error ||
+            strcmp(res[i].error, res[0].error) != 0)
+            return false;
+    return strncmp(res[0].error, "transformation timed out", 24) == 0 ||
+           strncmp(res[0].error, "transformation worker", 21) == 0;
+}
+
+/* Runs the pending transformations, one sandbox call per (destination, transformation) with
+ * all its events, and delivers the results in the order the events came. Returns false only
+ * when stopping. */
+static bool flush_pending(pr_processor_t *pr)
+{
+    bool ok = true;
+    size_t n = pr->npending;
+    if (!n)
+        return true;
+    bool *done = sl_calloc(n, sizeof(bool));
+    size_t *idx = sl_malloc(n * sizeof(size_t));
+    const char **evs = sl_malloc(n * sizeof(char *)), **metas = sl_malloc(n * sizeof(char *));
+    pr_usertx_result_t *res = sl_calloc(n, sizeof(*res));
+    sl_buf_t job = SL_BUF_INIT;
+    for (size_t i = 0; i < n && ok; i++) {
+        if (done[i])
+            continue;
+        const pending_t *first = &pr->pending[i];
+        size_t g = 0;
+        for (size_t j = i; j < n; j++) {
+            const pending_t *p = &pr->pending[j];
+            if (!done[j] && strcmp(p->d->id, first->d->id) == 0 &&
+                strcmp(p->version_id, first->version_id) == 0 && p->code == first->code) {
+                idx[g] = j;
+                evs[g] = p->text;
+                metas[g] = p->meta;
+                done[j] = true;
+                g++;
+            }
+        }
+        char err[512] = "";
+        pr_usertx_pool_t *pool = usertx_pool(pr, err, sizeof(err));
+        const char *pool_err = NULL;
+        if (!pool)
+            pool_err = *err ? err : "the JavaScript sandbox could not start";
+        else if (pr_usertx_run(pool, first->version_id, first->code, evs, metas, g, res) != 0)
+            pool_err = "the JavaScript sandbox failed; see the processor log";
+        if (!pool_err && g > 1 && call_failed(res, g)) {
+            /* A time-out or a crash fails the whole call: find the culprits by running each
+             * event alone, so the others go on. */
+            pr_usertx_results_free(res, g);
+            memset(res, 0, g * sizeof(*res));
+            for (size_t k = 0; k < g; k++)
+                if (pr_usertx_run(pool, first->version_id, first->code, &evs[k], &metas[k], 1,
+                                  &res[k]) != 0 &&
+                    res[k].kind != PR_USERTX_ERROR) {
+                    res[k].kind = PR_USERTX_ERROR;
+                    res[k].error = sl_strdup("the JavaScript sandbox failed");
+                }
+        }
+        for (size_t k = 0; k < g && ok; k++)
+            ok = transformed(pr, &pr->pending[idx[k]], &res[k], pool_err, &job);
+        if (pool && !pool_err)
+            pr_usertx_results_free(res, g);
+        memset(res, 0, n * sizeof(*res));
+    }
+    sl_buf_free(&job);
+    free(done);
+    free(idx);
+    free(evs);
+    free(metas);
+    free(res);
+    pending_clear(pr);
+    return ok;
+}
+
 /* --- one event --- */
 
 static void note_position(pr_processor_t *pr, int32_t partition, int64_t offset)
@@ -445,49 +618,16 @@ static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
                          received_at, &job);
             continue;
         }
-        pr_usertx_pool_t *pool = *err ? NULL : usertx_pool(pr, err, sizeof(err));
-        pr_usertx_result_t res = {0};
-        if (pool) {
-            sl_buf_t meta = SL_BUF_INIT, in = SL_BUF_INIT;
-            metadata_json(&meta, ws, source_id, d, ev, received_at);
-            sl_buf_append(&in, text, text_len);
-            const char *evs[1] = {in.data}, *metas[1] = {meta.data};
-            if (pr_usertx_run(pool, version_id, code, evs, metas, 1, &res) != 0) {
-                res.kind = PR_USERTX_ERROR;
-                res.error = sl_strdup("the JavaScript sandbox failed; see the processor log");
-            }
-            sl_buf_free(&meta);
-            sl_buf_free(&in);
-        } else if (!*err) {
-            snprintf(err, sizeof(err), "the JavaScript sandbox could not start");
-        }
-        if (!pool || res.kind == PR_USERTX_ERROR) {
+        if (*err) {
             char msg[700];
             snprintf(msg, sizeof(msg), "transformation %s: %s", version_id ? version_id : "?",
-                     pool ? res.error : err);
+                     err);
             ok = dead_letter(pr, m, "user_transformation", msg, source_id, d, message_id,
                              received_at, true);
-        } else if (res.kind == PR_USERTX_DROP) {
-            sl_metrics_add(pr->m_tx_dropped, 1);
-        } else {
-            json_object *outs = json_tokener_parse(res.events_json);
-            size_t n = outs ? json_object_array_length(outs) : 0;
-            for (size_t k = 0; k < n && ok; k++) {
-                json_object *o = json_object_array_get_idx(outs, k);
-                if (!json_object_is_type(o, json_type_object))
-                    continue;
-                /* Outputs of a fan-out get their own job ids: /0, /1, ... */
-                const char *otext = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
-                char variant[32] = "";
-                if (n > 1)
-                    snprintf(variant, sizeof(variant), "/%zu", k);
-                ok = deliver(pr, m, d, o, otext, strlen(otext), source_id, message_id, variant,
-                             user_key, received_at, &job);
-            }
-            if (outs)
-                json_object_put(outs);
+            continue;
         }
-        pr_usertx_results_free(&res, 1);
+        pending_add(pr, m, ws, d, version_id, code, text, text_len, ev, source_id, message_id,
+                    user_key, received_at);
     }
     sl_buf_free(&job);
     sl_buf_free(&corrected);
@@ -733,6 +873,7 @@ static bool init_producer(pr_processor_t *pr, char *errstr, size_t errstr_size);
 static void *processor_main(void *arg)
 {
     pr_processor_t *pr = arg;
+    rd_kafka_message_t *batch[PR_BATCH];
     int64_t txn_start = 0;
     while (!atomic_load(&pr->stop)) {
         int64_t now = sl_time_mono_ms();
@@ -741,36 +882,52 @@ static void *processor_main(void *arg)
             int64_t left = txn_start + pr->txn_interval_ms - now;
             timeout = left > 0 ? (int)left : 0;
         }
+        /* A batch: what is there now, after waiting for the first message. */
+        size_t nb = 0;
         rd_kafka_message_t *m = rd_kafka_consumer_poll(pr->consumer, timeout);
-        if (m) {
+        while (m && nb < PR_BATCH) {
             if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-                if (!pr->txn_open) {
-                    if (!txn_begin(pr)) {
-                        /* The producer is unusable: make a new one, read the event again. */
-                        rd_kafka_message_destroy(m);
-                        rewind_to_committed(pr);
-                        char err[512];
-                        while (!atomic_load(&pr->stop) && !init_producer(pr, err, sizeof(err))) {
-                            sl_error("processor", "could not restart the producer: %s", err);
-                            usleep(1000 * 1000);
-                        }
-                        continue;
-                    }
-                    txn_start = sl_time_mono_ms();
-                }
-                if (process_event(pr, m)) {
-                    note_position(pr, m->partition, m->offset);
-                    pr->txn_events++;
-                } else {
-                    /* Stopping in the middle of an event: none of it may be committed. */
-                    rd_kafka_message_destroy(m);
-                    txn_abort(pr);
-                    break;
-                }
-            } else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-                sl_warn("processor", "kafka consumer: %s", rd_kafka_message_errstr(m));
+                batch[nb++] = m;
+            } else {
+                if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                    sl_warn("processor", "kafka consumer: %s", rd_kafka_message_errstr(m));
+                rd_kafka_message_destroy(m);
             }
-            rd_kafka_message_destroy(m);
+            m = nb < PR_BATCH ? rd_kafka_consumer_poll(pr->consumer, 0) : NULL;
+        }
+        if (nb) {
+            if (!pr->txn_open) {
+                if (!txn_begin(pr)) {
+                    /* The producer is unusable: make a new one, read the events again. */
+                    for (size_t i = 0; i < nb; i++)
+                        rd_kafka_message_destroy(batch[i]);
+                    rewind_to_committed(pr);
+                    char err[512];
+                    while (!atomic_load(&pr->stop) && !init_producer(pr, err, sizeof(err))) {
+                        sl_error("processor", "could not restart the producer: %s", err);
+                        usleep(1000 * 1000);
+                    }
+                    continue;
+                }
+                txn_start = sl_time_mono_ms();
+            }
+            bool ok = true;
+            for (size_t i = 0; i < nb && ok; i++)
+                ok = process_event(pr, batch[i]);
+            ok = ok && flush_pending(pr);
+            pending_clear(pr);
+            if (ok) {
+                for (size_t i = 0; i < nb; i++)
+                    note_position(pr, batch[i]->partition, batch[i]->offset);
+                pr->txn_events += nb;
+            }
+            for (size_t i = 0; i < nb; i++)
+                rd_kafka_message_destroy(batch[i]);
+            if (!ok) {
+                /* Stopping in the middle of a batch: none of it may be committed. */
+                txn_abort(pr);
+                break;
+            }
         }
         rd_kafka_poll(pr->producer, 0);
         if (pr->txn_open && (pr->txn_events >= pr->txn_max_events ||
@@ -843,6 +1000,8 @@ static void processor_free(pr_processor_t *pr)
         rd_kafka_destroy(pr->producer);
     }
     pr_dedup_free(pr->dedup);
+    pending_clear(pr);
+    free(pr->pending);
     pr_usertx_pool_free(pr->usertx);
     while (pr->codes) {
         code_cache_t *c = pr->codes;
