@@ -90,6 +90,8 @@ rd_kafka_conf_t *sl_kafka_conf_new(const sl_conf_t *conf, sl_kafka_role_t role,
         {"enable.auto.offset.store", "false"},
         {"auto.offset.reset", "earliest"},
         {"isolation.level", "read_committed"},
+        /* An event crosses two consumers on its way: don't let each fetch idle for 500 ms. */
+        {"fetch.wait.max.ms", "100"},
     };
     prop_ctx_t c = {kconf, errstr, errstr_size, 0};
     apply_prop("bootstrap.servers", brokers, &c);

@@ -30,7 +30,8 @@ typedef enum sl_kafka_role { SL_KAFKA_PRODUCER, SL_KAFKA_CONSUMER } sl_kafka_rol
 /*
  * Builds a librdkafka configuration: bootstrap.servers from kafka.brokers; for producers
  * enable.idempotence=true, acks=all, partitioner=murmur2_random; for consumers group.id,
- * enable.auto.commit=false, auto.offset.reset=earliest, isolation.level=read_committed.
+ * enable.auto.commit=false, auto.offset.reset=earliest, isolation.level=read_committed,
+ * fetch.wait.max.ms=100.
  * Then the pass-through properties from the configuration, which win over our defaults.
  * librdkafka's log and error callbacks go to sl_log and to the "kafka" health check.
  * Returns NULL with errstr naming the bad property. The caller owns the result (until it is
