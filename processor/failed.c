@@ -19,6 +19,13 @@
 
 #define BATCH_MAX 500
 
+/* Keyed by the dead letter's topic, partition and offset: a redelivery inserts nothing. */
+static const char insert_sql[] =
+    "INSERT INTO sluice_failed_events (failed_at, stage, reason, source_id, destination_id, "
+    "destination_type, message_id, received_at, event, user_key, failed_topic, "
+    "failed_partition, failed_offset) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
+    "$12, $13) ON CONFLICT (failed_topic, failed_partition, failed_offset) DO NOTHING";
+
 struct pr_failed_recorder {
     rd_kafka_t *consumer;
     sl_pg_t *pg;
@@ -76,13 +83,7 @@ static int record(pr_failed_recorder_t *r, const rd_kafka_message_t *m, char *er
         raw = sl_strndup(m->payload ? m->payload : "", m->payload ? m->len : 0);
         params[8] = raw;
     }
-    int rc = sl_pg_exec(r->pg,
-                        "INSERT INTO sluice_failed_events (failed_at, stage, reason, source_id, "
-                        "destination_id, destination_type, message_id, received_at, event, "
-                        "user_key, failed_topic, failed_partition, failed_offset) VALUES "
-                        "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
-                        "ON CONFLICT (failed_topic, failed_partition, failed_offset) DO NOTHING",
-                        13, params, NULL, err, n);
+    int rc = sl_pg_exec(r->pg, insert_sql, 13, params, NULL, err, n);
     if (rc == SL_ERR_INVALID) {
         /* Postgres refuses the text (invalid UTF-8, say): keep the row, point at the record. */
         char note[200];
@@ -91,13 +92,7 @@ static int record(pr_failed_recorder_t *r, const rd_kafka_message_t *m, char *er
                  r->topic, (int)m->partition, (long long)m->offset);
         params[8] = note;
         params[2] = "the dead letter's reason or event is not storable as text";
-        rc = sl_pg_exec(r->pg,
-                        "INSERT INTO sluice_failed_events (failed_at, stage, reason, source_id, "
-                        "destination_id, destination_type, message_id, received_at, event, "
-                        "user_key, failed_topic, failed_partition, failed_offset) VALUES "
-                        "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
-                        "ON CONFLICT (failed_topic, failed_partition, failed_offset) DO NOTHING",
-                        13, params, NULL, err, n);
+        rc = sl_pg_exec(r->pg, insert_sql, 13, params, NULL, err, n);
     }
     free(raw);
     if (o)
