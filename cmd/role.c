@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -105,6 +106,16 @@ static int try_migrate(sl_pg_t *pg)
     if (applied)
         sl_info("sluice", "applied %d migrations", applied);
     return 0;
+}
+
+static void *create_topics(void *arg)
+{
+    char err[512];
+    if (sl_kafka_ensure_topics(arg, err, sizeof(err)) != 0)
+        sl_warn("sluice", "could not create the pipeline's topics (%s); relying on the cluster "
+                          "to auto-create them or on topics created beforehand",
+                err);
+    return NULL;
 }
 
 /* The gateway's cap on request bodies held at once: its in-flight size, but never below the
@@ -206,6 +217,7 @@ int cmd_role(int argc, char **argv, const char *config_file)
         .max_buffered = run_gw ? max_buffered(conf) : 0,
         .cors = run_gw,
     };
+    sl_health_set("workspace", false, "the workspace config is not loaded yet");
     srv = sl_http_server_new(&opts);
     if (run_gw) {
         gw = gw_gateway_new(conf, NULL, srv, err, sizeof(err));
@@ -220,6 +232,12 @@ int cmd_role(int argc, char **argv, const char *config_file)
         goto out;
     }
     sl_info("sluice", "%s started; http on port %d", role, sl_http_server_port(srv));
+
+    /* Create the pipeline's topics on a real cluster (the dev broker made them already), in
+     * the background: nothing waits for it, and consumers see new topics within seconds. */
+    pthread_t topics_thread;
+    bool topics_started = !dev && sl_conf_bool(conf, "kafka.create_topics") &&
+                          pthread_create(&topics_thread, NULL, create_topics, conf) == 0;
 
     /* Dependencies: retried with backoff until they work or we are told to stop. The gateway
      * and the processor need only the workspace config; the router also needs Postgres. */
@@ -282,6 +300,9 @@ drain:
         if (left)
             sl_warn("sluice", "%d events were not acknowledged by kafka before stopping", left);
     }
+    if (topics_started)
+        pthread_join(topics_thread, NULL);
+    topics_started = false;
     pr_processor_stop(pr);
     pr_failed_recorder_stop(rec);
     rt_router_stop(rt);

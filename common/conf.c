@@ -51,7 +51,10 @@ static const sl_conf_opt_t options[] = {
     {"kafka.topic_prefix", SL_CONF_STR, "sluice.", NO_RANGE, NULL, 0,
      "Prefix of every topic Sluice uses (`<prefix>events`, `<prefix>delivery`)."},
     {"kafka.partitions", SL_CONF_INT, "8", 1, 1024, NULL, 0,
-     "Partitions per topic when Sluice creates topics (dev broker, `sluice topics create`)."},
+     "Partitions per topic when Sluice creates topics (at start, and in the dev broker)."},
+    {"kafka.create_topics", SL_CONF_BOOL, "true", NO_RANGE, NULL, 0,
+     "Create the pipeline's topics that are missing when a role starts (`kafka.partitions` "
+     "partitions, the cluster's default replication factor)."},
 
     /* Postgres */
     {"postgres.dsn", SL_CONF_STR, "", NO_RANGE, NULL, SL_CONF_SECRET,

@@ -92,6 +92,8 @@ rd_kafka_conf_t *sl_kafka_conf_new(const sl_conf_t *conf, sl_kafka_role_t role,
         {"isolation.level", "read_committed"},
         /* An event crosses two consumers on its way: don't let each fetch idle for 500 ms. */
         {"fetch.wait.max.ms", "100"},
+        /* See topics created after the subscription (e.g. auto-created) within seconds. */
+        {"topic.metadata.refresh.interval.ms", "10000"},
     };
     prop_ctx_t c = {kconf, errstr, errstr_size, 0};
     apply_prop("bootstrap.servers", brokers, &c);
@@ -113,6 +115,64 @@ rd_kafka_conf_t *sl_kafka_conf_new(const sl_conf_t *conf, sl_kafka_role_t role,
     rd_kafka_conf_set_log_cb(kconf, log_cb);
     rd_kafka_conf_set_error_cb(kconf, error_cb);
     return kconf;
+}
+
+int sl_kafka_ensure_topics(const sl_conf_t *conf, char *errstr, size_t errstr_size)
+{
+    rd_kafka_t *rk = sl_kafka_producer_new(conf, NULL, NULL, errstr, errstr_size);
+    if (!rk)
+        return SL_ERR_INVALID;
+    int n = 0, rc = 0;
+    while (sl_kafka_pipeline_topics[n])
+        n++;
+    rd_kafka_NewTopic_t **nt = sl_calloc((size_t)n, sizeof(*nt));
+    char **names = sl_calloc((size_t)n, sizeof(*names));
+    int partitions = (int)sl_conf_int(conf, "kafka.partitions");
+    for (int i = 0; i < n; i++) {
+        names[i] = sl_kafka_topic(conf, sl_kafka_pipeline_topics[i]);
+        nt[i] = rd_kafka_NewTopic_new(names[i], partitions, -1, NULL, 0);
+    }
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_AdminOptions_t *opts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_request_timeout(opts, 10000, NULL, 0);
+    rd_kafka_CreateTopics(rk, nt, (size_t)n, opts, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 15000);
+    if (!ev) {
+        rc = sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT,
+                        "no answer to CreateTopics within 15 s");
+    } else if (rd_kafka_event_error(ev)) {
+        rc = sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT, "CreateTopics: %s",
+                        rd_kafka_event_error_string(ev));
+    } else {
+        size_t cnt;
+        const rd_kafka_topic_result_t **res =
+            rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &cnt);
+        for (size_t i = 0; i < cnt; i++) {
+            rd_kafka_resp_err_t e = rd_kafka_topic_result_error(res[i]);
+            if (e == RD_KAFKA_RESP_ERR_NO_ERROR)
+                sl_info("kafka", "created topic %s (%d partitions)",
+                        rd_kafka_topic_result_name(res[i]), partitions);
+            else if (e != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS && !rc)
+                rc = sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT,
+                                "could not create topic %s: %s",
+                                rd_kafka_topic_result_name(res[i]),
+                                rd_kafka_topic_result_error_string(res[i])
+                                    ? rd_kafka_topic_result_error_string(res[i])
+                                    : rd_kafka_err2str(e));
+        }
+    }
+    if (ev)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_AdminOptions_destroy(opts);
+    rd_kafka_queue_destroy(q);
+    for (int i = 0; i < n; i++) {
+        rd_kafka_NewTopic_destroy(nt[i]);
+        free(names[i]);
+    }
+    free(nt);
+    free(names);
+    rd_kafka_destroy(rk);
+    return rc;
 }
 
 rd_kafka_t *sl_kafka_producer_new(const sl_conf_t *conf,

@@ -22,6 +22,12 @@
 /* Every topic of the pipeline, for the dev broker and `sluice topics create`. NULL-terminated. */
 extern const char *const sl_kafka_pipeline_topics[];
 
+/* Creates the pipeline's topics that do not exist yet (kafka.partitions partitions, the
+ * cluster's default replication factor), so consumers never subscribe to a missing topic.
+ * Returns 0, or an error (e.g. not authorized) in errstr; callers log it and go on, since the
+ * cluster may auto-create topics or an operator may have created them. */
+int sl_kafka_ensure_topics(const sl_conf_t *conf, char *errstr, size_t errstr_size);
+
 /* Returns prefix + suffix; the caller frees it. */
 char *sl_kafka_topic(const sl_conf_t *conf, const char *suffix);
 
