@@ -30,6 +30,8 @@ static sl_conf_t *make_conf(const char *brokers, const char *prefix)
     assert_int_equal(sl_conf_set(conf, "kafka.topic_prefix", prefix, err, sizeof(err)), 0);
     assert_int_equal(
         sl_conf_set(conf, "kafka.topic.metadata.refresh.interval.ms", "500", err, sizeof(err)), 0);
+    /* The dev broker lets a new member in late when fetches poll every 100 ms (our default). */
+    assert_int_equal(sl_conf_set(conf, "kafka.fetch.wait.max.ms", "500", err, sizeof(err)), 0);
     /* The mock does not hand a departed member's partitions over before its session ends. */
     assert_int_equal(sl_conf_set(conf, "kafka.session.timeout.ms", "6000", err, sizeof(err)), 0);
     assert_int_equal(sl_conf_set(conf, "kafka.heartbeat.interval.ms", "1000", err, sizeof(err)), 0);
