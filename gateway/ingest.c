@@ -5,7 +5,7 @@
  */
 #include "gateway/ingest.h"
 #include "common/mem.h"
-#include "gateway/json_scan.h"
+#include "common/json_scan.h"
 
 #include <arpa/inet.h>
 #include <stdarg.h>
@@ -39,7 +39,7 @@ void gw_batch_free(gw_batch_t *b)
     sl_buf_free(&b->out);
     sl_buf_free(&b->ids);
     free(b->events);
-    gw_json_index_free(&b->idx);
+    sl_json_index_free(&b->idx);
     gw_batch_init(b);
 }
 
@@ -58,30 +58,30 @@ static int reject(gw_batch_t *b, int status, long index, const char *reason, con
     return status;
 }
 
-static int reject_json(gw_batch_t *b, const gw_json_error_t *e)
+static int reject_json(gw_batch_t *b, const sl_json_error_t *e)
 {
     return reject(b, 400, -1, "invalid_json", "invalid JSON at byte %zu: %s", e->offset, e->msg);
 }
 
 /* The identity fields of an event: a non-empty string or a number counts. */
-static bool id_present(const gw_json_span_t *v)
+static bool id_present(const sl_json_span_t *v)
 {
     if (!v->p)
         return false;
-    if (v->type == GW_JSON_STRING)
+    if (v->type == SL_JSON_STRING)
         return v->len > 2;
-    return v->type == GW_JSON_NUMBER;
+    return v->type == SL_JSON_NUMBER;
 }
 
 /* The identity as text (decoded string or the number as written) into out; returns length. */
-static size_t id_text(const gw_json_span_t *v, char *out, size_t out_size)
+static size_t id_text(const sl_json_span_t *v, char *out, size_t out_size)
 {
     if (!id_present(v)) {
         out[0] = '\0';
         return 0;
     }
-    if (v->type == GW_JSON_STRING) {
-        size_t n = gw_json_string_decode(*v, out, out_size);
+    if (v->type == SL_JSON_STRING) {
+        size_t n = sl_json_string_decode(*v, out, out_size);
         return n < out_size ? n : out_size - 1;
     }
     size_t n = v->len < out_size - 1 ? v->len : out_size - 1;
@@ -91,50 +91,50 @@ static size_t id_text(const gw_json_span_t *v, char *out, size_t out_size)
 }
 
 typedef struct fields {
-    gw_json_span_t type, user_id, anonymous_id, message_id, event, group_id, previous_id, context,
+    sl_json_span_t type, user_id, anonymous_id, message_id, event, group_id, previous_id, context,
         sent_at;
 } fields_t;
 
 /* Members the gateway writes itself; any sent by the client are dropped. */
-static bool owned_key(gw_json_span_t key)
+static bool owned_key(sl_json_span_t key)
 {
-    return gw_json_key_is(key, "type") || gw_json_key_is(key, "receivedAt") ||
-           gw_json_key_is(key, "rudderId") || gw_json_key_is(key, "request_ip");
+    return sl_json_key_is(key, "type") || sl_json_key_is(key, "receivedAt") ||
+           sl_json_key_is(key, "rudderId") || sl_json_key_is(key, "request_ip");
 }
 
-static void collect(gw_json_span_t ev, fields_t *f)
+static void collect(sl_json_span_t ev, fields_t *f)
 {
     memset(f, 0, sizeof(*f));
-    gw_json_members_t it;
-    gw_json_members_init(&it, ev);
-    while (gw_json_members_next(&it)) {
-        gw_json_span_t k = it.key;
+    sl_json_members_t it;
+    sl_json_members_init(&it, ev);
+    while (sl_json_members_next(&it)) {
+        sl_json_span_t k = it.key;
         if (k.len < 6)
             continue; /* shorter than any name below */
-        if (gw_json_key_is(k, "type"))
+        if (sl_json_key_is(k, "type"))
             f->type = it.value;
-        else if (gw_json_key_is(k, "userId"))
+        else if (sl_json_key_is(k, "userId"))
             f->user_id = it.value;
-        else if (gw_json_key_is(k, "anonymousId"))
+        else if (sl_json_key_is(k, "anonymousId"))
             f->anonymous_id = it.value;
-        else if (gw_json_key_is(k, "messageId"))
+        else if (sl_json_key_is(k, "messageId"))
             f->message_id = it.value;
-        else if (gw_json_key_is(k, "event"))
+        else if (sl_json_key_is(k, "event"))
             f->event = it.value;
-        else if (gw_json_key_is(k, "groupId"))
+        else if (sl_json_key_is(k, "groupId"))
             f->group_id = it.value;
-        else if (gw_json_key_is(k, "previousId"))
+        else if (sl_json_key_is(k, "previousId"))
             f->previous_id = it.value;
-        else if (gw_json_key_is(k, "context"))
+        else if (sl_json_key_is(k, "context"))
             f->context = it.value;
-        else if (gw_json_key_is(k, "sentAt"))
+        else if (sl_json_key_is(k, "sentAt"))
             f->sent_at = it.value;
     }
 }
 
 static bool message_id_ok(const fields_t *f)
 {
-    return f->message_id.p && f->message_id.type == GW_JSON_STRING && f->message_id.len > 2;
+    return f->message_id.p && f->message_id.type == SL_JSON_STRING && f->message_id.len > 2;
 }
 
 static void put_member_str(sl_buf_t *o, bool *first, const char *name, const char *value)
@@ -149,7 +149,7 @@ static void put_member_str(sl_buf_t *o, bool *first, const char *name, const cha
 }
 
 /* The context member, with "ip" added when the client's context has none. */
-static void put_context(sl_buf_t *o, bool *first, gw_json_span_t ctx, const char *ip)
+static void put_context(sl_buf_t *o, bool *first, sl_json_span_t ctx, const char *ip)
 {
     if (!ip) {
         if (ctx.p) {
@@ -162,12 +162,12 @@ static void put_context(sl_buf_t *o, bool *first, gw_json_span_t ctx, const char
         return;
     }
     bool has_ip = false, empty = true;
-    if (ctx.p && ctx.type == GW_JSON_OBJECT) {
-        gw_json_members_t it;
-        gw_json_members_init(&it, ctx);
-        while (gw_json_members_next(&it)) {
+    if (ctx.p && ctx.type == SL_JSON_OBJECT) {
+        sl_json_members_t it;
+        sl_json_members_init(&it, ctx);
+        while (sl_json_members_next(&it)) {
             empty = false;
-            if (gw_json_key_is(it.key, "ip"))
+            if (sl_json_key_is(it.key, "ip"))
                 has_ip = true;
         }
     }
@@ -181,7 +181,7 @@ static void put_context(sl_buf_t *o, bool *first, gw_json_span_t ctx, const char
     }
     sl_buf_puts(o, "{\"ip\":");
     sl_buf_json_str(o, ip, strlen(ip));
-    if (ctx.p && ctx.type == GW_JSON_OBJECT && !empty) {
+    if (ctx.p && ctx.type == SL_JSON_OBJECT && !empty) {
         sl_buf_putc(o, ',');
         sl_buf_append(o, ctx.p + 1, ctx.len - 1); /* the members and the closing brace */
     } else {
@@ -193,19 +193,19 @@ static void put_context(sl_buf_t *o, bool *first, gw_json_span_t ctx, const char
  * Validates one event and appends it, enriched, to b. type is the endpoint's (NULL in a batch:
  * the event's own). sent_at is the batch's top-level "sentAt" span, if any.
  */
-static int add_event(gw_batch_t *b, gw_json_span_t ev, const char *type, long index,
-                     gw_json_span_t sent_at, const gw_ingest_ctx_t *ctx)
+static int add_event(gw_batch_t *b, sl_json_span_t ev, const char *type, long index,
+                     sl_json_span_t sent_at, const gw_ingest_ctx_t *ctx)
 {
-    if (ev.type != GW_JSON_OBJECT)
+    if (ev.type != SL_JSON_OBJECT)
         return reject(b, 400, index, "not_object", "event must be a JSON object");
     fields_t f;
     collect(ev, &f);
 
     char tbuf[16];
     if (!type) {
-        if (!f.type.p || f.type.type != GW_JSON_STRING)
+        if (!f.type.p || f.type.type != SL_JSON_STRING)
             return reject(b, 400, index, "no_type", "event has no \"type\"");
-        size_t n = gw_json_string_decode(f.type, tbuf, sizeof(tbuf));
+        size_t n = sl_json_string_decode(f.type, tbuf, sizeof(tbuf));
         type = n < sizeof(tbuf) ? tbuf : "";
     }
     bool known = false;
@@ -218,7 +218,7 @@ static int add_event(gw_batch_t *b, gw_json_span_t ev, const char *type, long in
     if (!id_present(&f.user_id) && !id_present(&f.anonymous_id))
         return reject(b, 400, index, "no_user", "event has neither \"userId\" nor \"anonymousId\"");
     if (strcmp(type, "track") == 0 &&
-        !(f.event.p && f.event.type == GW_JSON_STRING && f.event.len > 2))
+        !(f.event.p && f.event.type == SL_JSON_STRING && f.event.len > 2))
         return reject(b, 400, index, "no_event_name", "track event has no \"event\" name");
     if (strcmp(type, "group") == 0 && !id_present(&f.group_id))
         return reject(b, 400, index, "no_group_id", "group event has no \"groupId\"");
@@ -246,11 +246,11 @@ static int add_event(gw_batch_t *b, gw_json_span_t ev, const char *type, long in
     sl_buf_putc(o, '{');
     bool first = true;
     bool keep_mid = message_id_ok(&f);
-    gw_json_members_t it;
-    gw_json_members_init(&it, ev);
-    while (gw_json_members_next(&it)) {
-        if (owned_key(it.key) || gw_json_key_is(it.key, "context") ||
-            (!keep_mid && gw_json_key_is(it.key, "messageId")))
+    sl_json_members_t it;
+    sl_json_members_init(&it, ev);
+    while (sl_json_members_next(&it)) {
+        if (owned_key(it.key) || sl_json_key_is(it.key, "context") ||
+            (!keep_mid && sl_json_key_is(it.key, "messageId")))
             continue;
         if (!first)
             sl_buf_putc(o, ',');
@@ -285,39 +285,39 @@ static int add_event(gw_batch_t *b, gw_json_span_t ev, const char *type, long in
 int gw_ingest_single(gw_batch_t *b, const char *body, size_t len, const char *type,
                      const gw_ingest_ctx_t *ctx)
 {
-    gw_json_span_t doc;
-    gw_json_error_t e;
-    if (!gw_json_scan_indexed(body, len, &doc, &e, &b->idx))
+    sl_json_span_t doc;
+    sl_json_error_t e;
+    if (!sl_json_scan_indexed(body, len, &doc, &e, &b->idx))
         return reject_json(b, &e);
-    if (doc.type != GW_JSON_OBJECT)
+    if (doc.type != SL_JSON_OBJECT)
         return reject(b, 400, -1, "not_object", "request body must be a JSON object");
-    gw_json_span_t none = {.p = NULL};
+    sl_json_span_t none = {.p = NULL};
     return add_event(b, doc, type, -1, none, ctx);
 }
 
 int gw_ingest_batch(gw_batch_t *b, const char *body, size_t len, const gw_ingest_ctx_t *ctx)
 {
-    gw_json_span_t doc;
-    gw_json_error_t e;
-    if (!gw_json_scan_indexed(body, len, &doc, &e, &b->idx))
+    sl_json_span_t doc;
+    sl_json_error_t e;
+    if (!sl_json_scan_indexed(body, len, &doc, &e, &b->idx))
         return reject_json(b, &e);
-    if (doc.type != GW_JSON_OBJECT)
+    if (doc.type != SL_JSON_OBJECT)
         return reject(b, 400, -1, "not_object", "request body must be a JSON object");
-    gw_json_span_t batch = {.p = NULL}, sent_at = {.p = NULL};
-    gw_json_members_t it;
-    gw_json_members_init(&it, doc);
-    while (gw_json_members_next(&it)) {
-        if (gw_json_key_is(it.key, "batch"))
+    sl_json_span_t batch = {.p = NULL}, sent_at = {.p = NULL};
+    sl_json_members_t it;
+    sl_json_members_init(&it, doc);
+    while (sl_json_members_next(&it)) {
+        if (sl_json_key_is(it.key, "batch"))
             batch = it.value;
-        else if (gw_json_key_is(it.key, "sentAt") && it.value.type == GW_JSON_STRING)
+        else if (sl_json_key_is(it.key, "sentAt") && it.value.type == SL_JSON_STRING)
             sent_at = it.value;
     }
-    if (!batch.p || batch.type != GW_JSON_ARRAY)
+    if (!batch.p || batch.type != SL_JSON_ARRAY)
         return reject(b, 400, -1, "no_batch", "request body must have a \"batch\" array");
-    gw_json_elems_t el;
-    gw_json_elems_init(&el, batch);
+    sl_json_elems_t el;
+    sl_json_elems_init(&el, batch);
     long i = 0;
-    for (; gw_json_elems_next(&el); i++) {
+    for (; sl_json_elems_next(&el); i++) {
         int st = add_event(b, el.value, NULL, i, sent_at, ctx);
         if (st)
             return st;
@@ -330,9 +330,9 @@ int gw_ingest_batch(gw_batch_t *b, const char *body, size_t len, const gw_ingest
 int gw_ingest_webhook(gw_batch_t *b, const char *body, size_t len, const char *event_name,
                       const gw_ingest_ctx_t *ctx)
 {
-    gw_json_span_t doc;
-    gw_json_error_t e;
-    if (!gw_json_scan_indexed(body, len, &doc, &e, &b->idx))
+    sl_json_span_t doc;
+    sl_json_error_t e;
+    if (!sl_json_scan_indexed(body, len, &doc, &e, &b->idx))
         return reject_json(b, &e);
     sl_buf_t ev = SL_BUF_INIT;
     char anon[SL_UUID_STRLEN];
@@ -342,7 +342,7 @@ int gw_ingest_webhook(gw_batch_t *b, const char *body, size_t len, const char *e
     sl_buf_puts(&ev, ",\"anonymousId\":\"");
     sl_buf_puts(&ev, anon);
     sl_buf_puts(&ev, "\",\"properties\":");
-    if (doc.type == GW_JSON_OBJECT) {
+    if (doc.type == SL_JSON_OBJECT) {
         sl_buf_append(&ev, doc.p, doc.len);
     } else {
         sl_buf_puts(&ev, "{\"body\":");

@@ -14,7 +14,7 @@
 
 #include "common/buf.h"
 #include "common/uuid.h"
-#include "gateway/json_scan.h"
+#include "common/json_scan.h"
 
 typedef struct gw_ingest_ctx {
     const char *received_at; /* RFC 3339 with milliseconds, UTC */
@@ -39,7 +39,7 @@ typedef struct gw_batch {
     long index;         /* the bad event's index in a batch, or -1 */
     const char *reason; /* a short label for metrics, e.g. "invalid_json" */
     char error[256];    /* what the client is told */
-    gw_json_index_t idx; /* scratch: the body's structure */
+    sl_json_index_t idx; /* scratch: the body's structure */
 } gw_batch_t;
 
 void gw_batch_init(gw_batch_t *b);

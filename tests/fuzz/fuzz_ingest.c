@@ -32,23 +32,23 @@ enum { BATCH = 6, WEBHOOK = 7 };
  * 56, context in 44: such a field was missed (a 400 no_user, the client's context lost, a
  * second messageId kept). True if the body has such a key, anywhere.
  */
-static bool long_field_key(gw_json_span_t v)
+static bool long_field_key(sl_json_span_t v)
 {
     static const char *const fields[] = {"type",   "userId",     "anonymousId", "messageId",
                                          "event",  "groupId",    "previousId",  "context",
                                          "sentAt"};
-    if (v.type == GW_JSON_ARRAY) {
-        gw_json_elems_t it;
-        gw_json_elems_init(&it, v);
-        while (gw_json_elems_next(&it))
+    if (v.type == SL_JSON_ARRAY) {
+        sl_json_elems_t it;
+        sl_json_elems_init(&it, v);
+        while (sl_json_elems_next(&it))
             if (long_field_key(it.value))
                 return true;
-    } else if (v.type == GW_JSON_OBJECT) {
-        gw_json_members_t it;
-        gw_json_members_init(&it, v);
-        while (gw_json_members_next(&it)) {
+    } else if (v.type == SL_JSON_OBJECT) {
+        sl_json_members_t it;
+        sl_json_members_init(&it, v);
+        while (sl_json_members_next(&it)) {
             for (size_t i = 0; it.key.len > 40 && i < sizeof(fields) / sizeof(fields[0]); i++)
-                if (gw_json_key_is(it.key, fields[i]))
+                if (sl_json_key_is(it.key, fields[i]))
                     return true;
             if (long_field_key(it.value))
                 return true;
@@ -166,9 +166,9 @@ static void check_event(const gw_batch_t *b, size_t i, int call, json_object *in
         FUZZ_CHECK(strcmp(e->type, "track") == 0, "webhook event of type %s", e->type);
 
     const char *p = b->out.data + e->off;
-    gw_json_span_t span;
-    gw_json_error_t err;
-    FUZZ_CHECK(gw_json_scan_document(p, e->len, &span, &err) && span.type == GW_JSON_OBJECT,
+    sl_json_span_t span;
+    sl_json_error_t err;
+    FUZZ_CHECK(sl_json_scan_document(p, e->len, &span, &err) && span.type == SL_JSON_OBJECT,
                "the gateway's scanner rejects its own event %zu: %s at %zu: %.*s", i,
                err.msg ? err.msg : "not an object", err.offset, (int)e->len, p);
 
@@ -176,7 +176,7 @@ static void check_event(const gw_batch_t *b, size_t i, int call, json_object *in
     enum json_tokener_error jerr;
     if (!fuzz_jsonc_parse(p, e->len, 0, 0, &o, &jerr)) {
         bool known_gap = fuzz_known("depth33") && jerr == json_tokener_error_depth &&
-                         fuzz_value_depth(span) > GW_JSON_MAX_DEPTH;
+                         fuzz_value_depth(span) > SL_JSON_MAX_DEPTH;
         FUZZ_CHECK(known_gap, "json-c (as the processor reads events) rejects event %zu: %s%s",
                    i, json_tokener_error_desc(jerr),
                    jerr == json_tokener_error_depth
@@ -272,8 +272,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     };
     const char *body = (const char *)data + 1;
     size_t len = size - 1;
-    gw_json_span_t doc;
-    g_tolerate_longkey = fuzz_known("longkey") && gw_json_scan_document(body, len, &doc, NULL) &&
+    sl_json_span_t doc;
+    g_tolerate_longkey = fuzz_known("longkey") && sl_json_scan_document(body, len, &doc, NULL) &&
                          long_field_key(doc);
 
     gw_batch_t b;

@@ -1,12 +1,12 @@
 /*
- * Fuzz target: the gateway's strict JSON scanner (gateway/json_scan.h).
+ * Fuzz target: the gateway's strict JSON scanner (common/json_scan.h).
  *
- * For every input: gw_json_scan_document either accepts with a span inside the input or
+ * For every input: sl_json_scan_document either accepts with a span inside the input or
  * rejects with a message and an offset inside it. An accepted document is walked with the
  * member and element iterators, every value span is scanned again on its own (same type and
  * length), every string is decoded into buffers of several sizes (never written past, always
  * NUL-terminated, a prefix of the full text, valid UTF-8) and every key checked with
- * gw_json_key_is.
+ * sl_json_key_is.
  *
  * Differential check against json-c 0.16 (JSON_TOKENER_STRICT, default depth 32):
  *   - what the scanner accepts, json-c accepts, with the same tree: types, array lengths,
@@ -22,7 +22,7 @@
 
 /* Decodes s into buffers of several sizes: the result never changes, nothing is written past
  * out_size, the text is NUL-terminated and a prefix of the full decoding. */
-static void check_decode_sizes(gw_json_span_t s, const char *full, size_t n)
+static void check_decode_sizes(sl_json_span_t s, const char *full, size_t n)
 {
     const size_t sizes[] = {1, 2, 3, 4, 5, 7, 16, n, n + 1, n + 2};
     enum { CANARY = 16 };
@@ -32,7 +32,7 @@ static void check_decode_sizes(gw_json_span_t s, const char *full, size_t n)
             continue;
         /* Exactly k bytes, so ASan sees any overflow... */
         char *exact = malloc(k);
-        size_t r = gw_json_string_decode(s, exact, k);
+        size_t r = sl_json_string_decode(s, exact, k);
         FUZZ_CHECK(r == n, "decode into %zu bytes returned %zu, full length %zu", k, r, n);
         size_t t = n < k - 1 ? n : k - 1;
         FUZZ_CHECK(memcmp(exact, full, t) == 0 && exact[t] == '\0',
@@ -41,18 +41,18 @@ static void check_decode_sizes(gw_json_span_t s, const char *full, size_t n)
         /* ...and a canary after them for the builds without it. */
         char *b = malloc(k + CANARY);
         memset(b, 0xA5, k + CANARY);
-        gw_json_string_decode(s, b, k);
+        sl_json_string_decode(s, b, k);
         for (size_t j = k; j < k + CANARY; j++)
             FUZZ_CHECK((unsigned char)b[j] == 0xA5, "decode into %zu bytes wrote byte %zu", k, j);
         free(b);
     }
 }
 
-static void check_reparse(gw_json_span_t v)
+static void check_reparse(sl_json_span_t v)
 {
-    gw_json_span_t again;
-    gw_json_error_t err;
-    FUZZ_CHECK(gw_json_scan_document(v.p, v.len, &again, &err),
+    sl_json_span_t again;
+    sl_json_error_t err;
+    FUZZ_CHECK(sl_json_scan_document(v.p, v.len, &again, &err),
                "a value span the iterator gave doesn't scan on its own: %s at %zu",
                err.msg, err.offset);
     FUZZ_CHECK(again.p == v.p && again.len == v.len && again.type == v.type,
@@ -74,7 +74,7 @@ static uint32_t hex4(const char *p)
  * of planes 1-16 (U+1D800, U+2D800, ...) becomes U+FFFD, as json-c 0.16 decodes it (its bug:
  * it checks the combined code point with a 16-bit surrogate mask).
  */
-static size_t ref_decode(gw_json_span_t s, bool jsonc, char *out)
+static size_t ref_decode(sl_json_span_t s, bool jsonc, char *out)
 {
     const char *p = s.p + 1, *end = s.p + s.len - 1;
     size_t n = 0;
@@ -117,36 +117,36 @@ static size_t ref_decode(gw_json_span_t s, bool jsonc, char *out)
     return n;
 }
 
-static void walk(gw_json_span_t v, const char *lo, const char *hi, json_object *jc, bool cmp);
+static void walk(sl_json_span_t v, const char *lo, const char *hi, json_object *jc, bool cmp);
 
 /* A string value or key: decoded text checked; returned (caller frees) with its length. */
-static char *check_string(gw_json_span_t s, size_t *n)
+static char *check_string(sl_json_span_t s, size_t *n)
 {
-    FUZZ_CHECK(s.type == GW_JSON_STRING && s.len >= 2 && s.p[0] == '"' && s.p[s.len - 1] == '"',
+    FUZZ_CHECK(s.type == SL_JSON_STRING && s.len >= 2 && s.p[0] == '"' && s.p[s.len - 1] == '"',
                "string span of %zu bytes isn't quoted", s.len);
     char *text = fuzz_decode(s, n);
     FUZZ_CHECK(*n <= s.len - 2, "decoded %zu bytes from a %zu-byte string", *n, s.len);
     FUZZ_CHECK(fuzz_utf8_ok(text, *n), "decoded string is not valid UTF-8");
     char *ref = malloc(s.len);
     FUZZ_CHECK(ref_decode(s, false, ref) == *n && memcmp(ref, text, *n) == 0,
-               "gw_json_string_decode and the reference decoder differ");
+               "sl_json_string_decode and the reference decoder differ");
     free(ref);
     check_decode_sizes(s, text, *n);
     return text;
 }
 
-static void walk_object(gw_json_span_t v, json_object *jc, bool cmp)
+static void walk_object(sl_json_span_t v, json_object *jc, bool cmp)
 {
     FUZZ_CHECK(!cmp || json_object_is_type(jc, json_type_object), "json-c: not an object");
     enum { MAX_MEMBERS = 4096 };
-    gw_json_span_t *keys = malloc(MAX_MEMBERS * sizeof(*keys));
-    gw_json_span_t *vals = malloc(MAX_MEMBERS * sizeof(*vals));
+    sl_json_span_t *keys = malloc(MAX_MEMBERS * sizeof(*keys));
+    sl_json_span_t *vals = malloc(MAX_MEMBERS * sizeof(*vals));
     char **names = malloc(MAX_MEMBERS * sizeof(*names));
     size_t m = 0;
-    gw_json_members_t it;
-    gw_json_members_init(&it, v);
+    sl_json_members_t it;
+    sl_json_members_init(&it, v);
     const char *prev_end = v.p + 1;
-    while (gw_json_members_next(&it)) {
+    while (sl_json_members_next(&it)) {
         FUZZ_CHECK(m < MAX_MEMBERS, "more members than fit a fuzz input");
         FUZZ_CHECK(it.key.p >= prev_end && it.member_start == it.key.p &&
                        it.value.p >= it.key.p + it.key.len &&
@@ -157,16 +157,16 @@ static void walk_object(gw_json_span_t v, json_object *jc, bool cmp)
         size_t n;
         char *name = check_string(it.key, &n);
         if (n < 128 && memchr(name, '\0', n) == NULL) {
-            /* gw_json_key_is compares up to 127 decoded bytes (its buffer). */
-            FUZZ_CHECK(gw_json_key_is(it.key, name), "gw_json_key_is(key, its own text) false");
+            /* sl_json_key_is compares up to 127 decoded bytes (its buffer). */
+            FUZZ_CHECK(sl_json_key_is(it.key, name), "sl_json_key_is(key, its own text) false");
             char *longer = malloc(n + 2);
             memcpy(longer, name, n);
             memcpy(longer + n, "x", 2);
-            FUZZ_CHECK(!gw_json_key_is(it.key, longer), "gw_json_key_is true for a longer name");
+            FUZZ_CHECK(!sl_json_key_is(it.key, longer), "sl_json_key_is true for a longer name");
             free(longer);
             if (n > 0) {
                 char *shorter = strndup(name, n - 1);
-                FUZZ_CHECK(!gw_json_key_is(it.key, shorter), "gw_json_key_is true for a prefix");
+                FUZZ_CHECK(!sl_json_key_is(it.key, shorter), "sl_json_key_is true for a prefix");
                 free(shorter);
             }
         }
@@ -208,14 +208,14 @@ static void walk_object(gw_json_span_t v, json_object *jc, bool cmp)
     free(vals);
 }
 
-static void walk_array(gw_json_span_t v, json_object *jc, bool cmp)
+static void walk_array(sl_json_span_t v, json_object *jc, bool cmp)
 {
     FUZZ_CHECK(!cmp || json_object_is_type(jc, json_type_array), "json-c: not an array");
-    gw_json_elems_t it;
-    gw_json_elems_init(&it, v);
+    sl_json_elems_t it;
+    sl_json_elems_init(&it, v);
     size_t i = 0;
     const char *prev_end = v.p + 1;
-    while (gw_json_elems_next(&it)) {
+    while (sl_json_elems_next(&it)) {
         FUZZ_CHECK(it.value.p >= prev_end && it.value.p + it.value.len <= v.p + v.len - 1,
                    "element span out of order or outside the array");
         prev_end = it.value.p + it.value.len;
@@ -238,18 +238,18 @@ static void walk_array(gw_json_span_t v, json_object *jc, bool cmp)
 }
 
 /* v is a value of an accepted document, inside [lo, hi); jc json-c's value for it when cmp. */
-static void walk(gw_json_span_t v, const char *lo, const char *hi, json_object *jc, bool cmp)
+static void walk(sl_json_span_t v, const char *lo, const char *hi, json_object *jc, bool cmp)
 {
     FUZZ_CHECK(v.p >= lo && v.len > 0 && v.p + v.len <= hi, "value span outside its parent");
     check_reparse(v);
     switch (v.type) {
-    case GW_JSON_OBJECT:
+    case SL_JSON_OBJECT:
         walk_object(v, jc, cmp);
         break;
-    case GW_JSON_ARRAY:
+    case SL_JSON_ARRAY:
         walk_array(v, jc, cmp);
         break;
-    case GW_JSON_STRING: {
+    case SL_JSON_STRING: {
         size_t n;
         char *text = check_string(v, &n);
         if (cmp) {
@@ -265,18 +265,18 @@ static void walk(gw_json_span_t v, const char *lo, const char *hi, json_object *
         free(text);
         break;
     }
-    case GW_JSON_NUMBER:
+    case SL_JSON_NUMBER:
         FUZZ_CHECK(!cmp || json_object_is_type(jc, json_type_int) ||
                        json_object_is_type(jc, json_type_double),
                    "json-c: not a number");
         break;
-    case GW_JSON_TRUE:
-    case GW_JSON_FALSE:
+    case SL_JSON_TRUE:
+    case SL_JSON_FALSE:
         FUZZ_CHECK(!cmp || (json_object_is_type(jc, json_type_boolean) &&
-                            json_object_get_boolean(jc) == (v.type == GW_JSON_TRUE)),
+                            json_object_get_boolean(jc) == (v.type == SL_JSON_TRUE)),
                    "json-c: not the same boolean");
         break;
-    case GW_JSON_NULL:
+    case SL_JSON_NULL:
         FUZZ_CHECK(!cmp || jc == NULL, "json-c: not null");
         break;
     default:
@@ -288,7 +288,7 @@ static void walk(gw_json_span_t v, const char *lo, const char *hi, json_object *
  * with leading zeros ("00", "-01" at the top level) or ending in '.' ("1.", "0.e1") and
  * single-quoted object keys ({'a':1}). A rejection by the scanner is one of them only if it
  * happened at such a place. */
-static bool lax_jsonc(const char *buf, size_t len, const gw_json_error_t *err)
+static bool lax_jsonc(const char *buf, size_t len, const sl_json_error_t *err)
 {
     if (err->offset >= len)
         return false;
@@ -306,15 +306,15 @@ static bool lax_jsonc(const char *buf, size_t len, const gw_json_error_t *err)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *buf = (const char *)data;
-    gw_json_span_t v;
-    gw_json_error_t err = {0, NULL};
-    bool ours = gw_json_scan_document(buf, size, &v, &err);
+    sl_json_span_t v;
+    sl_json_error_t err = {0, NULL};
+    bool ours = sl_json_scan_document(buf, size, &v, &err);
     if (!ours) {
         FUZZ_CHECK(err.msg && *err.msg && err.offset <= size,
                    "rejection without a message or with offset %zu of %zu", err.offset, size);
     } else {
         FUZZ_CHECK(v.p >= buf && v.len > 0 && v.p + v.len <= buf + size &&
-                       v.type != GW_JSON_INVALID,
+                       v.type != SL_JSON_INVALID,
                    "accepted with a span outside the input");
     }
 
@@ -322,7 +322,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     enum json_tokener_error jerr = json_tokener_success;
     bool theirs = fuzz_jsonc_parse(buf, size, JSON_TOKENER_STRICT, 0, &jc, &jerr);
     if (ours) {
-        if (!theirs && fuzz_known("depth33") && fuzz_value_depth(v) > GW_JSON_MAX_DEPTH)
+        if (!theirs && fuzz_known("depth33") && fuzz_value_depth(v) > SL_JSON_MAX_DEPTH)
             FUZZ_CHECK(jerr == json_tokener_error_depth, "json-c: %s, not too deep",
                        json_tokener_error_desc(jerr));
         else

@@ -57,15 +57,15 @@ static void run(char **names, char **values, size_t n, const char *const *skip)
     }
     json_object_put(o);
 
-    gw_json_span_t span;
-    gw_json_error_t err;
-    if (!gw_json_scan_document(out.data, out.len, &span, &err))
+    sl_json_span_t span;
+    sl_json_error_t err;
+    if (!sl_json_scan_document(out.data, out.len, &span, &err))
         FUZZ_CHECK(strcmp(err.msg, "invalid UTF-8 in string") == 0 ||
                        strcmp(err.msg, "nesting is too deep") == 0,
                    "the gateway's scanner rejects the output: %s at %zu: %s", err.msg, err.offset,
                    out.data);
     else
-        FUZZ_CHECK(span.type == GW_JSON_OBJECT, "not an object");
+        FUZZ_CHECK(span.type == SL_JSON_OBJECT, "not an object");
     sl_buf_free(&out);
 }
 

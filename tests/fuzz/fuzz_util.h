@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/json_scan.h"
+#include "common/json_scan.h"
 
 /* A broken invariant: say which and abort, so libFuzzer (or the corpus test) reports it. */
 #define FUZZ_CHECK(cond, ...)                                                                      \
@@ -127,20 +127,20 @@ static inline bool fuzz_jsonc_parse(const char *buf, size_t len, int flags, int 
 
 /* The deepest value of an accepted document, json-c's way: the top-level value is at depth 1
  * and every value (scalars too) inside a container is one deeper. */
-static inline int fuzz_value_depth(gw_json_span_t v)
+static inline int fuzz_value_depth(sl_json_span_t v)
 {
     int max = 0;
-    if (v.type == GW_JSON_OBJECT) {
-        gw_json_members_t it;
-        gw_json_members_init(&it, v);
-        while (gw_json_members_next(&it)) {
+    if (v.type == SL_JSON_OBJECT) {
+        sl_json_members_t it;
+        sl_json_members_init(&it, v);
+        while (sl_json_members_next(&it)) {
             int d = fuzz_value_depth(it.value);
             max = d > max ? d : max;
         }
-    } else if (v.type == GW_JSON_ARRAY) {
-        gw_json_elems_t it;
-        gw_json_elems_init(&it, v);
-        while (gw_json_elems_next(&it)) {
+    } else if (v.type == SL_JSON_ARRAY) {
+        sl_json_elems_t it;
+        sl_json_elems_init(&it, v);
+        while (sl_json_elems_next(&it)) {
             int d = fuzz_value_depth(it.value);
             max = d > max ? d : max;
         }
@@ -149,12 +149,12 @@ static inline int fuzz_value_depth(gw_json_span_t v)
 }
 
 /* A string span decoded into a new NUL-terminated buffer (which may hold NULs); *n its length. */
-static inline char *fuzz_decode(gw_json_span_t s, size_t *n)
+static inline char *fuzz_decode(sl_json_span_t s, size_t *n)
 {
     char probe[1];
-    size_t len = gw_json_string_decode(s, probe, sizeof(probe));
+    size_t len = sl_json_string_decode(s, probe, sizeof(probe));
     char *out = malloc(len + 1);
-    size_t again = gw_json_string_decode(s, out, len + 1);
+    size_t again = sl_json_string_decode(s, out, len + 1);
     FUZZ_CHECK(again == len, "decode length changed: %zu then %zu", len, again);
     *n = len;
     return out;

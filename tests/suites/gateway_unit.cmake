@@ -1,2 +1,2 @@
-# Unit tests of the gateway's scanner and enrichment (gateway/json_scan.c, gateway/ingest.c).
+# Unit tests of the gateway's scanner and enrichment (common/json_scan.c, gateway/ingest.c).
 sluice_test(NAME unit.ingest SOURCES unit/test_ingest.c LIBS sluice_gateway)

@@ -1,4 +1,4 @@
-/* Unit tests for gateway/json_scan.c and gateway/ingest.c: what is accepted, what is rejected
+/* Unit tests for common/json_scan.c and gateway/ingest.c: what is accepted, what is rejected
  * and how, and the exact bytes the enrichment splices into an event. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,14 +12,14 @@
 #include <string.h>
 
 #include "gateway/ingest.h"
-#include "gateway/json_scan.h"
+#include "common/json_scan.h"
 
 static const gw_ingest_ctx_t ctx = {"2026-11-26T10:00:00.000Z", "10.1.2.3", 32 * 1024};
 
 static bool scans(const char *s)
 {
-    gw_json_error_t e;
-    return gw_json_scan_document(s, strlen(s), NULL, &e);
+    sl_json_error_t e;
+    return sl_json_scan_document(s, strlen(s), NULL, &e);
 }
 
 static void test_scan_grammar(void **state)
@@ -46,8 +46,8 @@ static void test_scan_grammar(void **state)
     strcat(deep, "]");
     assert_false(scans(deep)); /* 33 levels */
 
-    gw_json_error_t e;
-    assert_false(gw_json_scan_document("{\"a\": x}", 8, NULL, &e));
+    sl_json_error_t e;
+    assert_false(sl_json_scan_document("{\"a\": x}", 8, NULL, &e));
     assert_int_equal(e.offset, 6);
 }
 
@@ -55,17 +55,17 @@ static void test_string_decode(void **state)
 {
     (void)state;
     const char *s = "\"a\\u0049\\n\\ud83d\\ude00\\/\"";
-    gw_json_span_t sp = {s, strlen(s), GW_JSON_STRING, NULL};
+    sl_json_span_t sp = {s, strlen(s), SL_JSON_STRING, NULL};
     char out[32];
-    size_t n = gw_json_string_decode(sp, out, sizeof(out));
+    size_t n = sl_json_string_decode(sp, out, sizeof(out));
     assert_int_equal(n, 8);
     assert_string_equal(out, "aI\n\xf0\x9f\x98\x80/");
     char tiny[3];
-    assert_int_equal(gw_json_string_decode(sp, tiny, sizeof(tiny)), 8);
+    assert_int_equal(sl_json_string_decode(sp, tiny, sizeof(tiny)), 8);
     assert_string_equal(tiny, "aI");
-    gw_json_span_t key = {"\"user\\u0049d\"", 13, GW_JSON_STRING, NULL};
-    assert_true(gw_json_key_is(key, "userId"));
-    assert_false(gw_json_key_is(key, "user"));
+    sl_json_span_t key = {"\"user\\u0049d\"", 13, SL_JSON_STRING, NULL};
+    assert_true(sl_json_key_is(key, "userId"));
+    assert_false(sl_json_key_is(key, "user"));
 }
 
 static json_object *event_at(gw_batch_t *b, size_t i)

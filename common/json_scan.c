@@ -1,8 +1,8 @@
 /*
- * Strict JSON scanner, see json_scan.h. Recursive descent bounded by GW_JSON_MAX_DEPTH; the
+ * Strict JSON scanner, see json_scan.h. Recursive descent bounded by SL_JSON_MAX_DEPTH; the
  * member and element iterators trust a document the scanner accepted.
  */
-#include "gateway/json_scan.h"
+#include "common/json_scan.h"
 
 #include "common/mem.h"
 
@@ -12,8 +12,8 @@
 
 typedef struct scanner {
     const char *start, *p, *end;
-    gw_json_error_t *err;
-    gw_json_index_t *idx;
+    sl_json_error_t *err;
+    sl_json_index_t *idx;
 } scanner_t;
 
 static bool fail(scanner_t *s, const char *at, const char *msg)
@@ -198,15 +198,15 @@ static bool scan_literal(scanner_t *s, const char *word, size_t n)
     return true;
 }
 
-static bool scan_value(scanner_t *s, int depth, gw_json_type_t *type);
+static bool scan_value(scanner_t *s, int depth, sl_json_type_t *type);
 
 static bool scan_container(scanner_t *s, int depth, bool object)
 {
-    if (depth > GW_JSON_MAX_DEPTH)
+    if (depth > SL_JSON_MAX_DEPTH)
         return fail(s, s->p, "nesting is too deep");
     const char close = object ? '}' : ']';
     size_t slot = 0;
-    gw_json_index_t *idx = s->idx;
+    sl_json_index_t *idx = s->idx;
     if (idx) {
         if (idx->n == idx->cap) {
             idx->cap = idx->cap ? idx->cap * 2 : 64;
@@ -224,7 +224,7 @@ static bool scan_container(scanner_t *s, int depth, bool object)
         return true;
     }
     for (;;) {
-        gw_json_type_t t;
+        sl_json_type_t t;
         if (object) {
             if (s->p >= s->end || *s->p != '"')
                 return fail(s, s->p, s->p >= s->end ? "unexpected end of input"
@@ -255,59 +255,59 @@ static bool scan_container(scanner_t *s, int depth, bool object)
 }
 
 /* s->p is at the value's first byte (whitespace skipped). */
-static bool scan_value(scanner_t *s, int depth, gw_json_type_t *type)
+static bool scan_value(scanner_t *s, int depth, sl_json_type_t *type)
 {
     if (s->p >= s->end)
         return fail(s, s->p, "unexpected end of input");
-    if (depth > GW_JSON_MAX_DEPTH) /* json-c counts scalars as a level too */
+    if (depth > SL_JSON_MAX_DEPTH) /* json-c counts scalars as a level too */
         return fail(s, s->p, "nesting is too deep");
     switch (*s->p) {
     case '{':
-        *type = GW_JSON_OBJECT;
+        *type = SL_JSON_OBJECT;
         return scan_container(s, depth, true);
     case '[':
-        *type = GW_JSON_ARRAY;
+        *type = SL_JSON_ARRAY;
         return scan_container(s, depth, false);
     case '"':
-        *type = GW_JSON_STRING;
+        *type = SL_JSON_STRING;
         return scan_string(s);
     case 't':
-        *type = GW_JSON_TRUE;
+        *type = SL_JSON_TRUE;
         return scan_literal(s, "true", 4);
     case 'f':
-        *type = GW_JSON_FALSE;
+        *type = SL_JSON_FALSE;
         return scan_literal(s, "false", 5);
     case 'n':
-        *type = GW_JSON_NULL;
+        *type = SL_JSON_NULL;
         return scan_literal(s, "null", 4);
     default:
         if (*s->p == '-' || (*s->p >= '0' && *s->p <= '9')) {
-            *type = GW_JSON_NUMBER;
+            *type = SL_JSON_NUMBER;
             return scan_number(s);
         }
         return fail(s, s->p, "unexpected character (expected a JSON value)");
     }
 }
 
-void gw_json_index_init(gw_json_index_t *idx)
+void sl_json_index_init(sl_json_index_t *idx)
 {
     memset(idx, 0, sizeof(*idx));
 }
 
-void gw_json_index_free(gw_json_index_t *idx)
+void sl_json_index_free(sl_json_index_t *idx)
 {
     free(idx->starts);
     free(idx->ends);
-    gw_json_index_init(idx);
+    sl_json_index_init(idx);
 }
 
-bool gw_json_scan_document(const char *buf, size_t len, gw_json_span_t *value, gw_json_error_t *err)
+bool sl_json_scan_document(const char *buf, size_t len, sl_json_span_t *value, sl_json_error_t *err)
 {
-    return gw_json_scan_indexed(buf, len, value, err, NULL);
+    return sl_json_scan_indexed(buf, len, value, err, NULL);
 }
 
-bool gw_json_scan_indexed(const char *buf, size_t len, gw_json_span_t *value, gw_json_error_t *err,
-                          gw_json_index_t *idx)
+bool sl_json_scan_indexed(const char *buf, size_t len, sl_json_span_t *value, sl_json_error_t *err,
+                          sl_json_index_t *idx)
 {
     scanner_t s = {buf, buf, buf + len, err, idx};
     if (idx) {
@@ -316,7 +316,7 @@ bool gw_json_scan_indexed(const char *buf, size_t len, gw_json_span_t *value, gw
     }
     s.p = skip_ws(s.p, s.end);
     const char *start = s.p;
-    gw_json_type_t type = GW_JSON_INVALID;
+    sl_json_type_t type = SL_JSON_INVALID;
     if (s.p >= s.end)
         return fail(&s, s.p, "empty body (expected a JSON value)");
     if (!scan_value(&s, 1, &type))
@@ -336,28 +336,28 @@ bool gw_json_scan_indexed(const char *buf, size_t len, gw_json_span_t *value, gw
 
 /* --- iteration over accepted documents --- */
 
-static gw_json_type_t type_of(char c)
+static sl_json_type_t type_of(char c)
 {
     switch (c) {
     case '{':
-        return GW_JSON_OBJECT;
+        return SL_JSON_OBJECT;
     case '[':
-        return GW_JSON_ARRAY;
+        return SL_JSON_ARRAY;
     case '"':
-        return GW_JSON_STRING;
+        return SL_JSON_STRING;
     case 't':
-        return GW_JSON_TRUE;
+        return SL_JSON_TRUE;
     case 'f':
-        return GW_JSON_FALSE;
+        return SL_JSON_FALSE;
     case 'n':
-        return GW_JSON_NULL;
+        return SL_JSON_NULL;
     default:
-        return GW_JSON_NUMBER;
+        return SL_JSON_NUMBER;
     }
 }
 
 /* The end of the valid value starting at p; idx (may be NULL) knows where containers end. */
-static const char *value_end(const char *p, const char *end, const gw_json_index_t *idx)
+static const char *value_end(const char *p, const char *end, const sl_json_index_t *idx)
 {
     char c = *p;
     if (c == '"') {
@@ -408,7 +408,7 @@ static const char *value_end(const char *p, const char *end, const gw_json_index
     return p;
 }
 
-void gw_json_members_init(gw_json_members_t *it, gw_json_span_t obj)
+void sl_json_members_init(sl_json_members_t *it, sl_json_span_t obj)
 {
     memset(it, 0, sizeof(*it));
     it->p = obj.p + 1; /* after '{' */
@@ -416,7 +416,7 @@ void gw_json_members_init(gw_json_members_t *it, gw_json_span_t obj)
     it->idx = obj.idx;
 }
 
-bool gw_json_members_next(gw_json_members_t *it)
+bool sl_json_members_next(sl_json_members_t *it)
 {
     const char *p = skip_ws(it->p, it->end);
     if (p < it->end && *p == ',')
@@ -425,7 +425,7 @@ bool gw_json_members_next(gw_json_members_t *it)
         return false;
     it->member_start = p;
     it->key.p = p;
-    it->key.type = GW_JSON_STRING;
+    it->key.type = SL_JSON_STRING;
     it->key.idx = it->idx;
     const char *q = value_end(p, it->end, it->idx);
     it->key.len = (size_t)(q - p);
@@ -440,7 +440,7 @@ bool gw_json_members_next(gw_json_members_t *it)
     return true;
 }
 
-void gw_json_elems_init(gw_json_elems_t *it, gw_json_span_t arr)
+void sl_json_elems_init(sl_json_elems_t *it, sl_json_span_t arr)
 {
     memset(it, 0, sizeof(*it));
     it->p = arr.p + 1;
@@ -448,7 +448,7 @@ void gw_json_elems_init(gw_json_elems_t *it, gw_json_span_t arr)
     it->idx = arr.idx;
 }
 
-bool gw_json_elems_next(gw_json_elems_t *it)
+bool sl_json_elems_next(sl_json_elems_t *it)
 {
     const char *p = skip_ws(it->p, it->end);
     if (p < it->end && *p == ',')
@@ -490,7 +490,7 @@ static size_t put_utf8(uint32_t cp, char *o)
     return 4;
 }
 
-size_t gw_json_string_decode(gw_json_span_t s, char *out, size_t out_size)
+size_t sl_json_string_decode(sl_json_span_t s, char *out, size_t out_size)
 {
     const char *p = s.p + 1, *end = s.p + s.len - 1;
     size_t n = 0;
@@ -544,7 +544,7 @@ size_t gw_json_string_decode(gw_json_span_t s, char *out, size_t out_size)
     return n;
 }
 
-bool gw_json_key_is(gw_json_span_t key, const char *name)
+bool sl_json_key_is(sl_json_span_t key, const char *name)
 {
     size_t n = strlen(name);
     if (key.len == n + 2 && memcmp(key.p + 1, name, n) == 0)
@@ -552,6 +552,6 @@ bool gw_json_key_is(gw_json_span_t key, const char *name)
     if (!memchr(key.p, '\\', key.len) || key.len > 6 * n + 2)
         return false;
     char buf[128];
-    size_t m = gw_json_string_decode(key, buf, sizeof(buf));
+    size_t m = sl_json_string_decode(key, buf, sizeof(buf));
     return m == n && m < sizeof(buf) && memcmp(buf, name, n) == 0;
 }
