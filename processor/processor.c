@@ -8,6 +8,7 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/health.h"
+#include "common/json_scan.h"
 #include "common/kafka.h"
 #include "common/log.h"
 #include "common/mem.h"
@@ -63,6 +64,7 @@ struct pr_processor {
 
     pr_desttx_t *desttx;    /* destination definitions */
     pr_desttx_out_t txout;  /* the processor thread's transformation output, reused */
+    sl_json_index_t scan_idx; /* the processor thread's scanner index, reused */
     pr_usertx_pool_t *usertx; /* started on first use */
     bool usertx_broken;       /* could not start: transformations fail until restart */
     char *tx_dir;             /* processor.transformations_dir */
@@ -529,6 +531,77 @@ static bool deliver(pr_processor_t *pr, const rd_kafka_message_t *m, const sl_de
     return ok;
 }
 
+static json_object *json_tokener_parse_verbose_len(const char *p, size_t len);
+
+/*
+ * The event as the selection rules see it, without parsing all of it: the scanner validates
+ * the bytes, then only the fields selection, timestamp correction and metadata() read become
+ * a small json-c object (`integrations` and `context.consentManagement` are parsed as
+ * subtrees). Returns NULL if the bytes are not a JSON object.
+ */
+static json_object *slim_event(const char *p, size_t len, sl_json_index_t *idx)
+{
+    static const char *const strings[] = {"type",   "messageId", "event",    "rudderId",
+                                          "userId", "receivedAt", "timestamp", "sentAt",
+                                          "originalTimestamp"};
+    sl_json_span_t doc;
+    if (!p || !sl_json_scan_indexed(p, len, &doc, NULL, idx) || doc.type != SL_JSON_OBJECT)
+        return NULL;
+    json_object *ev = json_object_new_object();
+    sl_json_members_t it;
+    sl_json_members_init(&it, doc);
+    char small[512];
+    while (sl_json_members_next(&it)) {
+        for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
+            if (it.value.type != SL_JSON_STRING || !sl_json_key_is(it.key, strings[i]))
+                continue;
+            size_t n = sl_json_string_decode(it.value, small, sizeof(small));
+            char *big = n < sizeof(small) ? NULL : sl_malloc(n + 1);
+            if (big)
+                sl_json_string_decode(it.value, big, n + 1);
+            json_object_object_add(ev, strings[i], json_object_new_string_len(big ? big : small,
+                                                                              (int)n));
+            free(big);
+        }
+        if (sl_json_key_is(it.key, "integrations") && it.value.type == SL_JSON_OBJECT) {
+            json_object_object_add(ev, "integrations",
+                                   json_tokener_parse_verbose_len(it.value.p, it.value.len));
+        } else if (sl_json_key_is(it.key, "context") && it.value.type == SL_JSON_OBJECT) {
+            sl_json_members_t c;
+            sl_json_members_init(&c, it.value);
+            while (sl_json_members_next(&c)) {
+                if (!sl_json_key_is(c.key, "consentManagement"))
+                    continue;
+                json_object *ctx = json_object_new_object();
+                json_object_object_add(ctx, "consentManagement",
+                                       json_tokener_parse_verbose_len(c.value.p, c.value.len));
+                json_object_object_add(ev, "context", ctx);
+            }
+        }
+    }
+    return ev;
+}
+
+/* Parses a span (already validated) into json-c. */
+static json_object *json_tokener_parse_verbose_len(const char *p, size_t len)
+{
+    json_tokener *tok = json_tokener_new();
+    json_object *o = json_tokener_parse_ex(tok, p, (int)len);
+    json_tokener_free(tok);
+    return o;
+}
+
+/* The whole event, parsed, for destinations whose mapping reads any field. */
+static json_object *full_event(const char *text, size_t len)
+{
+    json_object *o = json_tokener_parse_verbose_len(text, len);
+    if (o && !json_object_is_type(o, json_type_object)) {
+        json_object_put(o);
+        o = NULL;
+    }
+    return o;
+}
+
 /* Processes one event inside the open transaction. Returns false only when stopping. */
 static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
 {
@@ -537,11 +610,8 @@ static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
     bool ok = true;
     sl_metrics_add(pr->m_events, 1);
 
-    json_tokener *tok = json_tokener_new();
-    json_object *ev = m->payload ? json_tokener_parse_ex(tok, m->payload, (int)m->len) : NULL;
-    bool parsed = ev && json_tokener_get_error(tok) == json_tokener_success &&
-                  json_object_is_type(ev, json_type_object);
-    json_tokener_free(tok);
+    json_object *ev = slim_event(m->payload, m->len, &pr->scan_idx), *full = NULL;
+    bool parsed = ev != NULL;
     const char *message_id = parsed ? str_field(ev, "messageId") : NULL;
     const char *type = parsed ? str_field(ev, "type") : NULL;
     bool has_source = header_value(m, HDR_SOURCE_ID, source_id, sizeof(source_id)) != NULL;
@@ -551,8 +621,9 @@ static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
                  "not a gateway event at %s [%d] offset %lld: expected a JSON object with "
                  "messageId and type, a key and a %s header",
                  pr->events_topic, (int)m->partition, (long long)m->offset, HDR_SOURCE_ID);
+        /* Scanned as JSON, it is still no event for json-c beyond 32 levels: a string then. */
         ok = dead_letter(pr, m, "event", reason, has_source ? source_id : NULL, NULL, message_id,
-                         NULL, parsed);
+                         NULL, parsed && !!(full = full_event(m->payload, m->len)));
         goto out;
     }
     if (!header_value(m, HDR_RECEIVED_AT, received_at, sizeof(received_at)))
@@ -614,7 +685,18 @@ static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
         const char *version_id = NULL, *code = NULL;
         char err[512];
         if (!transformation_of(pr, d, &version_id, &code, err, sizeof(err))) {
-            ok = deliver(pr, m, d, ev, text, text_len, source_id, message_id, "", user_key,
+            /* WEBHOOK sends the event's bytes; other mappings read the whole event. */
+            json_object *use = ev;
+            if (strcmp(d->def_name, "WEBHOOK") != 0) {
+                if (!full && !(full = full_event(text, text_len))) {
+                    ok = dead_letter(pr, m, "event", "the event is not a JSON object json-c "
+                                                     "can parse (nested too deep?)",
+                                     source_id, d, message_id, received_at, false);
+                    continue;
+                }
+                use = full;
+            }
+            ok = deliver(pr, m, d, use, text, text_len, source_id, message_id, "", user_key,
                          received_at, &job);
             continue;
         }
@@ -636,6 +718,8 @@ out:
         sl_workspace_unref(ws);
     if (ev)
         json_object_put(ev);
+    if (full)
+        json_object_put(full);
     return ok;
 }
 
@@ -1012,6 +1096,7 @@ static void processor_free(pr_processor_t *pr)
     }
     free(pr->tx_dir);
     pr_desttx_out_free(&pr->txout);
+    sl_json_index_free(&pr->scan_idx);
     pr_desttx_free(pr->desttx);
     free(pr->pos);
     free(pr->events_topic);
