@@ -213,6 +213,8 @@ static sl_conf_t *make_conf(const char *prefix, const char *pg_dsn, const char *
         {"kafka.topic.metadata.refresh.interval.ms", "500"},
         {"kafka.session.timeout.ms", "6000"},
         {"kafka.heartbeat.interval.ms", "1000"},
+        /* The dev broker lets a restarted member in late when fetches poll every 100 ms. */
+        {"kafka.fetch.wait.max.ms", "500"},
         {"postgres.dsn", pg_dsn},
         {"router.workers", "4"},
         {"router.timeout", "2s"},
