@@ -132,9 +132,13 @@ static void collect(sl_json_span_t ev, fields_t *f)
     }
 }
 
+/* A client's messageId is kept when it is a non-empty string without an escaped NUL (later
+ * stages read it as a C string); otherwise the gateway makes one. */
 static bool message_id_ok(const fields_t *f)
 {
-    return f->message_id.p && f->message_id.type == SL_JSON_STRING && f->message_id.len > 2;
+    const sl_json_span_t *m = &f->message_id;
+    return m->p && m->type == SL_JSON_STRING && m->len > 2 &&
+           !memmem(m->p, m->len, "\\u0000", 6);
 }
 
 static void put_member_str(sl_buf_t *o, bool *first, const char *name, const char *value)

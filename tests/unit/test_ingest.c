@@ -138,6 +138,13 @@ static void test_enrich(void **state)
     assert_string_equal(str(o, "context.ip"), "10.1.2.3");
     json_object_put(o);
     assert_string_equal(b.events[0].rudder_id, b.events[1].rudder_id);
+    /* A messageId with an escaped NUL is replaced: later stages read it as a C string. */
+    gw_batch_reset(&b);
+    const char *nul = "{\"userId\":\"u\",\"event\":\"e\",\"messageId\":\"\\u0000m\"}";
+    assert_int_equal(gw_ingest_single(&b, nul, strlen(nul), "track", &ctx), 0);
+    o = event_at(&b, 0);
+    assert_int_equal(strlen(str(o, "messageId")), 36);
+    json_object_put(o);
     gw_batch_free(&b);
 }
 
