@@ -177,8 +177,7 @@ static int retry(const sl_conf_t *conf, sl_pg_t *pg, const filter_t *f)
             sl_buf_printf(&ids_sql, "%s%lld", i ? "," : "", atoll(PQgetvalue(r, i, 0)));
         sl_buf_puts(&ids_sql, ")");
         if (sl_pg_exec(pg, ids_sql.data, 0, NULL, NULL, err, sizeof(err)) != 0) {
-            fprintf(stderr, "sluice failed retry: the events were sent but not marked: %s\n",
-                    err);
+            fprintf(stderr, "sluice failed retry: the events were sent but not marked: %s\n", err);
             rc = 1;
         } else {
             printf("retried %d dead letter%s\n", n, n == 1 ? "" : "s");

@@ -112,8 +112,9 @@ static void *create_topics(void *arg)
 {
     char err[512];
     if (sl_kafka_ensure_topics(arg, err, sizeof(err)) != 0)
-        sl_warn("sluice", "could not create the pipeline's topics (%s); relying on the cluster "
-                          "to auto-create them or on topics created beforehand",
+        sl_warn("sluice",
+                "could not create the pipeline's topics (%s); relying on the cluster "
+                "to auto-create them or on topics created beforehand",
                 err);
     return NULL;
 }

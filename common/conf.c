@@ -122,8 +122,8 @@ static const sl_conf_opt_t options[] = {
     {"processor.transformation_time_limit", SL_CONF_DURATION, "4s", 10, 600000, NULL, 0,
      "Longest a user transformation may run for one call; past it the sandbox is killed and "
      "the call's events fail."},
-    {"processor.transformation_memory_limit", SL_CONF_SIZE, "128MB", 1048576, 17179869184LL,
-     NULL, 0, "Memory cap of one user transformation's JavaScript heap."},
+    {"processor.transformation_memory_limit", SL_CONF_SIZE, "128MB", 1048576, 17179869184LL, NULL,
+     0, "Memory cap of one user transformation's JavaScript heap."},
     {"processor.dedup", SL_CONF_BOOL, "false", NO_RANGE, NULL, 0,
      "Drop events whose messageId was already seen in the same partition within "
      "`processor.dedup_window` (off by default, as in RudderStack)."},

@@ -54,6 +54,8 @@ struct sl_http_req {
     struct MHD_Connection *conn;
     const char *method, *path;
     sl_buf_t body;
+    const struct route *route; /* matched when the headers arrived; NULL if none */
+    bool path_known;           /* some route has this path (405 rather than 404) */
     size_t max_body, held, wire_size;
     long long start_ms;
     bool too_large, overloaded;
@@ -114,14 +116,14 @@ void sl_http_route_max_body(sl_http_server_t *srv, const char *method, const cha
 }
 
 /* The route for method and path, or NULL; *path_known tells whether any method matched. */
-static const route_t *find_route(const sl_http_server_t *srv, const char *method,
-                                 const char *path, bool *path_known)
+static const route_t *find_route(const sl_http_server_t *srv, const char *method, const char *path,
+                                 bool *path_known)
 {
     *path_known = false;
     for (size_t i = 0; i < srv->nroutes; i++) {
         const route_t *r = &srv->routes[i];
-        bool match = r->prefix ? strncmp(path, r->path, strlen(r->path)) == 0
-                               : strcmp(path, r->path) == 0;
+        bool match =
+            r->prefix ? strncmp(path, r->path, strlen(r->path)) == 0 : strcmp(path, r->path) == 0;
         if (!match)
             continue;
         *path_known = true;
@@ -289,10 +291,9 @@ static enum MHD_Result dispatch(sl_http_req_t *req)
             return queue_answer(req);
         }
     }
-    bool path_known;
-    const route_t *route = find_route(srv, req->method, req->path, &path_known);
-    sl_http_handler_fn fn = route ? route->fn : NULL;
-    void *opaque = route ? route->opaque : NULL;
+    bool path_known = req->path_known;
+    sl_http_handler_fn fn = req->route ? req->route->fn : NULL;
+    void *opaque = req->route ? req->route->opaque : NULL;
     if (!fn && !path_known && strcmp(req->method, "GET") == 0) {
         if (strcmp(req->path, "/health") == 0)
             fn = handle_health;
@@ -339,9 +340,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         req->path = url;
         req->start_ms = sl_time_mono_ms();
         pthread_mutex_init(&req->lock, NULL);
-        bool known;
-        const route_t *route = find_route(srv, method, url, &known);
-        req->max_body = route && route->max_body ? route->max_body : srv->max_body;
+        req->route = find_route(srv, method, url, &req->path_known);
+        req->max_body = req->route && req->route->max_body ? req->route->max_body : srv->max_body;
         const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
         if (srv->cors && origin)
             req->origin = sl_strdup(origin);

@@ -200,10 +200,9 @@ static bool scan_literal(scanner_t *s, const char *word, size_t n)
 
 static bool scan_value(scanner_t *s, int depth, sl_json_type_t *type);
 
+/* scan_value checked the depth. */
 static bool scan_container(scanner_t *s, int depth, bool object)
 {
-    if (depth > SL_JSON_MAX_DEPTH)
-        return fail(s, s->p, "nesting is too deep");
     const char close = object ? '}' : ']';
     size_t slot = 0;
     sl_json_index_t *idx = s->idx;
@@ -227,8 +226,9 @@ static bool scan_container(scanner_t *s, int depth, bool object)
         sl_json_type_t t;
         if (object) {
             if (s->p >= s->end || *s->p != '"')
-                return fail(s, s->p, s->p >= s->end ? "unexpected end of input"
-                                                    : "expected a string key in object");
+                return fail(s, s->p,
+                            s->p >= s->end ? "unexpected end of input"
+                                           : "expected a string key in object");
             if (!scan_string(s))
                 return false;
             s->p = skip_ws(s->p, s->end);
@@ -248,8 +248,8 @@ static bool scan_container(scanner_t *s, int depth, bool object)
             return true;
         }
         if (*s->p != ',')
-            return fail(s, s->p, object ? "expected ',' or '}' in object"
-                                        : "expected ',' or ']' in array");
+            return fail(s, s->p,
+                        object ? "expected ',' or '}' in object" : "expected ',' or ']' in array");
         s->p = skip_ws(s->p + 1, s->end);
     }
 }

@@ -50,7 +50,8 @@ typedef struct sl_json_error {
 
 /* Checks that buf[0..len) is exactly one JSON value, surrounded by optional whitespace.
  * Returns true and the value's span, or false with err. */
-bool sl_json_scan_document(const char *buf, size_t len, sl_json_span_t *value, sl_json_error_t *err);
+bool sl_json_scan_document(const char *buf, size_t len, sl_json_span_t *value,
+                           sl_json_error_t *err);
 /* The same, also filling idx (emptied first), which the returned span and every span the
  * iterators derive from it refer to: idx must outlive them. */
 bool sl_json_scan_indexed(const char *buf, size_t len, sl_json_span_t *value, sl_json_error_t *err,
@@ -65,8 +66,8 @@ void sl_json_index_free(sl_json_index_t *idx);
 typedef struct sl_json_members {
     const char *p, *end;
     const sl_json_index_t *idx;
-    sl_json_span_t key;      /* the key string, quotes included */
-    sl_json_span_t value;    /* the member's value */
+    sl_json_span_t key;       /* the key string, quotes included */
+    sl_json_span_t value;     /* the member's value */
     const char *member_start; /* the member's first byte (the key's opening quote) */
 } sl_json_members_t;
 

@@ -154,8 +154,7 @@ int sl_kafka_ensure_topics(const sl_conf_t *conf, char *errstr, size_t errstr_si
                         rd_kafka_topic_result_name(res[i]), partitions);
             else if (e != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS && !rc)
                 rc = sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT,
-                                "could not create topic %s: %s",
-                                rd_kafka_topic_result_name(res[i]),
+                                "could not create topic %s: %s", rd_kafka_topic_result_name(res[i]),
                                 rd_kafka_topic_result_error_string(res[i])
                                     ? rd_kafka_topic_result_error_string(res[i])
                                     : rd_kafka_err2str(e));

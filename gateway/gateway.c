@@ -43,9 +43,9 @@ typedef enum {
     EP_COUNT
 } endpoint_t;
 
-static const char *const ep_names[EP_COUNT] = {
-    "track", "identify", "page",   "screen", "group",       "alias",
-    "batch", "import",   "webhook", "beacon", "pixel_track", "pixel_page"};
+static const char *const ep_names[EP_COUNT] = {"track",   "identify", "page",        "screen",
+                                               "group",   "alias",    "batch",       "import",
+                                               "webhook", "beacon",   "pixel_track", "pixel_page"};
 
 /* Statuses with their own series; any other is counted as "other". */
 static const int statuses[] = {200, 400, 401, 404, 413, 429, 503};
@@ -84,7 +84,7 @@ struct gw_gateway {
     pthread_t poller;
     bool kafka_ok; /* what /health was last told; the poller thread's */
     atomic_bool stop;
-    atomic_long inflight;       /* events produced but not yet acknowledged */
+    atomic_long inflight;        /* events produced but not yet acknowledged */
     atomic_llong inflight_bytes; /* their bytes */
     long long max_inflight_bytes;
     int64_t ack_timeout_ms;
@@ -116,7 +116,7 @@ typedef struct gw_request {
     endpoint_t ep;
     src_stats_t *stats;
     gw_batch_t batch;
-    size_t produced; /* events handed to Kafka */
+    size_t produced;        /* events handed to Kafka */
     atomic_int events_left; /* events not yet settled, plus one held by the handler */
     atomic_int refs;        /* events + handler + the pending list */
     atomic_int err;         /* first delivery error (rd_kafka_resp_err_t), 0 if none */
@@ -215,9 +215,8 @@ static void count_rejection(const char *reason)
 
 /* Answers an error: a JSON body naming the problem (a GIF for the pixel endpoints, with the
  * problem in the X-Sluice-Error header). */
-static void respond_problem(gw_gateway_t *gw, sl_http_req_t *req, endpoint_t ep,
-                            src_stats_t *stats, int status, long index, const char *reason,
-                            const char *msg)
+static void respond_problem(gw_gateway_t *gw, sl_http_req_t *req, endpoint_t ep, src_stats_t *stats,
+                            int status, long index, const char *reason, const char *msg)
 {
     count_rejection(reason);
     if (stats)
@@ -357,10 +356,8 @@ static void *poller_main(void *arg)
 
 /* --- admission --- */
 
-/* Counts n events against the fixed window of key; returns 0, or the seconds until the
- * window ends if the limit would be passed. Caller holds wlock. */
-static int64_t window_take(gw_gateway_t *gw, const char *key, int64_t limit, size_t n,
-                           int64_t now)
+/* The fixed window of key, rolled forward to now; created on first use. Caller holds wlock. */
+static window_t *window_at(gw_gateway_t *gw, const char *key, int64_t now)
 {
     window_t *w;
     for (w = gw->windows; w; w = w->next)
@@ -377,16 +374,16 @@ static int64_t window_take(gw_gateway_t *gw, const char *key, int64_t limit, siz
         w->start_ms = now - (now - w->start_ms) % gw->window_ms;
         w->count = 0;
     }
+    return w;
+}
+
+/* Seconds until w ends if n more events would pass limit, else 0. */
+static int64_t window_wait(const gw_gateway_t *gw, const window_t *w, int64_t limit, size_t n,
+                           int64_t now)
+{
     if (w->count + (int64_t)n > limit)
         return (w->start_ms + gw->window_ms - now + 999) / 1000;
     return 0;
-}
-
-static void window_add(gw_gateway_t *gw, const char *key, size_t n)
-{
-    for (window_t *w = gw->windows; w; w = w->next)
-        if (strcmp(w->key, key) == 0)
-            w->count += (int64_t)n;
 }
 
 /* Applies the workspace and per-source limits to n events. Returns 0 (the events are
@@ -397,21 +394,25 @@ static int64_t rate_limit(gw_gateway_t *gw, const sl_workspace_t *ws, const sl_s
     if ((!gw->workspace_limit && !gw->source_limit) || !n)
         return 0;
     int64_t now = sl_time_mono_ms(), wait = 0;
-    char skey[256];
-    snprintf(skey, sizeof(skey), "source:%s", src->id);
-    const char *wkey = sl_workspace_id(ws);
-    char wbuf[256];
-    snprintf(wbuf, sizeof(wbuf), "workspace:%s", wkey ? wkey : "");
+    char key[256];
+    window_t *wsw = NULL, *srcw = NULL;
     pthread_mutex_lock(&gw->wlock);
-    if (gw->workspace_limit)
-        wait = window_take(gw, wbuf, gw->workspace_limit, n, now);
-    if (!wait && gw->source_limit)
-        wait = window_take(gw, skey, gw->source_limit, n, now);
+    if (gw->workspace_limit) {
+        const char *id = sl_workspace_id(ws);
+        snprintf(key, sizeof(key), "workspace:%s", id ? id : "");
+        wsw = window_at(gw, key, now);
+        wait = window_wait(gw, wsw, gw->workspace_limit, n, now);
+    }
+    if (!wait && gw->source_limit) {
+        snprintf(key, sizeof(key), "source:%s", src->id);
+        srcw = window_at(gw, key, now);
+        wait = window_wait(gw, srcw, gw->source_limit, n, now);
+    }
     if (!wait) {
-        if (gw->workspace_limit)
-            window_add(gw, wbuf, n);
-        if (gw->source_limit)
-            window_add(gw, skey, n);
+        if (wsw)
+            wsw->count += (int64_t)n;
+        if (srcw)
+            srcw->count += (int64_t)n;
     }
     pthread_mutex_unlock(&gw->wlock);
     return wait;
@@ -452,8 +453,8 @@ static void suppression_load(suppression_t *s, const sl_workspace_t *ws)
                           json_object_array_length(srcs) > 0;
         size_t nsrc = per_source ? json_object_array_length(srcs) : 1;
         for (size_t j = 0; j < nsrc; j++) {
-            const char *sid = per_source ? json_object_get_string(json_object_array_get_idx(srcs, j))
-                                         : "*";
+            const char *sid =
+                per_source ? json_object_get_string(json_object_array_get_idx(srcs, j)) : "*";
             if (s->n == cap) {
                 cap = cap ? cap * 2 : 16;
                 s->keys = sl_realloc(s->keys, cap * sizeof(char *));
@@ -803,10 +804,10 @@ gw_gateway_t *gw_gateway_new(const sl_conf_t *conf, sl_wsconf_t *ws, sl_http_ser
         "Time from a request's first produce to Kafka's acknowledgement of all its events", NULL, 0,
         NULL);
     for (int i = 0; i < EP_COUNT; i++)
-        gw->m_req_seconds[i] = sl_metrics_histogram(
-            "sluice_gateway_request_seconds",
-            "Time from a request's arrival to its answer, by endpoint", NULL, 0, "endpoint",
-            ep_names[i], NULL);
+        gw->m_req_seconds[i] =
+            sl_metrics_histogram("sluice_gateway_request_seconds",
+                                 "Time from a request's arrival to its answer, by endpoint", NULL,
+                                 0, "endpoint", ep_names[i], NULL);
     gw->m_inflight_bytes =
         sl_metrics_gauge("sluice_gateway_inflight_bytes",
                          "Bytes of events produced and not yet acknowledged by Kafka", NULL);

@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,33 +103,36 @@ static bool owned_key(sl_json_span_t key)
            sl_json_key_is(key, "rudderId") || sl_json_key_is(key, "request_ip");
 }
 
+/* The members add_event reads, by name. */
+static const struct {
+    const char *name;
+    size_t off;
+} wanted[] = {
+    {"type", offsetof(fields_t, type)},
+    {"userId", offsetof(fields_t, user_id)},
+    {"anonymousId", offsetof(fields_t, anonymous_id)},
+    {"messageId", offsetof(fields_t, message_id)},
+    {"event", offsetof(fields_t, event)},
+    {"groupId", offsetof(fields_t, group_id)},
+    {"previousId", offsetof(fields_t, previous_id)},
+    {"context", offsetof(fields_t, context)},
+    {"sentAt", offsetof(fields_t, sent_at)},
+};
+
 static void collect(sl_json_span_t ev, fields_t *f)
 {
     memset(f, 0, sizeof(*f));
     sl_json_members_t it;
     sl_json_members_init(&it, ev);
     while (sl_json_members_next(&it)) {
-        sl_json_span_t k = it.key;
-        if (k.len < 6)
-            continue; /* shorter than any name below */
-        if (sl_json_key_is(k, "type"))
-            f->type = it.value;
-        else if (sl_json_key_is(k, "userId"))
-            f->user_id = it.value;
-        else if (sl_json_key_is(k, "anonymousId"))
-            f->anonymous_id = it.value;
-        else if (sl_json_key_is(k, "messageId"))
-            f->message_id = it.value;
-        else if (sl_json_key_is(k, "event"))
-            f->event = it.value;
-        else if (sl_json_key_is(k, "groupId"))
-            f->group_id = it.value;
-        else if (sl_json_key_is(k, "previousId"))
-            f->previous_id = it.value;
-        else if (sl_json_key_is(k, "context"))
-            f->context = it.value;
-        else if (sl_json_key_is(k, "sentAt"))
-            f->sent_at = it.value;
+        if (it.key.len < 6)
+            continue; /* shorter than any wanted name */
+        for (size_t i = 0; i < sizeof(wanted) / sizeof(wanted[0]); i++) {
+            if (sl_json_key_is(it.key, wanted[i].name)) {
+                *(sl_json_span_t *)((char *)f + wanted[i].off) = it.value;
+                break;
+            }
+        }
     }
 }
 
@@ -137,8 +141,7 @@ static void collect(sl_json_span_t ev, fields_t *f)
 static bool message_id_ok(const fields_t *f)
 {
     const sl_json_span_t *m = &f->message_id;
-    return m->p && m->type == SL_JSON_STRING && m->len > 2 &&
-           !memmem(m->p, m->len, "\\u0000", 6);
+    return m->p && m->type == SL_JSON_STRING && m->len > 2 && !memmem(m->p, m->len, "\\u0000", 6);
 }
 
 static void put_member_str(sl_buf_t *o, bool *first, const char *name, const char *value)
@@ -364,9 +367,9 @@ int gw_ingest_webhook(gw_batch_t *b, const char *body, size_t len, const char *e
 
 typedef struct pnode {
     char *name;
-    char *value;          /* a leaf, or NULL for an object */
-    struct pnode *kids;   /* first child */
-    struct pnode *next;   /* next sibling */
+    char *value;        /* a leaf, or NULL for an object */
+    struct pnode *kids; /* first child */
+    struct pnode *next; /* next sibling */
 } pnode_t;
 
 static pnode_t *child(pnode_t *parent, const char *name, size_t n)

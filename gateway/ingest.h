@@ -23,22 +23,22 @@ typedef struct gw_ingest_ctx {
 } gw_ingest_ctx_t;
 
 typedef struct gw_event {
-    size_t off, len;             /* the enriched event in gw_batch_t.out */
-    size_t user_off, user_len;   /* the userId as text in gw_batch_t.ids ("" if none) */
+    size_t off, len;                /* the enriched event in gw_batch_t.out */
+    size_t user_off, user_len;      /* the userId as text in gw_batch_t.ids ("" if none) */
     char rudder_id[SL_UUID_STRLEN]; /* the partition key */
     char type[12];
 } gw_event_t;
 
 typedef struct gw_batch {
-    sl_buf_t out;       /* the events' bytes, back to back */
-    sl_buf_t ids;       /* userIds, for suppression */
+    sl_buf_t out; /* the events' bytes, back to back */
+    sl_buf_t ids; /* userIds, for suppression */
     gw_event_t *events;
     size_t n, cap;
     /* Set when the request is rejected: */
-    int status;         /* 400 or 413 */
-    long index;         /* the bad event's index in a batch, or -1 */
-    const char *reason; /* a short label for metrics, e.g. "invalid_json" */
-    char error[256];    /* what the client is told */
+    int status;          /* 400 or 413 */
+    long index;          /* the bad event's index in a batch, or -1 */
+    const char *reason;  /* a short label for metrics, e.g. "invalid_json" */
+    char error[256];     /* what the client is told */
     sl_json_index_t idx; /* scratch: the body's structure */
 } gw_batch_t;
 

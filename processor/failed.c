@@ -1,5 +1,6 @@
 /* The failed-events recorder, see failed.h. */
 #include "processor/failed.h"
+#include "common/jsonc.h"
 #include "common/err.h"
 #include "common/health.h"
 #include "common/kafka.h"
@@ -35,14 +36,6 @@ struct pr_failed_recorder {
     sl_metric_t *m_recorded;
 };
 
-static const char *field(json_object *o, const char *name)
-{
-    json_object *v;
-    if (o && json_object_object_get_ex(o, name, &v) && json_object_is_type(v, json_type_string))
-        return json_object_get_string(v);
-    return NULL;
-}
-
 /* Inserts one dead letter. Returns 0, or -1 on a database error (err set). */
 static int record(pr_failed_recorder_t *r, const rd_kafka_message_t *m, char *err, size_t n)
 {
@@ -61,16 +54,17 @@ static int record(pr_failed_recorder_t *r, const rd_kafka_message_t *m, char *er
     sl_time_format_ms(sl_time_now_ms(), now);
     snprintf(key, sizeof(key), "%.*s", (int)(m->key_len < 255 ? m->key_len : 255),
              m->key ? (const char *)m->key : "");
-    const char *failed_at = field(o, "failedAt");
+    const char *failed_at = sl_jsonc_str(o, "failedAt");
     const char *params[] = {
         failed_at ? failed_at : now,
-        field(o, "stage") ? field(o, "stage") : "unknown",
-        field(o, "reason") ? field(o, "reason") : "the dead letter is not a JSON object",
-        field(o, "sourceId"),
-        field(o, "destinationId"),
-        field(o, "destinationType"),
-        field(o, "messageId"),
-        field(o, "receivedAt"),
+        sl_jsonc_str(o, "stage") ? sl_jsonc_str(o, "stage") : "unknown",
+        sl_jsonc_str(o, "reason") ? sl_jsonc_str(o, "reason")
+                                  : "the dead letter is not a JSON object",
+        sl_jsonc_str(o, "sourceId"),
+        sl_jsonc_str(o, "destinationId"),
+        sl_jsonc_str(o, "destinationType"),
+        sl_jsonc_str(o, "messageId"),
+        sl_jsonc_str(o, "receivedAt"),
         event ? event : (m->payload ? (const char *)m->payload : ""),
         key,
         r->topic,

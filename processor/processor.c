@@ -5,6 +5,7 @@
  * consumers. A failed transaction is aborted and its events are read again.
  */
 #include "processor/processor.h"
+#include "common/jsonc.h"
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/health.h"
@@ -32,13 +33,13 @@
 
 /* Kafka headers: from the gateway, to the router, and on events sent again by
  * `sluice failed retry` (which go to one destination and skip dedup). */
-#define HDR_SOURCE_ID        "sluice-source-id"
-#define HDR_RECEIVED_AT      "sluice-received-at"
-#define HDR_RETRY_DEST       "sluice-retry-destination"
-#define HDR_DESTINATION_ID   "sluice-destination-id"
-#define HDR_MESSAGE_ID       "sluice-message-id"
-#define HDR_ATTEMPT          "sluice-attempt"
-#define HDR_FAILED_STAGE     "sluice-failed-stage"
+#define HDR_SOURCE_ID      "sluice-source-id"
+#define HDR_RECEIVED_AT    "sluice-received-at"
+#define HDR_RETRY_DEST     "sluice-retry-destination"
+#define HDR_DESTINATION_ID "sluice-destination-id"
+#define HDR_MESSAGE_ID     "sluice-message-id"
+#define HDR_ATTEMPT        "sluice-attempt"
+#define HDR_FAILED_STAGE   "sluice-failed-stage"
 
 /* The next offset to commit for each partition consumed in the open transaction. */
 typedef struct position {
@@ -62,8 +63,8 @@ struct pr_processor {
     position_t *pos;
     size_t npos, cappos, txn_events;
 
-    pr_desttx_t *desttx;    /* destination definitions */
-    pr_desttx_out_t txout;  /* the processor thread's transformation output, reused */
+    pr_desttx_t *desttx;      /* destination definitions */
+    pr_desttx_out_t txout;    /* the processor thread's transformation output, reused */
     sl_json_index_t scan_idx; /* the processor thread's scanner index, reused */
     pr_usertx_pool_t *usertx; /* started on first use */
     bool usertx_broken;       /* could not start: transformations fail until restart */
@@ -75,17 +76,9 @@ struct pr_processor {
     int64_t dedup_window_ms;
     size_t dedup_max_ids;
 
-    sl_metric_t *m_events, *m_jobs, *m_filtered, *m_failed, *m_dups, *m_txn_commits,
-        *m_txn_aborts, *m_tx_dropped;
+    sl_metric_t *m_events, *m_jobs, *m_filtered, *m_failed, *m_dups, *m_txn_commits, *m_txn_aborts,
+        *m_tx_dropped;
 };
-
-static const char *str_field(json_object *o, const char *name)
-{
-    json_object *v;
-    if (o && json_object_object_get_ex(o, name, &v) && json_object_is_type(v, json_type_string))
-        return json_object_get_string(v);
-    return NULL;
-}
 
 static const char *header_value(const rd_kafka_message_t *m, const char *name, char *buf,
                                 size_t bufsz)
@@ -228,12 +221,12 @@ static bool transformation_of(pr_processor_t *pr, const sl_destination_t *d,
         !json_object_is_type(list, json_type_array) || json_object_array_length(list) == 0)
         return false;
     t = json_object_array_get_idx(list, 0);
-    *version_id = str_field(t, "versionId");
+    *version_id = sl_jsonc_str(t, "versionId");
     if (!*version_id || !**version_id) {
         snprintf(err, err_size, "the destination's transformation has no versionId");
         return true;
     }
-    *code = str_field(t, "code");
+    *code = sl_jsonc_str(t, "code");
     if (*code)
         return true;
     for (code_cache_t *c = pr->codes; c; c = c->next) {
@@ -268,7 +261,8 @@ static pr_usertx_pool_t *usertx_pool(pr_processor_t *pr, char *err, size_t err_s
     pr_usertx_opts_t o = {
         .workers = (int)sl_conf_int(pr->conf, "processor.transformation_workers"),
         .time_limit_ms = (int)sl_conf_duration_ms(pr->conf, "processor.transformation_time_limit"),
-        .memory_limit_bytes = (size_t)sl_conf_size(pr->conf, "processor.transformation_memory_limit"),
+        .memory_limit_bytes =
+            (size_t)sl_conf_size(pr->conf, "processor.transformation_memory_limit"),
     };
     pr->usertx = pr_usertx_pool_new(&o, err, err_size);
     if (!pr->usertx) {
@@ -286,11 +280,11 @@ static void metadata_json(sl_buf_t *b, const sl_workspace_t *ws, const char *sou
                                {"destinationId", d->id},
                                {"destinationType", d->def_name},
                                {"workspaceId", sl_workspace_id(ws)},
-                               {"messageId", str_field(ev, "messageId")},
-                               {"rudderId", str_field(ev, "rudderId")},
+                               {"messageId", sl_jsonc_str(ev, "messageId")},
+                               {"rudderId", sl_jsonc_str(ev, "rudderId")},
                                {"receivedAt", received_at},
-                               {"eventName", str_field(ev, "event")},
-                               {"eventType", str_field(ev, "type")}};
+                               {"eventName", sl_jsonc_str(ev, "event")},
+                               {"eventType", sl_jsonc_str(ev, "type")}};
     sl_buf_putc(b, '{');
     bool first = true;
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
@@ -368,8 +362,8 @@ static bool transformed(pr_processor_t *pr, const pending_t *p, pr_usertx_result
         char msg[700];
         snprintf(msg, sizeof(msg), "transformation %s: %s", p->version_id,
                  pool_err ? pool_err : res->error);
-        return dead_letter(pr, p->m, "user_transformation", msg, p->source_id, p->d,
-                           p->message_id, p->received_at, true);
+        return dead_letter(pr, p->m, "user_transformation", msg, p->source_id, p->d, p->message_id,
+                           p->received_at, true);
     }
     if (res->kind == PR_USERTX_DROP) {
         sl_metrics_add(pr->m_tx_dropped, 1);
@@ -377,8 +371,8 @@ static bool transformed(pr_processor_t *pr, const pending_t *p, pr_usertx_result
     }
     bool ok = true;
     json_object *outs = json_tokener_parse(res->events_json);
-    size_t n = outs && json_object_is_type(outs, json_type_array) ? json_object_array_length(outs)
-                                                                   : 0;
+    size_t n =
+        outs && json_object_is_type(outs, json_type_array) ? json_object_array_length(outs) : 0;
     for (size_t k = 0; k < n && ok; k++) {
         json_object *o = json_object_array_get_idx(outs, k);
         if (!json_object_is_type(o, json_type_object))
@@ -388,8 +382,8 @@ static bool transformed(pr_processor_t *pr, const pending_t *p, pr_usertx_result
         char variant[32] = "";
         if (n > 1)
             snprintf(variant, sizeof(variant), "/%zu", k);
-        ok = deliver(pr, p->m, p->d, o, otext, strlen(otext), p->source_id, p->message_id,
-                     variant, p->user_key, p->received_at, job);
+        ok = deliver(pr, p->m, p->d, o, otext, strlen(otext), p->source_id, p->message_id, variant,
+                     p->user_key, p->received_at, job);
     }
     if (outs)
         json_object_put(outs);
@@ -506,8 +500,8 @@ static bool deliver(pr_processor_t *pr, const rd_kafka_message_t *m, const sl_de
             snprintf(msg, sizeof(msg), "destination type %s is not supported", d->def_name);
         else
             snprintf(msg, sizeof(msg), "%s", out->reason);
-        return dead_letter(pr, m, "destination_transformation", msg, source_id, d,
-                           message_id, received_at, true);
+        return dead_letter(pr, m, "destination_transformation", msg, source_id, d, message_id,
+                           received_at, true);
     }
     if (rc) {
         sl_debug("processor", "event %s not for destination %s: %s", message_id, d->id,
@@ -531,7 +525,14 @@ static bool deliver(pr_processor_t *pr, const rd_kafka_message_t *m, const sl_de
     return ok;
 }
 
-static json_object *json_tokener_parse_verbose_len(const char *p, size_t len);
+/* Parses a span (already validated) into json-c. */
+static json_object *parse_span(const char *p, size_t len)
+{
+    json_tokener *tok = json_tokener_new();
+    json_object *o = json_tokener_parse_ex(tok, p, (int)len);
+    json_tokener_free(tok);
+    return o;
+}
 
 /*
  * The event as the selection rules see it, without parsing all of it: the scanner validates
@@ -541,9 +542,9 @@ static json_object *json_tokener_parse_verbose_len(const char *p, size_t len);
  */
 static json_object *slim_event(const char *p, size_t len, sl_json_index_t *idx)
 {
-    static const char *const strings[] = {"type",   "messageId", "event",    "rudderId",
-                                          "userId", "receivedAt", "timestamp", "sentAt",
-                                          "originalTimestamp"};
+    static const char *const strings[] = {"type",      "messageId", "event",
+                                          "rudderId",  "userId",    "receivedAt",
+                                          "timestamp", "sentAt",    "originalTimestamp"};
     sl_json_span_t doc;
     if (!p || !sl_json_scan_indexed(p, len, &doc, NULL, idx) || doc.type != SL_JSON_OBJECT)
         return NULL;
@@ -559,13 +560,12 @@ static json_object *slim_event(const char *p, size_t len, sl_json_index_t *idx)
             char *big = n < sizeof(small) ? NULL : sl_malloc(n + 1);
             if (big)
                 sl_json_string_decode(it.value, big, n + 1);
-            json_object_object_add(ev, strings[i], json_object_new_string_len(big ? big : small,
-                                                                              (int)n));
+            json_object_object_add(ev, strings[i],
+                                   json_object_new_string_len(big ? big : small, (int)n));
             free(big);
         }
         if (sl_json_key_is(it.key, "integrations") && it.value.type == SL_JSON_OBJECT) {
-            json_object_object_add(ev, "integrations",
-                                   json_tokener_parse_verbose_len(it.value.p, it.value.len));
+            json_object_object_add(ev, "integrations", parse_span(it.value.p, it.value.len));
         } else if (sl_json_key_is(it.key, "context") && it.value.type == SL_JSON_OBJECT) {
             sl_json_members_t c;
             sl_json_members_init(&c, it.value);
@@ -574,7 +574,7 @@ static json_object *slim_event(const char *p, size_t len, sl_json_index_t *idx)
                     continue;
                 json_object *ctx = json_object_new_object();
                 json_object_object_add(ctx, "consentManagement",
-                                       json_tokener_parse_verbose_len(c.value.p, c.value.len));
+                                       parse_span(c.value.p, c.value.len));
                 json_object_object_add(ev, "context", ctx);
             }
         }
@@ -582,19 +582,10 @@ static json_object *slim_event(const char *p, size_t len, sl_json_index_t *idx)
     return ev;
 }
 
-/* Parses a span (already validated) into json-c. */
-static json_object *json_tokener_parse_verbose_len(const char *p, size_t len)
-{
-    json_tokener *tok = json_tokener_new();
-    json_object *o = json_tokener_parse_ex(tok, p, (int)len);
-    json_tokener_free(tok);
-    return o;
-}
-
 /* The whole event, parsed, for destinations whose mapping reads any field. */
 static json_object *full_event(const char *text, size_t len)
 {
-    json_object *o = json_tokener_parse_verbose_len(text, len);
+    json_object *o = parse_span(text, len);
     if (o && !json_object_is_type(o, json_type_object)) {
         json_object_put(o);
         o = NULL;
@@ -612,8 +603,8 @@ static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
 
     json_object *ev = slim_event(m->payload, m->len, &pr->scan_idx), *full = NULL;
     bool parsed = ev != NULL;
-    const char *message_id = parsed ? str_field(ev, "messageId") : NULL;
-    const char *type = parsed ? str_field(ev, "type") : NULL;
+    const char *message_id = parsed ? sl_jsonc_str(ev, "messageId") : NULL;
+    const char *type = parsed ? sl_jsonc_str(ev, "type") : NULL;
     bool has_source = header_value(m, HDR_SOURCE_ID, source_id, sizeof(source_id)) != NULL;
     if (!message_id || !type || !m->key || !has_source) {
         char reason[200];
@@ -628,7 +619,7 @@ static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
     }
     if (!header_value(m, HDR_RECEIVED_AT, received_at, sizeof(received_at)))
         snprintf(received_at, sizeof(received_at), "%s",
-                 str_field(ev, "receivedAt") ? str_field(ev, "receivedAt") : "");
+                 sl_jsonc_str(ev, "receivedAt") ? sl_jsonc_str(ev, "receivedAt") : "");
     const char *only_dest = header_value(m, HDR_RETRY_DEST, retry_dest, sizeof(retry_dest));
 
     /* Dedup by messageId within the window (events sent again on purpose skip it). */
@@ -689,8 +680,9 @@ static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
             json_object *use = ev;
             if (strcmp(d->def_name, "WEBHOOK") != 0) {
                 if (!full && !(full = full_event(text, text_len))) {
-                    ok = dead_letter(pr, m, "event", "the event is not a JSON object json-c "
-                                                     "can parse (nested too deep?)",
+                    ok = dead_letter(pr, m, "event",
+                                     "the event is not a JSON object json-c "
+                                     "can parse (nested too deep?)",
                                      source_id, d, message_id, received_at, false);
                     continue;
                 }
@@ -702,8 +694,7 @@ static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
         }
         if (*err) {
             char msg[700];
-            snprintf(msg, sizeof(msg), "transformation %s: %s", version_id ? version_id : "?",
-                     err);
+            snprintf(msg, sizeof(msg), "transformation %s: %s", version_id ? version_id : "?", err);
             ok = dead_letter(pr, m, "user_transformation", msg, source_id, d, message_id,
                              received_at, true);
             continue;
@@ -742,7 +733,8 @@ static void rewind_to_committed(pr_processor_t *pr)
     rd_kafka_topic_partition_list_t *parts = NULL;
     if (rd_kafka_assignment(pr->consumer, &parts) || !parts)
         return;
-    if (parts->cnt && rd_kafka_committed(pr->consumer, parts, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    if (parts->cnt &&
+        rd_kafka_committed(pr->consumer, parts, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
         /* The aborted transaction's messageIds are in the dedup sets: rebuild them. */
         if (pr->dedup)
             dedup_rebuild(pr, parts);
@@ -891,7 +883,8 @@ static void dedup_rebuild(pr_processor_t *pr, const rd_kafka_topic_partition_lis
         int64_t deadline = sl_time_mono_ms() + 60000;
         int left = 0;
         for (int i = 0; i < parts->cnt; i++)
-            left += starts->elems[i].offset >= 0 && starts->elems[i].offset < parts->elems[i].offset;
+            left +=
+                starts->elems[i].offset >= 0 && starts->elems[i].offset < parts->elems[i].offset;
         while (left > 0 && sl_time_mono_ms() < deadline && !atomic_load(&pr->stop)) {
             rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
             if (!m)
@@ -902,7 +895,7 @@ static void dedup_rebuild(pr_processor_t *pr, const rd_kafka_topic_partition_lis
                 if (p && m->offset < p->offset) {
                     json_tokener_reset(tok);
                     json_object *o = json_tokener_parse_ex(tok, m->payload, (int)m->len);
-                    const char *mid = o ? str_field(o, "messageId") : NULL;
+                    const char *mid = o ? sl_jsonc_str(o, "messageId") : NULL;
                     rd_kafka_timestamp_type_t tt;
                     int64_t ts = rd_kafka_message_timestamp(m, &tt);
                     if (mid)
@@ -1065,8 +1058,8 @@ static bool init_producer(pr_processor_t *pr, char *errstr, size_t errstr_size)
     rd_kafka_error_t *e = rd_kafka_init_transactions(pr->producer, PR_TXN_TIMEOUT_MS);
     if (e) {
         sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT,
-                   "could not initialise kafka transactions (transactional.id %s): %s",
-                   pr->txn_id, rd_kafka_error_string(e));
+                   "could not initialise kafka transactions (transactional.id %s): %s", pr->txn_id,
+                   rd_kafka_error_string(e));
         rd_kafka_error_destroy(e);
         rd_kafka_destroy(pr->producer);
         pr->producer = NULL;
@@ -1166,15 +1159,15 @@ pr_processor_t *pr_processor_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
     pr->m_tx_dropped = sl_metrics_counter(
         "sluice_processor_transformation_dropped_total",
         "Events a user transformation dropped (returned null, undefined or [])", NULL);
-    pr->m_dups = sl_metrics_counter("sluice_processor_duplicates_total",
-                                    "Events dropped as duplicates of a messageId in the window",
-                                    NULL);
-    pr->m_txn_commits = sl_metrics_counter("sluice_processor_transactions_total",
-                                           "Kafka transactions, by outcome", "outcome", "commit",
-                                           NULL);
-    pr->m_txn_aborts = sl_metrics_counter("sluice_processor_transactions_total",
-                                          "Kafka transactions, by outcome", "outcome", "abort",
-                                          NULL);
+    pr->m_dups =
+        sl_metrics_counter("sluice_processor_duplicates_total",
+                           "Events dropped as duplicates of a messageId in the window", NULL);
+    pr->m_txn_commits =
+        sl_metrics_counter("sluice_processor_transactions_total", "Kafka transactions, by outcome",
+                           "outcome", "commit", NULL);
+    pr->m_txn_aborts =
+        sl_metrics_counter("sluice_processor_transactions_total", "Kafka transactions, by outcome",
+                           "outcome", "abort", NULL);
 
     if (pthread_create(&pr->thread, NULL, processor_main, pr) != 0) {
         sl_err_set(errstr, errstr_size, SL_ERR_FATAL, "could not start the processor thread");

@@ -1,17 +1,10 @@
 /* Destination selection and timestamp correction, see select.h. */
 #include "processor/select.h"
+#include "common/jsonc.h"
 
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
-
-static const char *str_field(json_object *o, const char *name)
-{
-    json_object *v;
-    if (o && json_object_object_get_ex(o, name, &v) && json_object_is_type(v, json_type_string))
-        return json_object_get_string(v);
-    return NULL;
-}
 
 static bool supports_type(const sl_destination_t *d, const char *type)
 {
@@ -68,7 +61,7 @@ static bool any_denied(json_object *list, const char *field, json_object *denied
     if (!list || !json_object_is_type(list, json_type_array))
         return false;
     for (size_t i = 0; i < json_object_array_length(list); i++)
-        if (denied(denied_ids, str_field(json_object_array_get_idx(list, i), field)))
+        if (denied(denied_ids, sl_jsonc_str(json_object_array_get_idx(list, i), field)))
             return true;
     return false;
 }
@@ -90,10 +83,10 @@ static bool consent_allows(json_object *ev, const sl_destination_t *d)
     /* Generic: consentManagement: [{provider, consents: [{consent: "id"}]}]. */
     if (json_object_object_get_ex(d->config, "consentManagement", &v) &&
         json_object_is_type(v, json_type_array)) {
-        const char *provider = str_field(cm, "provider");
+        const char *provider = sl_jsonc_str(cm, "provider");
         for (size_t i = 0; i < json_object_array_length(v); i++) {
             json_object *p = json_object_array_get_idx(v, i), *consents;
-            const char *pp = str_field(p, "provider");
+            const char *pp = sl_jsonc_str(p, "provider");
             if (provider && pp && strcmp(provider, pp) != 0)
                 continue;
             if (json_object_object_get_ex(p, "consents", &consents) &&
@@ -113,7 +106,7 @@ static bool listed(json_object *cfg, const char *key, const char *name)
     for (size_t i = 0; i < json_object_array_length(list); i++) {
         json_object *e = json_object_array_get_idx(list, i);
         const char *n = json_object_is_type(e, json_type_string) ? json_object_get_string(e)
-                                                                 : str_field(e, "eventName");
+                                                                 : sl_jsonc_str(e, "eventName");
         if (n && name && strcmp(n, name) == 0)
             return true;
     }
@@ -124,10 +117,10 @@ static const char *event_filter(json_object *ev, const char *type, const sl_dest
 {
     if (!type || strcmp(type, "track") != 0)
         return NULL;
-    const char *opt = str_field(d->config, "eventFilteringOption");
+    const char *opt = sl_jsonc_str(d->config, "eventFilteringOption");
     if (!opt || strcmp(opt, "disable") == 0)
         return NULL;
-    const char *name = str_field(ev, "event");
+    const char *name = sl_jsonc_str(ev, "event");
     if (strcmp(opt, "whitelistedEvents") == 0 && !listed(d->config, "whitelistedEvents", name))
         return "not in the destination's whitelistedEvents";
     if (strcmp(opt, "blacklistedEvents") == 0 && listed(d->config, "blacklistedEvents", name))
@@ -151,7 +144,7 @@ const char *pr_select_reason(json_object *ev, const char *type, const sl_destina
 /* The field as a time, if it is a string that parses. */
 static bool time_field(json_object *ev, const char *name, int64_t *ms)
 {
-    const char *s = str_field(ev, name);
+    const char *s = sl_jsonc_str(ev, name);
     return s && sl_time_parse_ms(s, ms) == 0;
 }
 

@@ -548,7 +548,7 @@ static void test_webhook_speed(void **state)
                    "\"X-Api-Key\",\"to\":\"secret\"}]}");
     pr_desttx_out_t out = PR_DESTTX_OUT_INIT;
     sl_buf_t job = SL_BUF_INIT;
-    const int n = 200000;
+    const int n = 20000;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int i = 0; i < n; i++) {
@@ -560,11 +560,7 @@ static void test_webhook_speed(void **state)
     double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     printf("# WEBHOOK: %.0f transforms + job writes per second (%zu-byte event)\n", n / s,
            strlen(text));
-    /* The processor's target is 100,000 events/s in all; leave room for everything else
-     * (and for sanitizer builds, several times slower). */
-#if !defined(__SANITIZE_ADDRESS__)
-    assert_true(n / s > 100000);
-#endif
+    /* A figure, not a verdict: speed targets live in tests/bench (tests/bench/processor). */
     sl_buf_free(&job);
     pr_desttx_out_free(&out);
     free_dest(d);
