@@ -24,7 +24,7 @@ char *sl_kafka_topic(const sl_conf_t *conf, const char *suffix)
     return sl_asprintf("%s%s", sl_conf_str(conf, "kafka.topic_prefix"), suffix);
 }
 
-static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+void sl_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     sl_log_level_t l = level <= 3   ? SL_LOG_ERROR
                        : level == 4 ? SL_LOG_WARN
@@ -112,7 +112,7 @@ rd_kafka_conf_t *sl_kafka_conf_new(const sl_conf_t *conf, sl_kafka_role_t role,
         rd_kafka_conf_destroy(kconf);
         return NULL;
     }
-    rd_kafka_conf_set_log_cb(kconf, log_cb);
+    rd_kafka_conf_set_log_cb(kconf, sl_kafka_log_cb);
     rd_kafka_conf_set_error_cb(kconf, error_cb);
     return kconf;
 }

@@ -46,6 +46,11 @@ typedef enum sl_kafka_role { SL_KAFKA_PRODUCER, SL_KAFKA_CONSUMER } sl_kafka_rol
 rd_kafka_conf_t *sl_kafka_conf_new(const sl_conf_t *conf, sl_kafka_role_t role,
                                    const char *group_id, char *errstr, size_t errstr_size);
 
+/* librdkafka's log callback that sl_kafka_conf_new installs: a line on sl_log, component
+ * "kafka", naming the client (rd_kafka_name), for clients configured elsewhere. Called from
+ * librdkafka's threads. */
+void sl_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
+
 /* A producer with sl_kafka_conf_new's settings. dr_msg_cb (may be NULL) is called from
  * rd_kafka_poll()/rd_kafka_flush() with the per-message opaque; opaque is the rk opaque.
  * Fails with errstr when kafka.brokers is empty or the configuration is invalid. */

@@ -37,7 +37,10 @@
  * SOURCE: a path ("context.os.name", "properties.products.0.sku"; "$config.x", "$var.x",
  *   "$event.x" from inside "each"), or {"value": constant}, {"template": "Viewed {{name}}"},
  *   {"object": mapping}, {"each": path, "mapping": mapping} (one object per array element,
- *   paths relative to the element), {"array": [SOURCE, ...]}, {"path": p}; any of them
+ *   paths relative to the element), {"array": [SOURCE, ...]}, {"path": p},
+ *   {"lookup": path, "key": path, "match": "from", "take": "to"} (in a list of objects like
+ *   [{"from": "Order Completed", "to": "orders"}], the "take" field of the first one whose
+ *   "match" field equals the key; match and take default to from and to); any of them
  *   with "if": COND and "transform". JSON null and "" count as missing.
  * STEP: to_string, to_number, to_int, to_bool, unix_seconds, unix_millis, unix_micros,
  *   iso8601, lowercase, uppercase, trim, snake_case, ga4_event_name, urlencode, base64,
@@ -137,12 +140,23 @@ typedef struct cond {
     size_t nsub;
 } cond_t;
 
-typedef enum { S_PATH, S_VALUE, S_TEMPLATE, S_OBJECT, S_EACH, S_ARRAY, S_ELEMENTS } skind_t;
+typedef enum {
+    S_PATH,
+    S_VALUE,
+    S_TEMPLATE,
+    S_OBJECT,
+    S_EACH,
+    S_ARRAY,
+    S_ELEMENTS,
+    S_LOOKUP
+} skind_t;
 
 typedef struct src {
     skind_t kind;
-    bool at;     /* S_OBJECT: paths are relative to path */
-    path_t path; /* S_PATH, S_EACH, S_OBJECT with at */
+    bool at;            /* S_OBJECT: paths are relative to path */
+    path_t path;        /* S_PATH, S_EACH, S_OBJECT with at, S_LOOKUP (the list) */
+    path_t key;         /* S_LOOKUP */
+    char *match, *take; /* S_LOOKUP: the element's fields */
     json_object *value;
     tpl_t *tpl;
     mapping_t *sub;
@@ -538,7 +552,17 @@ static void compile_src(cc_t *cc, const char *where, json_object *j, src_t *s)
         return;
     }
     json_object *x;
-    if ((x = jget(j, "value"))) {
+    if ((x = jget(j, "lookup"))) {
+        s->kind = S_LOOKUP;
+        if (!json_object_is_type(x, json_type_string) || !jstr(j, "key")) {
+            cerr(cc, where, "\"lookup\" takes a path and needs a \"key\" path");
+            return;
+        }
+        compile_path(cc, where, json_object_get_string(x), false, &s->path);
+        compile_path(cc, sub_where(w, sizeof(w), where, "key"), jstr(j, "key"), false, &s->key);
+        s->match = sl_strdup(jstr(j, "match") ? jstr(j, "match") : "from");
+        s->take = sl_strdup(jstr(j, "take") ? jstr(j, "take") : "to");
+    } else if ((x = jget(j, "value"))) {
         s->kind = S_VALUE;
         s->value = json_object_get(x);
     } else if ((x = jget(j, "template"))) {
@@ -589,7 +613,8 @@ static void compile_src(cc_t *cc, const char *where, json_object *j, src_t *s)
         }
         compile_path(cc, where, json_object_get_string(x), false, &s->path);
     } else {
-        cerr(cc, where, "a source object needs one of value, template, object, each, array, path");
+        cerr(cc, where,
+             "a source object needs one of value, template, object, each, array, path, lookup");
         return;
     }
     if ((x = jget(j, "if")))
@@ -1158,6 +1183,9 @@ static void free_cond(cond_t *c)
 static void free_src(src_t *s)
 {
     free_path(&s->path);
+    free_path(&s->key);
+    free(s->match);
+    free(s->take);
     if (s->value)
         json_object_put(s->value);
     free_tpl(s->tpl);
@@ -1867,6 +1895,20 @@ static json_object *eval_src(rt_t *rt, const src_t *s)
     case S_ELEMENTS:
         v = json_object_new_string(ELEMENTS_MARK);
         break;
+    case S_LOOKUP: {
+        json_object *list = resolve(rt, &s->path), *key = resolve(rt, &s->key);
+        for (size_t i = 0; key && list && json_object_is_type(list, json_type_array) &&
+                           i < json_object_array_length(list);
+             i++) {
+            json_object *el = json_object_array_get_idx(list, i);
+            json_object *m = jget(el, s->match), *t = jget(el, s->take);
+            if (m && !missing(t) && same_value(m, key)) {
+                v = dup_value(t);
+                break;
+            }
+        }
+        break;
+    }
     }
     if (v && ((json_object_is_type(v, json_type_object) && !json_object_object_length(v)) ||
               (json_object_is_type(v, json_type_array) && !json_object_array_length(v)))) {
@@ -2110,7 +2152,9 @@ static bool build_req(rt_t *rt, const reqdef_t *r, const char *event_text, size_
         put_header(&b->headers, r->hdrs[i].name, v.data, v.len);
     }
     sl_buf_free(&v);
-    if (!has_ctype)
+    /* A streaming destination (method KAFKA, a kafka:// url) has no HTTP headers. */
+    bool streaming = strcasecmp(b->method.data, "KAFKA") == 0;
+    if (!has_ctype && !streaming)
         put_header(&b->headers, "Content-Type", ctype, strlen(ctype));
     if (r->has_hlist) {
         json_object *list = resolve(rt, &r->hlist);
@@ -2123,6 +2167,8 @@ static bool build_req(rt_t *rt, const reqdef_t *r, const char *event_text, size_
                 put_header(&b->headers, hn, hv, strlen(hv));
         }
     }
+    if (!b->headers.len)
+        sl_buf_putc(&b->headers, '{');
     sl_buf_putc(&b->headers, '}');
 
     q->method = b->method.data;

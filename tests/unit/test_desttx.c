@@ -2,6 +2,7 @@
  * Unit tests of processor/desttx.c and the definitions in schemas/destinations/: every
  * message type of every destination checked field by field against the documented request
  * format, filtering, config and event failures, the loader's errors, and WEBHOOK's speed.
+ * KAFKA, a streaming destination, makes {method KAFKA, url kafka://<topic>} jobs.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -238,8 +239,8 @@ static int teardown(void **state)
 static void test_embedded_definitions(void **state)
 {
     (void)state;
-    const char *names[] = {"WEBHOOK", "AM", "MP", "GA4"};
-    for (size_t i = 0; i < 4; i++)
+    const char *names[] = {"WEBHOOK", "AM", "MP", "GA4", "KAFKA"};
+    for (size_t i = 0; i < 5; i++)
         assert_non_null(pr_desttx_find(tx, names[i]));
     assert_non_null(pr_desttx_find(tx, "am"));
     assert_null(pr_desttx_find(tx, "NOPE"));
@@ -314,6 +315,10 @@ static void test_bad_definitions(void **state)
         "{\"name\":\"X\",\"supportedMessageTypes\":[\"track\"],\"messages\":{\"track\":{\"url\":"
         "\"https://x\",\"element\":[]},\"page\":{\"url\":\"https://x\",\"element\":[]}}}",
         "messages.page: \"page\" is not in supportedMessageTypes");
+    expect_load_error(
+        MIN_DEF("", "{\"url\":\"https://x\",\"element\":[{\"to\":\"a\",\"from\":"
+                    "{\"lookup\":\"$config.m\"}}]}"),
+        "messages.track.element[0].from: \"lookup\" takes a path and needs a \"key\"");
 
     /* two files naming the same destination type */
     const char *ok = MIN_DEF("", "{\"url\":\"https://x\",\"element\":[]}");
@@ -463,37 +468,34 @@ static void test_retryable(void **state)
     pr_desttx_free(t2);
 }
 
-/* ---- WEBHOOK ----------------------------------------------------------------------------- */
+/* Every message type, as make_event's type_fields. */
+static const char *const every_type[] = {
+    NULL, /* track_order */
+    "\"type\":\"identify\",\"traits\":{\"name\":\"Ada\"}",
+    "\"type\":\"page\",\"name\":\"Home\",\"properties\":{\"url\":\"https://x/\"}",
+    "\"type\":\"screen\",\"name\":\"Settings\"",
+    "\"type\":\"group\",\"groupId\":\"g-1\",\"traits\":{\"plan\":\"pro\"}",
+    "\"type\":\"alias\",\"previousId\":\"anon-7f3c9a12\"",
+};
 
-static void test_webhook(void **state)
+/* For every message type: one unbatched request to method and url with exactly these
+ * headers, whose body is the event itself (the caller's text, not a copy, when given). */
+static void expect_event_as_body(sl_destination_t *d, const char *method, const char *url,
+                                 const char *headers)
 {
-    (void)state;
-    const char *types[] = {
-        track_order,
-        "\"type\":\"identify\",\"traits\":{\"name\":\"Ada\"}",
-        "\"type\":\"page\",\"name\":\"Home\",\"properties\":{\"url\":\"https://x/\"}",
-        "\"type\":\"screen\",\"name\":\"Settings\"",
-        "\"type\":\"group\",\"groupId\":\"g-1\",\"traits\":{\"plan\":\"pro\"}",
-        "\"type\":\"alias\",\"previousId\":\"anon-7f3c9a12\"",
-    };
-    sl_destination_t *d = make_dest(
-        "WEBHOOK",
-        "{\"webhookUrl\":\"https://hooks.example.com/in?x=1\",\"webhookMethod\":\"put\","
-        "\"headers\":[{\"from\":\"X-Api-Key\",\"to\":\"secret\"},{\"from\":\"\",\"to\":\"y\"},"
-        "{\"from\":\"X-Team\",\"to\":\"growth\"}]}");
     pr_desttx_out_t out = PR_DESTTX_OUT_INIT;
-    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
-        json_object *ev = make_event(types[i]);
+    for (size_t i = 0; i < sizeof(every_type) / sizeof(every_type[0]); i++) {
+        json_object *ev = make_event(every_type[i] ? every_type[i] : track_order);
         const char *text = json_object_to_json_string_ext(ev, JSON_C_TO_STRING_PLAIN);
         size_t len = strlen(text);
         assert_int_equal(pr_desttx_transform_text(tx, d, ev, text, len, &out), 0);
+        assert_int_equal(out.status, PR_DESTTX_OK);
         assert_int_equal(out.nreqs, 1);
         const pr_desttx_req_t *q = &out.reqs[0];
-        assert_string_equal(q->method, "PUT");
-        assert_string_equal(q->url, "https://hooks.example.com/in?x=1");
-        expect_headers(q, "{\"Content-Type\":\"application/json\",\"X-Api-Key\":\"secret\","
-                          "\"X-Team\":\"growth\"}");
-        assert_ptr_equal(q->body, text); /* the caller's text, not a copy */
+        assert_string_equal(q->method, method);
+        assert_string_equal(q->url, url);
+        expect_headers(q, headers);
+        assert_ptr_equal(q->body, text);
         assert_int_equal(q->body_len, len);
         assert_int_equal(q->max_events, 1);
         assert_string_equal(q->batch_key, "");
@@ -504,6 +506,23 @@ static void test_webhook(void **state)
         json_object_put(b);
         json_object_put(ev);
     }
+    pr_desttx_out_free(&out);
+}
+
+/* ---- WEBHOOK ----------------------------------------------------------------------------- */
+
+static void test_webhook(void **state)
+{
+    (void)state;
+    sl_destination_t *d = make_dest(
+        "WEBHOOK",
+        "{\"webhookUrl\":\"https://hooks.example.com/in?x=1\",\"webhookMethod\":\"put\","
+        "\"headers\":[{\"from\":\"X-Api-Key\",\"to\":\"secret\"},{\"from\":\"\",\"to\":\"y\"},"
+        "{\"from\":\"X-Team\",\"to\":\"growth\"}]}");
+    expect_event_as_body(d, "PUT", "https://hooks.example.com/in?x=1",
+                         "{\"Content-Type\":\"application/json\",\"X-Api-Key\":\"secret\","
+                         "\"X-Team\":\"growth\"}");
+    pr_desttx_out_t out = PR_DESTTX_OUT_INIT;
     free_dest(d);
 
     /* default method POST; GET and DELETE carry no body */
@@ -1172,6 +1191,116 @@ static void test_ga4_page_group(void **state)
     pr_desttx_out_free(&out);
 }
 
+/* ---- KAFKA ------------------------------------------------------------------------------- */
+
+#define KAFKA_CONF "\"hostname\":\"k1.example,k2.example\",\"port\":\"9093\",\"topic\":\"rudder\""
+
+/* The url of the request made for an event (make_event's type_fields, NULL: track_order)
+ * to a KAFKA destination with config. */
+static void expect_kafka_url(const char *config, const char *type_fields, const char *want)
+{
+    sl_destination_t *d = make_dest("KAFKA", config);
+    json_object *ev = make_event(type_fields ? type_fields : track_order);
+    pr_desttx_out_t out = PR_DESTTX_OUT_INIT;
+    int rc = pr_desttx_transform(tx, d, ev, &out);
+    if (rc != 0)
+        fail_msg("transform failed (%d): %s", rc, out.reason);
+    assert_int_equal(out.nreqs, 1);
+    if (strcmp(out.reqs[0].url, want) != 0)
+        fail_msg("%s: want %s, got %s", type_fields ? type_fields : "track", want, out.reqs[0].url);
+    pr_desttx_out_free(&out);
+    json_object_put(ev);
+    free_dest(d);
+}
+
+static void expect_kafka_failure(const char *config, const char *want)
+{
+    json_object *ev = make_event(track_order);
+    sl_destination_t *d = make_dest("KAFKA", config);
+    pr_desttx_out_t out = PR_DESTTX_OUT_INIT;
+    assert_int_equal(pr_desttx_transform(tx, d, ev, &out), SL_ERR_INVALID);
+    assert_int_equal(out.status, PR_DESTTX_FAILED);
+    if (!strstr(out.reason, want))
+        fail_msg("want a reason containing \"%s\", got \"%s\"", want, out.reason);
+    pr_desttx_out_free(&out);
+    free_dest(d);
+    json_object_put(ev);
+}
+
+static void test_kafka(void **state)
+{
+    (void)state;
+    sl_destination_t *d =
+        make_dest("KAFKA", "{" KAFKA_CONF ",\"sslEnabled\":true,\"caCertificate\":\"-----BEGIN\","
+                           "\"useSASL\":true,\"saslType\":\"sha512\",\"username\":\"u\","
+                           "\"password\":\"p\",\"convertToAvro\":false}");
+    /* no HTTP Content-Type on a stream; the event, unchanged, is the message value */
+    expect_event_as_body(d, "KAFKA", "kafka://rudder", "{}");
+    pr_desttx_out_t out = PR_DESTTX_OUT_INIT;
+    free_dest(d);
+
+    /* the job's request object, exactly */
+    json_object *ev = make_event(track_order);
+    d = make_dest("KAFKA", "{" KAFKA_CONF "}");
+    assert_int_equal(pr_desttx_transform_text(tx, d, ev, "{\"a\":\"\\\"\"}", 10, &out), 0);
+    sl_buf_t job = SL_BUF_INIT;
+    pr_desttx_write_request(&out.reqs[0], &job);
+    assert_string_equal(job.data, "{\"method\":\"KAFKA\",\"url\":\"kafka://rudder\",\"headers\":{},"
+                                  "\"body\":\"{\\\"a\\\":\\\"\\\\\\\"\\\"}\"}");
+    sl_buf_free(&job);
+    free_dest(d);
+    json_object_put(ev);
+    pr_desttx_out_free(&out);
+}
+
+static void test_kafka_topics(void **state)
+{
+    (void)state;
+    const char *multi = "{" KAFKA_CONF ",\"enableMultiTopic\":true,"
+                        "\"eventTypeToTopicMap\":[{\"from\":\"identify\",\"to\":\"ids\"},"
+                        "{\"from\":\"track\",\"to\":\"not-for-track\"},"
+                        "{\"from\":\"group\",\"to\":\"\"}],"
+                        "\"eventToTopicMap\":[{\"from\":\"Signed Up\",\"to\":\"signups\"},"
+                        "{\"from\":\"order completed\",\"to\":\"orders\"},"
+                        "{\"from\":\"Order Completed\",\"to\":\"second\"}]}";
+    static const struct {
+        const char *type_fields, *url;
+    } cases[] = {
+        /* track: by event name (case-insensitively, the first match wins) */
+        {NULL, "kafka://orders"},
+        /* a track event not in the map, and never the type map: the default topic */
+        {"\"type\":\"track\",\"event\":\"Other\"", "kafka://rudder"},
+        /* other types: by type */
+        {"\"type\":\"identify\",\"traits\":{\"name\":\"Ada\"}", "kafka://ids"},
+        {"\"type\":\"page\",\"name\":\"Home\"", "kafka://rudder"},
+        /* an empty mapped topic counts as missing */
+        {"\"type\":\"group\",\"groupId\":\"g-1\"", "kafka://rudder"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        expect_kafka_url(multi, cases[i].type_fields, cases[i].url);
+    /* the maps are ignored unless enableMultiTopic is on */
+    expect_kafka_url("{" KAFKA_CONF ",\"enableMultiTopic\":false,\"eventToTopicMap\":[{\"from\":"
+                     "\"Order Completed\",\"to\":\"orders\"}]}",
+                     NULL, "kafka://rudder");
+}
+
+static void test_kafka_bad_config(void **state)
+{
+    (void)state;
+    expect_kafka_failure("{\"port\":9092,\"topic\":\"t\"}",
+                         "destination config has no hostname, which Apache Kafka requires");
+    expect_kafka_failure("{\"hostname\":\"k\",\"topic\":\"t\"}", "destination config has no port");
+    expect_kafka_failure("{\"hostname\":\"k\",\"port\":9092,\"topic\":\"\"}",
+                         "destination config has no topic");
+    expect_kafka_failure("{" KAFKA_CONF ",\"saslType\":\"gssapi\"}",
+                         "destination config saslType is \"gssapi\", expected one of "
+                         "[\"plain\",\"sha256\",\"sha512\"]");
+    expect_kafka_failure("{" KAFKA_CONF ",\"sslEnabled\":\"yes\"}",
+                         "destination config sslEnabled must be a boolean");
+    expect_kafka_failure("{" KAFKA_CONF ",\"convertToAvro\":true}",
+                         "destination config convertToAvro is true, expected one of [false]");
+}
+
 /* ---- the engine's own features, through a test definition -------------------------------- */
 
 static void test_engine_features(void **state)
@@ -1294,6 +1423,9 @@ int main(void)
         cmocka_unit_test(test_mixpanel_people),
         cmocka_unit_test(test_ga4_track),
         cmocka_unit_test(test_ga4_page_group),
+        cmocka_unit_test(test_kafka),
+        cmocka_unit_test(test_kafka_topics),
+        cmocka_unit_test(test_kafka_bad_config),
         cmocka_unit_test(test_engine_features),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
