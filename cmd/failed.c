@@ -1,10 +1,12 @@
 /*
- * `sluice failed list` and `sluice failed retry`: the processor's dead letters, as recorded in
- * Postgres (sluice_failed_events). Retry sends each event back to the events topic for its
- * destination only, skipping dedup, and marks the row retried.
+ * `sluice failed list` and `sluice failed retry`: the dead letters of the processor and the
+ * router, as recorded in Postgres (sluice_failed_events). Retry sends a processor's event back
+ * to the events topic for its destination only, skipping dedup, and a router's delivery job
+ * (stage "router") back to the delivery topic unchanged; then it marks the row retried.
  */
 #include "cmd/cmd.h"
 #include "common/buf.h"
+#include "common/jsonc.h"
 #include "common/kafka.h"
 #include "common/mem.h"
 #include "common/pg.h"
@@ -19,10 +21,12 @@ static const char usage_text[] =
     "usage: sluice failed list [--all] [--source ID] [--destination ID] [--limit N]\n"
     "       sluice failed retry (--id N [--id N ...] | --destination ID | --source ID |\n"
     "                            --all) [--dry-run]\n\n"
-    "Dead letters of the processor: events a user transformation or a destination could not\n"
-    "take, with the stage and the reason. `list` shows those not retried yet (--all: every\n"
-    "one). `retry` sends the chosen events through the pipeline again, each to the destination\n"
-    "it failed for (and past dedup), once you fixed the cause; they are then marked retried.\n"
+    "Dead letters: events a user transformation or a destination transformation could not\n"
+    "take, and delivery jobs the router aborted (stage \"router\": a 4xx answer, or retries\n"
+    "given up), with the stage and the reason. `list` shows those not retried yet (--all: every\n"
+    "one). `retry` sends the chosen ones again once you fixed the cause, each to the\n"
+    "destination it failed for: an event through the processor (past dedup), a router's job\n"
+    "unchanged to the delivery topic. They are then marked retried.\n"
     "Reads postgres.dsn (SLUICE_POSTGRES_DSN); retry also produces to kafka.brokers.\n";
 
 typedef struct filter {
@@ -110,8 +114,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 static int retry(const sl_conf_t *conf, sl_pg_t *pg, const filter_t *f)
 {
     char sql[4096] = "SELECT id, coalesce(source_id, ''), coalesce(destination_id, ''), "
-                     "coalesce(received_at, ''), event, coalesce(user_key, '') "
-                     "FROM sluice_failed_events";
+                     "coalesce(received_at, ''), event, coalesce(user_key, ''), stage, "
+                     "coalesce(message_id, '') FROM sluice_failed_events";
     const char *params[64];
     char ids[64][24];
     int np = 0;
@@ -138,21 +142,37 @@ static int retry(const sl_conf_t *conf, sl_pg_t *pg, const filter_t *f)
         PQclear(r);
         return 1;
     }
-    char *topic = sl_kafka_topic(conf, SL_TOPIC_EVENTS);
+    char *events_topic = sl_kafka_topic(conf, SL_TOPIC_EVENTS);
+    char *delivery_topic = sl_kafka_topic(conf, SL_TOPIC_DELIVERY);
     for (int i = 0; i < n; i++) {
         const char *src = PQgetvalue(r, i, 1), *dst = PQgetvalue(r, i, 2),
                    *recv = PQgetvalue(r, i, 3), *ev = PQgetvalue(r, i, 4),
-                   *key = PQgetvalue(r, i, 5);
+                   *key = PQgetvalue(r, i, 5), *topic = events_topic;
         rd_kafka_headers_t *h = rd_kafka_headers_new(3);
-        rd_kafka_header_add(h, "sluice-source-id", -1, src, -1);
-        if (*recv)
-            rd_kafka_header_add(h, "sluice-received-at", -1, recv, -1);
-        if (*dst)
-            rd_kafka_header_add(h, "sluice-retry-destination", -1, dst, -1);
+        json_object *job = NULL;
+        if (strcmp(PQgetvalue(r, i, 6), "router") == 0) {
+            /* The delivery job as the processor produced it, keyed by its user (order) */
+            topic = delivery_topic;
+            job = json_tokener_parse(ev);
+            if (sl_jsonc_str(job, "userKey"))
+                key = sl_jsonc_str(job, "userKey");
+            if (*dst)
+                rd_kafka_header_add(h, "sluice-destination-id", -1, dst, -1);
+            if (*PQgetvalue(r, i, 7))
+                rd_kafka_header_add(h, "sluice-message-id", -1, PQgetvalue(r, i, 7), -1);
+        } else {
+            rd_kafka_header_add(h, "sluice-source-id", -1, src, -1);
+            if (*recv)
+                rd_kafka_header_add(h, "sluice-received-at", -1, recv, -1);
+            if (*dst)
+                rd_kafka_header_add(h, "sluice-retry-destination", -1, dst, -1);
+        }
         rd_kafka_resp_err_t e = rd_kafka_producev(
             rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, strlen(key)),
             RD_KAFKA_V_VALUE((void *)ev, strlen(ev)), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
             RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
+        if (job)
+            json_object_put(job);
         if (e) {
             rd_kafka_headers_destroy(h);
             fprintf(stderr, "sluice failed retry: could not produce: %s\n", rd_kafka_err2str(e));
@@ -163,7 +183,8 @@ static int retry(const sl_conf_t *conf, sl_pg_t *pg, const filter_t *f)
     rd_kafka_flush(rk, 30000);
     int unsent = rd_kafka_outq_len(rk);
     rd_kafka_destroy(rk);
-    free(topic);
+    free(events_topic);
+    free(delivery_topic);
     int rc = 0;
     if (atomic_load(&delivery_errors) || unsent) {
         fprintf(stderr, "sluice failed retry: not every event reached kafka; nothing is marked "
@@ -228,16 +249,10 @@ int cmd_failed(int argc, char **argv, const char *config_file)
         return 2;
     }
     sl_conf_t *conf;
-    int rc = cmd_load_conf(config_file, &conf);
+    sl_pg_t *pg;
+    int rc = cmd_load_pg("sluice failed", config_file, &conf, &pg);
     if (rc)
         return rc;
-    const char *dsn = sl_conf_str(conf, "postgres.dsn");
-    if (!*dsn) {
-        fprintf(stderr, "sluice failed: postgres.dsn is empty: set SLUICE_POSTGRES_DSN\n");
-        sl_conf_destroy(conf);
-        return 2;
-    }
-    sl_pg_t *pg = sl_pg_new(dsn);
     rc = strcmp(sub, "list") == 0 ? list(pg, &f) : retry(conf, pg, &f);
     sl_pg_destroy(pg);
     sl_conf_destroy(conf);

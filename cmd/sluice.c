@@ -13,7 +13,9 @@ static const sl_cmd_t commands[] = {
     {"router", "run the router (delivery to destinations)", cmd_role},
     {"all", "run every role in one process (the single-process install)", cmd_role},
     {"migrate", "apply pending Postgres migrations and exit", cmd_migrate},
-    {"failed", "list the processor's dead letters, or send them through again", cmd_failed},
+    {"failed", "list the dead letters of the processor and the router, or send them again",
+     cmd_failed},
+    {"status", "show an event's journey to each of its destinations", cmd_status},
     {"config", "print the effective configuration or the configuration reference", cmd_config},
     {"dev-kafka", "run the embedded Kafka-protocol dev broker with a fault-injection control",
      cmd_dev_kafka},
@@ -48,6 +50,21 @@ int cmd_version(int argc, char **argv, const char *config_file)
     }
     printf("sluice %s (commit %s, librdkafka %s)\n", SLUICE_VERSION, SLUICE_GIT_COMMIT,
            rd_kafka_version_str());
+    return 0;
+}
+
+int cmd_load_pg(const char *name, const char *config_file, sl_conf_t **confp, sl_pg_t **pgp)
+{
+    int rc = cmd_load_conf(config_file, confp);
+    if (rc)
+        return rc;
+    const char *dsn = sl_conf_str(*confp, "postgres.dsn");
+    if (!*dsn) {
+        fprintf(stderr, "%s: postgres.dsn is empty: set SLUICE_POSTGRES_DSN\n", name);
+        sl_conf_destroy(*confp);
+        return 2;
+    }
+    *pgp = sl_pg_new(dsn);
     return 0;
 }
 

@@ -172,6 +172,37 @@ def case_rules(env):
     if "webhookUrl" in out.stdout:
         h.fail(f"retried dead letters are still listed as pending: {out.stdout}")
 
+    # A router's dead letter holds the delivery job: `retry` produces it unchanged to the
+    # delivery topic, keyed by its userKey (not through the processor), and it is delivered.
+    # The job is a real one of d-all, pointed at another path so its delivery shows.
+    jobs = [json.loads(m["value"]) for m in h.kafka_messages(dev.bootstrap, env.prefix + "delivery")]
+    job = next(j for j in jobs if j["messageId"] == "m-order" and j["destinationId"] == "d-all")
+    job["request"]["url"] = u + "/router-retry"
+    letter = json.dumps(job, separators=(",", ":"))
+    rows = h.psql(env.dsn, "INSERT INTO sluice_failed_events (failed_at, stage, reason, "
+                  "source_id, destination_id, destination_type, message_id, event, user_key, "
+                  "failed_topic, failed_partition, failed_offset) VALUES (now(), 'router', "
+                  "'HTTP 400: no such user', $$" + job["sourceId"] + "$$, 'd-all', 'WEBHOOK', "
+                  "'m-order', $j$" + letter + "$j$, 'stale-key', 'x', 0, 1) RETURNING id")
+    out = subprocess.run([h.SLUICE, "failed", "list", "--destination", "d-all"], env=fenv,
+                         capture_output=True, text=True, timeout=30)
+    line = next((s for s in out.stdout.splitlines() if "no such user" in s), "")
+    if out.returncode != 0 or " router " not in line:
+        h.fail(f"sluice failed list does not show the router's dead letter: {out.stdout}")
+    out = subprocess.run([h.SLUICE, "failed", "retry", "--id", rows[0][0]], env=fenv,
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0 or "retried 1 dead letter" not in out.stdout:
+        h.fail(f"sluice failed retry of the router's dead letter: {out.returncode} {out.stdout} "
+               f"{out.stderr}")
+    again = [m for m in h.kafka_messages(dev.bootstrap, env.prefix + "delivery")
+             if m["value"] == letter]
+    if len(again) != 1 or again[0]["key"] != job["userKey"]:
+        h.fail(f"the job in the delivery topic: {again}")
+    if any(m["value"] == letter for m in h.kafka_messages(dev.bootstrap, env.prefix + "events")):
+        h.fail("the router's dead letter was sent to the events topic")
+    h.wait_for("the retried job at its destination",
+               lambda: by_path(sink).get("/router-retry"), timeout=30)
+
     # A config change applies to new events within seconds, without a restart.
     cfg = json.load(open(env.ws_path))
     cfg["sources"][0]["destinations"].append(webhook("d-late", u + "/late"))

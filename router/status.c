@@ -1,0 +1,281 @@
+/* Job status rows in sluice_jobs: COPY writer, day partitions and retention, see status.h. */
+#include "router/status.h"
+#include "common/buf.h"
+#include "common/err.h"
+#include "common/mem.h"
+#include "common/timeutil.h"
+
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define DAY_MS 86400000LL
+
+static const char copy_sql[] =
+    "COPY sluice_jobs (job_id, message_id, source_id, destination_id, destination_type, "
+    "user_key, state, attempts, last_status, last_response, first_attempt_at, last_attempt_at, "
+    "kafka_topic, kafka_partition, kafka_offset) FROM STDIN";
+
+/* The UTC day (ms / DAY_MS) whose partition this process created or saw last. A write in a
+ * transaction that is rolled back may leave it set for a partition that does not exist; rows
+ * then land in the DEFAULT partition until the next rt_status_maintain moves them out. */
+static _Atomic int64_t partition_day = -1;
+
+/* Fills errstr from r (may be NULL) or the connection and returns the error class. */
+static int pg_fail(PGconn *c, PGresult *r, const char *what, char *errstr, size_t errstr_size)
+{
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", r ? PQresultErrorMessage(r) : PQerrorMessage(c));
+    if (!*msg)
+        snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c));
+    msg[strcspn(msg, "\n")] = '\0';
+    int err = PQstatus(c) == CONNECTION_OK ? SL_ERR_INVALID : SL_ERR_TRANSIENT;
+    return sl_err_set(errstr, errstr_size, err, "%s: %s", what, msg);
+}
+
+/* Runs sql; returns its result (caller PQclear()s it), or NULL with *err and errstr set when
+ * the status is not want. */
+static PGresult *run(PGconn *c, const char *sql, int nparams, const char *const *params,
+                     ExecStatusType want, const char *what, int *err, char *errstr,
+                     size_t errstr_size)
+{
+    PGresult *r = PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) == want)
+        return r;
+    *err = pg_fail(c, r, what, errstr, errstr_size);
+    PQclear(r);
+    return NULL;
+}
+
+/* "YYYYMMDD" of a UTC day number. */
+static void day_digits(int64_t day, char out[16])
+{
+    time_t t = (time_t)(day * (DAY_MS / 1000));
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, 16, "%Y%m%d", &tm);
+}
+
+static int add_day(PGconn *c, int64_t day, char *errstr, size_t errstr_size)
+{
+    char d[16];
+    day_digits(day, d);
+    const char *params[] = {d};
+    char what[64];
+    snprintf(what, sizeof(what), "could not create the job status partition of %s", d);
+    int err = 0;
+    PQclear(run(c, "SELECT sluice_jobs_add_day($1::date)", 1, params, PGRES_TUPLES_OK, what, &err,
+                errstr, errstr_size));
+    return err;
+}
+
+/* Length of the valid UTF-8 sequence at s (n > 0 bytes left), or 0 if it is not one. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xBF; /* range of the second byte */
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F; /* no UTF-16 surrogates */
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else {
+        return 0;
+    }
+    if (n < len || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if (s[i] < 0x80 || s[i] > 0xBF)
+            return 0;
+    return len;
+}
+
+/* Appends s (n bytes, or up to its NUL if n is SIZE_MAX) as one COPY text field: at most cap
+ * bytes of UTF-8 (whole characters), NULs dropped, invalid bytes as U+FFFD, \ \t \n \r escaped.
+ * NULL is \N. */
+static void put_text(sl_buf_t *b, const char *s, size_t n, size_t cap)
+{
+    if (!s) {
+        sl_buf_puts(b, "\\N");
+        return;
+    }
+    if (n == SIZE_MAX)
+        n = strlen(s);
+    const unsigned char *p = (const unsigned char *)s;
+    size_t kept = 0;
+    for (size_t i = 0; i < n;) {
+        size_t len = utf8_len(p + i, n - i);
+        size_t out = len ? len : 3;
+        if (p[i] == '\0')
+            out = 0;
+        if (kept + out > cap)
+            break;
+        kept += out;
+        const char *esc = p[i] == '\\'   ? "\\\\"
+                          : p[i] == '\t' ? "\\t"
+                          : p[i] == '\n' ? "\\n"
+                          : p[i] == '\r' ? "\\r"
+                                         : NULL;
+        if (esc)
+            sl_buf_puts(b, esc);
+        else if (len && p[i])
+            sl_buf_append(b, p + i, len);
+        else if (!len)
+            sl_buf_puts(b, "\xEF\xBF\xBD");
+        i += len ? len : 1;
+    }
+}
+
+static void put_time(sl_buf_t *b, int64_t ms)
+{
+    char t[SL_TIME_STRLEN];
+    if (!ms) {
+        sl_buf_puts(b, "\\N");
+        return;
+    }
+    sl_time_format_ms(ms, t);
+    sl_buf_puts(b, t);
+}
+
+static void put_row(sl_buf_t *b, const rt_status_row_t *w)
+{
+    const char *text[] = {w->job_id,           w->message_id, w->source_id, w->destination_id,
+                          w->destination_type, w->user_key,   w->state};
+    for (size_t i = 0; i < sizeof(text) / sizeof(text[0]); i++) {
+        put_text(b, text[i], SIZE_MAX, SIZE_MAX);
+        sl_buf_putc(b, '\t');
+    }
+    sl_buf_printf(b, "%d\t", w->attempts);
+    if (w->last_status)
+        sl_buf_printf(b, "%ld\t", w->last_status);
+    else
+        sl_buf_puts(b, "\\N\t");
+    put_text(b, w->last_response, w->last_response ? w->last_response_len : 0,
+             RT_STATUS_RESPONSE_MAX);
+    sl_buf_putc(b, '\t');
+    put_time(b, w->first_attempt_ms);
+    sl_buf_putc(b, '\t');
+    put_time(b, w->last_attempt_ms);
+    sl_buf_putc(b, '\t');
+    put_text(b, w->kafka_topic, SIZE_MAX, SIZE_MAX);
+    if (w->kafka_topic)
+        sl_buf_printf(b, "\t%" PRId32 "\t%" PRId64 "\n", w->kafka_partition, w->kafka_offset);
+    else
+        sl_buf_puts(b, "\t\\N\t\\N\n");
+}
+
+int rt_status_write(PGconn *c, const rt_status_row_t *rows, size_t n, char *errstr,
+                    size_t errstr_size)
+{
+    if (n == 0)
+        return 0;
+    int64_t day = sl_time_now_ms() / DAY_MS;
+    int err = 0;
+    if (atomic_load(&partition_day) != day) {
+        err = add_day(c, day, errstr, errstr_size);
+        if (err)
+            return err;
+        atomic_store(&partition_day, day);
+    }
+    sl_buf_t b = SL_BUF_INIT;
+    for (size_t i = 0; i < n; i++)
+        put_row(&b, &rows[i]);
+
+    PGresult *r = run(c, copy_sql, 0, NULL, PGRES_COPY_IN, "could not write job status", &err,
+                      errstr, errstr_size);
+    if (!r)
+        goto out;
+    PQclear(r);
+    if (PQputCopyData(c, b.data, (int)b.len) != 1 || PQputCopyEnd(c, NULL) != 1) {
+        err = pg_fail(c, NULL, "could not write job status", errstr, errstr_size);
+        /* drain whatever the server answers so the connection is usable again */
+    }
+    while ((r = PQgetResult(c)) != NULL) {
+        if (!err && PQresultStatus(r) != PGRES_COMMAND_OK)
+            err = pg_fail(c, r, "could not write job status", errstr, errstr_size);
+        PQclear(r);
+    }
+out:
+    sl_buf_free(&b);
+    return err;
+}
+
+int rt_status_maintain(PGconn *c, int64_t now_ms, int64_t retention_ms, char *errstr,
+                       size_t errstr_size)
+{
+    int64_t today = now_ms / DAY_MS;
+    int err = add_day(c, today, errstr, errstr_size);
+    if (!err)
+        err = add_day(c, today + 1, errstr, errstr_size);
+    if (!err && today == sl_time_now_ms() / DAY_MS)
+        atomic_store(&partition_day, today);
+    if (err || retention_ms <= 0)
+        return err;
+
+    /* Day D covers [D, D + 1): entirely older than the cutoff when D + 1 <= cutoff's day. */
+    char first_kept[32], d[16];
+    day_digits((now_ms - retention_ms) / DAY_MS, d);
+    snprintf(first_kept, sizeof(first_kept), "sluice_jobs_p%s", d);
+    const char *params[] = {first_kept};
+    PGresult *r = run(c,
+                      "SELECT c.relname FROM pg_inherits i JOIN pg_class c "
+                      "ON c.oid = i.inhrelid WHERE i.inhparent = 'sluice_jobs'::regclass "
+                      "AND c.relname ~ '^sluice_jobs_p[0-9]{8}$' "
+                      "AND c.relname COLLATE \"C\" < $1 ORDER BY 1",
+                      1, params, PGRES_TUPLES_OK, "could not list the job status partitions", &err,
+                      errstr, errstr_size);
+    for (int i = 0; r && i < PQntuples(r) && !err; i++) {
+        char sql[128];
+        /* the name matched ^sluice_jobs_p[0-9]{8}$: no quoting needed */
+        snprintf(sql, sizeof(sql), "DROP TABLE IF EXISTS %s", PQgetvalue(r, i, 0));
+        PQclear(run(c, sql, 0, NULL, PGRES_COMMAND_OK, "could not drop an old job status partition",
+                    &err, errstr, errstr_size));
+    }
+    PQclear(r);
+    return err;
+}
+
+int rt_status_done_offsets(PGconn *c, const char *topic, int32_t partition, int64_t from_offset,
+                           int64_t **offs, size_t *n, char *errstr, size_t errstr_size)
+{
+    *offs = NULL;
+    *n = 0;
+    char part[16], from[24];
+    snprintf(part, sizeof(part), "%" PRId32, partition);
+    snprintf(from, sizeof(from), "%" PRId64, from_offset);
+    const char *params[] = {topic, part, from};
+    int err = 0;
+    PGresult *r = run(c,
+                      "SELECT DISTINCT kafka_offset FROM sluice_jobs "
+                      "WHERE kafka_topic = $1 AND kafka_partition = $2::int "
+                      "AND kafka_offset >= $3::bigint "
+                      "AND state IN ('succeeded', 'aborted') ORDER BY 1",
+                      3, params, PGRES_TUPLES_OK, "could not read the jobs already done", &err,
+                      errstr, errstr_size);
+    if (!r)
+        return err;
+    int rows = PQntuples(r);
+    if (rows > 0) {
+        *offs = sl_malloc((size_t)rows * sizeof(**offs));
+        for (int i = 0; i < rows; i++)
+            (*offs)[i] = strtoll(PQgetvalue(r, i, 0), NULL, 10);
+        *n = (size_t)rows;
+    }
+    PQclear(r);
+    return 0;
+}
