@@ -136,9 +136,30 @@ static const sl_conf_opt_t options[] = {
     /* Router */
     {"router.port", SL_CONF_INT, "8082", 1, 65535, NULL, 0,
      "Port of the router's /health, /metrics and /version when it runs as its own role."},
-    {"router.workers", SL_CONF_INT, "32", 1, 4096, NULL, 0,
-     "Concurrent deliveries of the router; one user's events for one destination always go "
-     "through the same worker, in order."},
+    {"router.concurrency", SL_CONF_INT, "64", 1, 4096, NULL, 0,
+     "Concurrent requests per destination (one user's events for one destination are always "
+     "sent one request at a time, in order)."},
+    {"router.max_connections", SL_CONF_INT, "512", 1, 65536, NULL, 0,
+     "Concurrent requests of the router over all destinations."},
+    {"router.memory_jobs", SL_CONF_INT, "10000", 10, 10000000, NULL, 0,
+     "Jobs a destination may hold in memory; beyond that, and for every retry, jobs are parked "
+     "in Postgres (sluice_parked) so a slow or broken destination never holds up the others."},
+    {"router.park_poll", SL_CONF_DURATION, "1s", 10, 600000, NULL, 0,
+     "How often the router looks for parked jobs that are due."},
+    {"router.batch_timeout", SL_CONF_DURATION, "1s", 1, 600000, NULL, 0,
+     "How long a batching destination (Amplitude, Mixpanel import, WEBHOOK with `batch`) waits "
+     "to fill a batch before sending what it has."},
+    {"router.destination_settings", SL_CONF_STR, "", NO_RANGE, NULL, 0,
+     "Per destination type or destination id: comma-separated `NAME.key=value` with key one of "
+     "timeout, retry_base, retry_max, give_up_after, min_attempts, concurrency, throttle "
+     "(`LIMIT/WINDOW`, e.g. `AM.throttle=1000/1s`) and batch (WEBHOOK: events per request). "
+     "An id wins over a type, which wins over the router.* option."},
+    {"router.job_status", SL_CONF_BOOL, "true", NO_RANGE, NULL, 0,
+     "Record every job's state changes in Postgres (sluice_jobs, for `sluice status`). "
+     "Without it a restart may deliver again the jobs of the last second."},
+    {"router.status_retention", SL_CONF_DURATION, "7d", 3600000, 31536000000LL, NULL, 0,
+     "How long job status rows are kept: sluice_jobs is partitioned by day and older days are "
+     "dropped."},
     {"router.timeout", SL_CONF_DURATION, "30s", 100, 600000, NULL, 0,
      "Timeout of one HTTP delivery attempt; a timeout is retried."},
     {"router.retry_base", SL_CONF_DURATION, "10s", 1, 86400000, NULL, 0,
@@ -187,8 +208,7 @@ static int opt_index_or_die(const char *name)
     return i;
 }
 
-/* Parses "250ms", "5s", "2m", "1h", "1d" or a bare number of milliseconds. */
-static int parse_duration_ms(const char *s, int64_t *out)
+int sl_conf_parse_duration(const char *s, int64_t *out)
 {
     char *end;
     errno = 0;
@@ -312,7 +332,7 @@ static int validate(const sl_conf_opt_t *o, const char *v, const char *origin, c
                               o->name, origin);
         break;
     case SL_CONF_DURATION:
-        if (parse_duration_ms(v, &n) < 0)
+        if (sl_conf_parse_duration(v, &n) < 0)
             return sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
                               "invalid value \"%s\" for option %s (%s): expected a duration such "
                               "as 500ms, 10s, 5m or 1h",
@@ -527,7 +547,7 @@ bool sl_conf_bool(const sl_conf_t *conf, const char *name)
 int64_t sl_conf_duration_ms(const sl_conf_t *conf, const char *name)
 {
     int64_t v = 0;
-    parse_duration_ms(conf->values[opt_index_or_die(name)], &v);
+    sl_conf_parse_duration(conf->values[opt_index_or_die(name)], &v);
     return v;
 }
 

@@ -37,6 +37,9 @@ int sl_conf_set(sl_conf_t *conf, const char *name, const char *value, char *errs
 const char *sl_conf_str(const sl_conf_t *conf, const char *name);
 int64_t sl_conf_int(const sl_conf_t *conf, const char *name);
 bool sl_conf_bool(const sl_conf_t *conf, const char *name);
+/* Parses a duration as options take it: "250ms", "5s", "2m", "1h", "1d" or a bare number of
+ * milliseconds. Returns 0, or -1 when s is not one. */
+int sl_conf_parse_duration(const char *s, int64_t *out);
 /* Durations are written 250ms, 5s, 2m, 1h (a bare number is milliseconds); returned in ms. */
 int64_t sl_conf_duration_ms(const sl_conf_t *conf, const char *name);
 /* Sizes are written 512, 32KB, 4MB (1024-based); returned in bytes. */

@@ -1,8 +1,17 @@
 /*
- * The router role, see router.h. One consumer thread hands jobs to workers chosen by
- * (destination, user), so each user's jobs for a destination are delivered in order; workers
- * deliver with libcurl, retrying with backoff; a writer thread records outcomes in Postgres in
- * batches, and only then are the jobs' offsets marked done for commit.
+ * The router role, see router.h.
+ *
+ * One thread runs the whole delivery loop: it polls the consumer without blocking, keeps the
+ * jobs of each (destination, user) key in a queue of which only the head is ever in flight,
+ * sends requests with libcurl's multi interface (keep-alive, HTTP/2 multiplexing where the
+ * server offers it) up to each destination's concurrency, throttle and batch rules, and reads
+ * the outcomes. The store thread (store.c) does the Postgres work.
+ *
+ * A retryable failure parks the job, and every later job of its key, in Postgres: nothing
+ * waits in memory, so a destination that is down costs the others nothing and memory stays
+ * bounded; a destination over its in-memory share (router.memory_jobs) parks too. Parked jobs
+ * come back through the store when due, in order. A job's offset is committed once its
+ * outcome is recorded or it is parked.
  */
 #include "router/router.h"
 #include "common/buf.h"
@@ -14,8 +23,14 @@
 #include "common/metrics.h"
 #include "common/pg.h"
 #include "common/timeutil.h"
+#include "router/internal.h"
+#include "router/kafka_dest.h"
+#include "router/status.h"
 
 #include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <json-c/json.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -23,72 +38,322 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
-#define RT_QUEUE_MAX       10000 /* jobs waiting per worker before the consumer waits */
-#define RT_BATCH_MAX       500
-#define RT_FLUSH_MS        100
+#define RT_POLL_MAX        2000 /* messages taken from the consumer per loop */
 #define RT_COMMIT_EVERY_MS 500
-#define RT_RESPONSE_CAP    10240
+#define RT_IDLE_WAIT_MS    100
+#define RT_STORE_BACKLOG   20000 /* operations queued for Postgres before consuming pauses */
+#define RT_HEADERS_MAX     64
 
-typedef struct rt_job {
-    char *job_id, *message_id, *source_id, *dest_id, *user_key;
-    char *method, *url, *body;
-    size_t body_len;
-    struct curl_slist *headers;
+/* --- settings per destination (router.* options, overridden by type, then by id) --- */
+
+typedef struct rt_settings {
+    int64_t timeout_ms, retry_base_ms, retry_max_ms, give_up_ms;
+    int min_attempts, concurrency;
+    long throttle_limit; /* 0: none */
+    int64_t throttle_window_ms;
+    size_t webhook_batch; /* 0/1: WEBHOOK not batched */
+} rt_settings_t;
+
+typedef struct rt_key rt_key_t;
+
+typedef struct rt_dest {
+    char *id, *type;
+    rt_settings_t set;
+    int inflight;
+    size_t queued; /* jobs in memory (in key queues, not in flight) */
+    rt_key_t *ready_head, *ready_tail;
+    size_t nready;
+    int64_t window_start, batch_since;
+    long window_count;
+    bool throttled; /* this window's limit is reached */
+    sl_metric_t *m_delivered, *m_retried, *m_aborted, *m_throttled, *m_latency;
+    struct rt_dest *next;
+} rt_dest_t;
+
+struct rt_key {
+    char *dest_id, *user_key; /* user_key points into dest_id's allocation */
+    uint64_t hash;
     int32_t partition;
-    int64_t offset;
-    /* outcome */
-    const char *state;
-    int attempts;
-    long last_status;
-    char *last_response;
-    int64_t first_ms, last_ms;
-    struct rt_job *next;
-} rt_job_t;
+    rt_dest_t *dest;
+    rt_job_t *head, *tail; /* waiting jobs, in order */
+    bool busy;             /* a request of this key is in flight */
+    bool blocked;          /* parked rows exist (or are being written) */
+    bool loading;          /* the queue holds loaded parked rows */
+    bool in_ready;
+    int parks_pending;
+    rt_key_t *ready_next, *hnext;
+};
 
-typedef struct rt_worker {
-    struct rt_router *rt;
-    pthread_t thread;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    rt_job_t *head, *tail;
-    size_t len;
-    CURL *curl;
-} rt_worker_t;
+typedef struct rt_req {
+    rt_router_t *rt;
+    rt_dest_t *dest;
+    rt_job_t *jobs; /* in order */
+    size_t njobs;
+    CURL *easy;
+    sl_buf_t body, resp;
+    char errbuf[CURL_ERROR_SIZE];
+    int64_t t0;
+} rt_req_t;
 
 struct rt_router {
     sl_wsconf_t *ws;
-    rd_kafka_t *consumer;
-    char *topic, *group;
+    rd_kafka_t *consumer, *producer;
+    char *topic, *group, *failed_topic;
     sl_kafka_offsets_t *offsets;
-    sl_pg_t *pg;
-    int64_t timeout_ms, retry_base_ms, retry_max_ms, give_up_ms;
-    int min_attempts;
-    int nworkers;
-    rt_worker_t *workers;
-    pthread_t consumer_thread, writer_thread;
-    atomic_bool stop_consuming, stop_workers, stop_writer;
-    /* status writer queue */
-    pthread_mutex_t wlock;
-    pthread_cond_t wcond;
-    rt_job_t *whead, *wtail;
-    size_t wlen;
+    rt_store_t *store;
+    sl_pg_t *pg; /* the loop's own connection, for rebalances */
+    rt_settings_t defaults;
+    char *dest_settings;
+    int max_conns, inflight;
+    size_t memory_jobs;
+    int64_t batch_timeout_ms;
+    bool job_status;
+    CURLM *multi;
+    rt_kdest_t *kdest; /* KAFKA destinations */
+    rt_dest_t *dests;
+    rt_key_t **keys;
+    size_t nkeys, keys_cap;
+    /* offsets to skip per partition after a restart: jobs already recorded or parked */
+    struct rt_skip {
+        int32_t partition;
+        int64_t *offs;
+        size_t n, at;
+    } * skips;
+    size_t nskips;
+    int32_t *parts;
+    size_t nparts;
+    int wake_pipe[2];
+    size_t dl_pending; /* dead letters not yet acknowledged */
+    pthread_t thread;
+    atomic_bool stop;
 };
 
-static void job_free(rt_job_t *j)
+/* --- settings --- */
+
+/* Applies "NAME.key=value" items of router.destination_settings whose NAME is name. */
+static void apply_settings(rt_settings_t *s, const char *spec, const char *name)
 {
-    free(j->job_id);
-    free(j->message_id);
-    free(j->source_id);
-    free(j->dest_id);
-    free(j->user_key);
-    free(j->method);
-    free(j->url);
-    free(j->body);
-    free(j->last_response);
-    curl_slist_free_all(j->headers);
-    free(j);
+    if (!spec || !*spec || !name)
+        return;
+    char *copy = sl_strdup(spec), *save = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        while (*item == ' ')
+            item++;
+        char *eq = strchr(item, '=');
+        if (!eq)
+            continue;
+        *eq = '\0';
+        char *dot = strrchr(item, '.');
+        if (!dot || (size_t)(dot - item) != strlen(name) || strncmp(item, name, dot - item) != 0)
+            continue;
+        const char *key = dot + 1, *val = eq + 1;
+        int64_t ms;
+        if (strcmp(key, "throttle") == 0) {
+            char *slash = strchr(val, '/');
+            s->throttle_limit = strtol(val, NULL, 10);
+            s->throttle_window_ms = 1000;
+            if (slash && sl_conf_parse_duration(slash + 1, &ms) == 0 && ms > 0)
+                s->throttle_window_ms = ms;
+        } else if (strcmp(key, "batch") == 0) {
+            s->webhook_batch = (size_t)strtoul(val, NULL, 10);
+        } else if (strcmp(key, "min_attempts") == 0) {
+            s->min_attempts = atoi(val);
+        } else if (strcmp(key, "concurrency") == 0) {
+            s->concurrency = atoi(val) > 0 ? atoi(val) : 1;
+        } else if (sl_conf_parse_duration(val, &ms) == 0) {
+            if (strcmp(key, "timeout") == 0)
+                s->timeout_ms = ms;
+            else if (strcmp(key, "retry_base") == 0)
+                s->retry_base_ms = ms;
+            else if (strcmp(key, "retry_max") == 0)
+                s->retry_max_ms = ms;
+            else if (strcmp(key, "give_up_after") == 0)
+                s->give_up_ms = ms;
+        }
+    }
+    free(copy);
 }
+
+/* Checks router.destination_settings; returns NULL or what is wrong. */
+static const char *settings_problem(const char *spec, char *buf, size_t n)
+{
+    if (!spec || !*spec)
+        return NULL;
+    static const char *const keys[] = {"timeout",      "retry_base",  "retry_max", "give_up_after",
+                                       "min_attempts", "concurrency", "throttle",  "batch"};
+    char *copy = sl_strdup(spec), *save = NULL;
+    const char *problem = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item && !problem;
+         item = strtok_r(NULL, ",", &save)) {
+        while (*item == ' ')
+            item++;
+        char *eq = strchr(item, '=');
+        char *dot = NULL;
+        for (char *c = item; eq && c < eq; c++)
+            if (*c == '.')
+                dot = c;
+        bool known = false;
+        if (dot && eq) {
+            for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+                known |= strlen(keys[i]) == (size_t)(eq - dot - 1) &&
+                         strncmp(dot + 1, keys[i], (size_t)(eq - dot - 1)) == 0;
+        }
+        if (!known) {
+            snprintf(buf, n,
+                     "router.destination_settings: \"%s\" is not NAME.key=value with key one of "
+                     "timeout, retry_base, retry_max, give_up_after, min_attempts, concurrency, "
+                     "throttle, batch",
+                     item);
+            problem = buf;
+        }
+    }
+    free(copy);
+    return problem;
+}
+
+/* --- destinations and keys --- */
+
+static rt_dest_t *dest_get(rt_router_t *rt, const char *id, const char *type)
+{
+    for (rt_dest_t *d = rt->dests; d; d = d->next)
+        if (strcmp(d->id, id) == 0)
+            return d;
+    rt_dest_t *d = sl_calloc(1, sizeof(*d));
+    d->id = sl_strdup(id);
+    d->type = sl_strdup(type ? type : "");
+    d->set = rt->defaults;
+    apply_settings(&d->set, rt->dest_settings, d->type);
+    apply_settings(&d->set, rt->dest_settings, d->id);
+    const char *l = d->id;
+    d->m_delivered = sl_metrics_counter("sluice_router_delivered_total", "Jobs delivered",
+                                        "destination", l, NULL);
+    d->m_retried =
+        sl_metrics_counter("sluice_router_retried_total", "Failed attempts that will be retried",
+                           "destination", l, NULL);
+    d->m_aborted = sl_metrics_counter("sluice_router_aborted_total", "Jobs aborted (dead letters)",
+                                      "destination", l, NULL);
+    d->m_throttled =
+        sl_metrics_counter("sluice_router_throttled_total",
+                           "Jobs held back by the destination's throttle", "destination", l, NULL);
+    d->m_latency =
+        sl_metrics_histogram("sluice_router_delivery_seconds", "Duration of one delivery request",
+                             NULL, 0, "destination", l, NULL);
+    d->next = rt->dests;
+    rt->dests = d;
+    return d;
+}
+
+static uint64_t key_hash(const char *a, const char *b)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *s = a; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    h = (h ^ 0xff) * 1099511628211ULL;
+    for (const char *s = b; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+static void keys_grow(rt_router_t *rt)
+{
+    size_t cap = rt->keys_cap ? rt->keys_cap * 2 : 1024;
+    rt_key_t **t = sl_calloc(cap, sizeof(*t));
+    for (size_t i = 0; i < rt->keys_cap; i++)
+        for (rt_key_t *k = rt->keys[i], *next; k; k = next) {
+            next = k->hnext;
+            k->hnext = t[k->hash & (cap - 1)];
+            t[k->hash & (cap - 1)] = k;
+        }
+    free(rt->keys);
+    rt->keys = t;
+    rt->keys_cap = cap;
+}
+
+static rt_key_t *key_find(rt_router_t *rt, const char *dest_id, const char *user_key, bool create,
+                          int32_t partition, const char *dest_type)
+{
+    uint64_t h = key_hash(dest_id, user_key);
+    if (rt->keys_cap) {
+        for (rt_key_t *k = rt->keys[h & (rt->keys_cap - 1)]; k; k = k->hnext)
+            if (k->hash == h && strcmp(k->dest_id, dest_id) == 0 &&
+                strcmp(k->user_key, user_key) == 0)
+                return k;
+    }
+    if (!create)
+        return NULL;
+    if (rt->nkeys >= rt->keys_cap / 2)
+        keys_grow(rt);
+    size_t dl = strlen(dest_id), ul = strlen(user_key);
+    rt_key_t *k = sl_calloc(1, sizeof(*k));
+    k->dest_id = sl_malloc(dl + ul + 2);
+    memcpy(k->dest_id, dest_id, dl + 1);
+    k->user_key = k->dest_id + dl + 1;
+    memcpy(k->user_key, user_key, ul + 1);
+    k->hash = h;
+    k->partition = partition;
+    k->dest = dest_get(rt, dest_id, dest_type);
+    k->hnext = rt->keys[h & (rt->keys_cap - 1)];
+    rt->keys[h & (rt->keys_cap - 1)] = k;
+    rt->nkeys++;
+    return k;
+}
+
+/* Frees the key when nothing refers to it any more. */
+static void key_maybe_free(rt_router_t *rt, rt_key_t *k)
+{
+    if (k->head || k->busy || k->blocked || k->loading || k->in_ready || k->parks_pending)
+        return;
+    rt_key_t **pp = &rt->keys[k->hash & (rt->keys_cap - 1)];
+    while (*pp != k)
+        pp = &(*pp)->hnext;
+    *pp = k->hnext;
+    rt->nkeys--;
+    free(k->dest_id);
+    free(k);
+}
+
+static void ready_push(rt_key_t *k)
+{
+    if (k->in_ready || k->busy || !k->head)
+        return;
+    rt_dest_t *d = k->dest;
+    k->in_ready = true;
+    k->ready_next = NULL;
+    if (d->ready_tail)
+        d->ready_tail->ready_next = k;
+    else
+        d->ready_head = k;
+    d->ready_tail = k;
+    d->nready++;
+}
+
+static rt_key_t *ready_pop(rt_dest_t *d)
+{
+    rt_key_t *k = d->ready_head;
+    if (!k)
+        return NULL;
+    d->ready_head = k->ready_next;
+    if (!d->ready_head)
+        d->ready_tail = NULL;
+    d->nready--;
+    k->in_ready = false;
+    return k;
+}
+
+static void key_append(rt_key_t *k, rt_job_t *j)
+{
+    j->next = NULL;
+    if (k->tail)
+        k->tail->next = j;
+    else
+        k->head = j;
+    k->tail = j;
+    k->dest->queued++;
+}
+
+/* --- parsing jobs --- */
 
 static char *dup_field(json_object *o, const char *k)
 {
@@ -98,12 +363,12 @@ static char *dup_field(json_object *o, const char *k)
     return NULL;
 }
 
-/* Why a job cannot be delivered, or NULL. ws may be NULL (no destination check). */
+/* Why a job cannot be delivered, or NULL. */
 static const char *job_problem(const rt_job_t *j, bool parsed, sl_wsconf_t *ws)
 {
     if (!parsed)
         return "value is not a JSON object";
-    if (!*j->dest_id)
+    if (!j->dest_id || !*j->dest_id)
         return "no \"destinationId\"";
     if (!j->url || !*j->url)
         return "no \"request.url\"";
@@ -116,29 +381,25 @@ static const char *job_problem(const rt_job_t *j, bool parsed, sl_wsconf_t *ws)
     return known ? NULL : "unknown destination (not in the workspace config)";
 }
 
-/*
- * Parses a delivery job from a consumed message (borrowed). Returns a job the caller owns
- * (job_free). A malformed job comes back with state "aborted" and the reason in
- * last_response, so that its outcome is recorded like any other. Consumer thread.
- */
-static rt_job_t *parse_job(rt_router_t *rt, const rd_kafka_message_t *m)
+/* Fills a job's fields from j->raw. Returns NULL, or why it can't be delivered. */
+static const char *parse_job(rt_router_t *rt, rt_job_t *j)
 {
-    rt_job_t *j = sl_calloc(1, sizeof(*j));
-    j->partition = m->partition;
-    j->offset = m->offset;
-    j->first_ms = j->last_ms = sl_time_now_ms();
     json_tokener *tok = json_tokener_new();
-    json_object *o = m->payload ? json_tokener_parse_ex(tok, m->payload, (int)m->len) : NULL;
-    json_object *req = NULL, *hdrs;
+    json_object *o = json_tokener_parse_ex(tok, j->raw, (int)j->raw_len);
     bool ok = o && json_tokener_get_error(tok) == json_tokener_success &&
               json_object_is_type(o, json_type_object);
     json_tokener_free(tok);
+    json_object *req = NULL, *hdrs, *batch;
+    /* Fields the store may have set (parked rows) are kept. */
     if (ok) {
         j->job_id = dup_field(o, "jobId");
         j->message_id = dup_field(o, "messageId");
         j->source_id = dup_field(o, "sourceId");
-        j->dest_id = dup_field(o, "destinationId");
-        j->user_key = dup_field(o, "userKey");
+        if (!j->dest_id)
+            j->dest_id = dup_field(o, "destinationId");
+        j->dest_type = dup_field(o, "destinationType");
+        if (!j->user_key)
+            j->user_key = dup_field(o, "userKey");
         json_object_object_get_ex(o, "request", &req);
         j->method = dup_field(req, "method");
         j->url = dup_field(req, "url");
@@ -155,40 +416,196 @@ static rt_job_t *parse_job(rt_router_t *rt, const rd_kafka_message_t *m)
         }
         /* Bodies over 1 MB would otherwise wait for a 100-continue most servers never send. */
         j->headers = curl_slist_append(j->headers, "Expect:");
+        if (req && json_object_object_get_ex(req, "batch", &batch) &&
+            json_object_is_type(batch, json_type_object)) {
+            json_object *v;
+            j->batch_key = dup_field(batch, "key");
+            j->batch_prefix = dup_field(batch, "prefix");
+            j->batch_sep = dup_field(batch, "separator");
+            j->batch_suffix = dup_field(batch, "suffix");
+            if (json_object_object_get_ex(batch, "maxEvents", &v))
+                j->batch_max_events = (size_t)json_object_get_int64(v);
+            if (json_object_object_get_ex(batch, "maxBytes", &v))
+                j->batch_max_bytes = (size_t)json_object_get_int64(v);
+            if (!j->batch_key || !j->batch_prefix || !j->batch_sep || !j->batch_suffix ||
+                j->batch_max_events < 2) {
+                free(j->batch_key);
+                j->batch_key = NULL;
+            }
+        }
     }
     if (o)
         json_object_put(o);
+    const char *problem = job_problem(j, ok, rt->ws);
     if (!j->message_id)
         j->message_id = sl_strdup("");
     if (!j->dest_id)
         j->dest_id = sl_strdup("");
+    if (!j->user_key)
+        j->user_key = sl_strdup("");
     if (!j->job_id)
         j->job_id = sl_asprintf("%s:%s", j->message_id, j->dest_id);
     if (!j->method)
         j->method = sl_strdup("POST");
-    const char *problem = job_problem(j, ok, rt->ws);
-    if (problem) {
-        j->state = "aborted";
-        j->last_response = sl_asprintf("malformed delivery job at %s [%d] offset %lld: %s",
-                                       rt->topic, (int)m->partition, (long long)m->offset, problem);
-        sl_error("router", "aborted job %s: %s", j->job_id, j->last_response);
-    }
-    return j;
+    j->topic = rt->topic;
+    return problem;
 }
 
-static void writer_push(rt_router_t *rt, rt_job_t *j)
+/* --- recording outcomes --- */
+
+static rt_op_t *op_new(rt_op_kind_t kind, const rt_key_t *k)
 {
-    pthread_mutex_lock(&rt->wlock);
-    j->next = NULL;
-    if (rt->wtail)
-        rt->wtail->next = j;
-    else
-        rt->whead = j;
-    rt->wtail = j;
-    rt->wlen++;
-    pthread_cond_signal(&rt->wcond);
-    pthread_mutex_unlock(&rt->wlock);
+    rt_op_t *op = sl_calloc(1, sizeof(*op));
+    op->kind = kind;
+    if (k) {
+        op->dest_id = sl_strdup(k->dest_id);
+        op->user_key = sl_strdup(k->user_key);
+        op->partition = k->partition;
+    }
+    return op;
 }
+
+static void op_add_job(rt_op_t *op, rt_job_t *j)
+{
+    j->next = NULL;
+    rt_job_t **pp = &op->jobs;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = j;
+}
+
+/* A job from Kafka reached a final state (succeeded, aborted): record it, then its offset is
+ * done (when the store gives the op back). */
+static void record_final(rt_router_t *rt, rt_job_t *j)
+{
+    if (!rt->job_status) {
+        sl_kafka_offsets_done(rt->offsets, rt->topic, j->partition, j->offset);
+        rt_job_free(j);
+        return;
+    }
+    rt_op_t *op = op_new(RT_OP_STATUS, NULL);
+    op_add_job(op, j);
+    rt_store_push(rt->store, op);
+}
+
+/* Parks jobs of key k (from Kafka, in order) behind whatever is parked for k. */
+static void park(rt_router_t *rt, rt_key_t *k, rt_job_t *jobs, int64_t due_ms)
+{
+    if (!jobs)
+        return;
+    rt_op_t *op = op_new(RT_OP_PARK, k);
+    op->jobs = jobs;
+    op->next_ms = due_ms;
+    k->blocked = true;
+    k->parks_pending++;
+    rt_store_push(rt->store, op);
+}
+
+/* Takes the waiting jobs of k out of its queue (in order). */
+static rt_job_t *key_take_all(rt_key_t *k)
+{
+    rt_job_t *jobs = k->head;
+    for (rt_job_t *j = jobs; j; j = j->next)
+        k->dest->queued--;
+    k->head = k->tail = NULL;
+    return jobs;
+}
+
+/* A dead letter: the job and why, to the failed topic; its outcome is recorded once Kafka has
+ * it (dl_report). */
+static void dead_letter(rt_router_t *rt, rt_job_t *j, const char *reason)
+{
+    char now[SL_TIME_STRLEN];
+    sl_time_format_ms(sl_time_now_ms(), now);
+    sl_buf_t b = SL_BUF_INIT;
+    sl_buf_puts(&b, "{\"failedAt\":");
+    sl_buf_json_str(&b, now, strlen(now));
+    sl_buf_puts(&b, ",\"stage\":\"router\",\"reason\":");
+    sl_buf_json_str(&b, reason, strlen(reason));
+    const char *fields[][2] = {{"sourceId", j->source_id},
+                               {"destinationId", j->dest_id},
+                               {"destinationType", j->dest_type},
+                               {"messageId", j->message_id}};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        if (!fields[i][1])
+            continue;
+        sl_buf_printf(&b, ",\"%s\":", fields[i][0]);
+        sl_buf_json_str(&b, fields[i][1], strlen(fields[i][1]));
+    }
+    sl_buf_printf(&b, ",\"eventPartition\":%d,\"eventOffset\":%lld,\"event\":", (int)j->partition,
+                  (long long)j->offset);
+    json_tokener *tok = json_tokener_new();
+    json_object *o = json_tokener_parse_ex(tok, j->raw, (int)j->raw_len);
+    bool is_json = o && json_tokener_get_error(tok) == json_tokener_success;
+    json_tokener_free(tok);
+    if (o)
+        json_object_put(o);
+    if (is_json)
+        sl_buf_append(&b, j->raw, j->raw_len);
+    else
+        sl_buf_json_str(&b, j->raw, j->raw_len);
+    sl_buf_putc(&b, '}');
+    rd_kafka_headers_t *h = rd_kafka_headers_new(3);
+    rd_kafka_header_add(h, "sluice-failed-stage", -1, "router", -1);
+    rd_kafka_header_add(h, "sluice-destination-id", -1, j->dest_id, -1);
+    rd_kafka_header_add(h, "sluice-message-id", -1, j->message_id, -1);
+    for (;;) {
+        rd_kafka_resp_err_t err = rd_kafka_producev(
+            rt->producer, RD_KAFKA_V_TOPIC(rt->failed_topic),
+            RD_KAFKA_V_KEY(j->user_key, strlen(j->user_key)), RD_KAFKA_V_VALUE(b.data, b.len),
+            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(j),
+            RD_KAFKA_V_END);
+        if (!err)
+            break;
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+            sl_error("router", "could not produce a dead letter to %s: %s", rt->failed_topic,
+                     rd_kafka_err2str(err));
+            rd_kafka_headers_destroy(h);
+            sl_buf_free(&b);
+            rt_job_free(j); /* not recorded: its offset stays uncommitted */
+            return;
+        }
+        rd_kafka_poll(rt->producer, 100);
+    }
+    rt->dl_pending++;
+    sl_buf_free(&b);
+}
+
+static void dl_report(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    rt_router_t *rt = opaque;
+    rt_job_t *j = m->_private;
+    rt->dl_pending--;
+    if (m->err) { /* message.timeout.ms is infinite, so this is fatal: leave it uncommitted */
+        sl_error("router", "dead letter of job %s not stored: %s", j->job_id,
+                 rd_kafka_err2str(m->err));
+        rt_job_free(j);
+        return;
+    }
+    if (j->parked_id) {
+        rt_op_t *op = sl_calloc(1, sizeof(*op));
+        op->kind = RT_OP_PARKED_DONE;
+        op->dest_id = sl_strdup(j->dest_id);
+        op->user_key = sl_strdup(j->user_key);
+        op->partition = j->partition;
+        op->release = j->next_ms != 0; /* set by finish_parked: the key's last loaded row */
+        op_add_job(op, j);
+        rt_store_push(rt->store, op);
+    } else {
+        record_final(rt, j);
+    }
+}
+
+static int64_t backoff_ms(const rt_settings_t *s, int attempts)
+{
+    int64_t wait = s->retry_base_ms;
+    for (int i = 1; i < attempts && wait < s->retry_max_ms; i++)
+        wait *= 2;
+    return wait > s->retry_max_ms ? s->retry_max_ms : wait;
+}
+
+/* --- sending --- */
 
 static size_t on_response(char *p, size_t size, size_t n, void *opaque)
 {
@@ -199,439 +616,882 @@ static size_t on_response(char *p, size_t size, size_t n, void *opaque)
     return len;
 }
 
-/* One attempt on the worker's handle (connections are kept alive across attempts). Returns
- * the HTTP status, or 0 for a network error or timeout (described in resp). Worker thread. */
-static long attempt(rt_worker_t *w, rt_job_t *j, sl_buf_t *resp)
+/* The element of a batch that job j contributes: its body without prefix and suffix. */
+static bool batch_element(const rt_job_t *j, const char **p, size_t *n)
 {
-    CURL *c = w->curl;
-    char cerr[CURL_ERROR_SIZE] = "";
-    curl_easy_reset(c);
+    size_t pl = strlen(j->batch_prefix), sl = strlen(j->batch_suffix);
+    if (!j->body || j->body_len < pl + sl || memcmp(j->body, j->batch_prefix, pl) != 0 ||
+        memcmp(j->body + j->body_len - sl, j->batch_suffix, sl) != 0)
+        return false;
+    *p = j->body + pl;
+    *n = j->body_len - pl - sl;
+    return true;
+}
+
+static bool same_batch(const rt_job_t *a, const rt_job_t *b)
+{
+    if (a->batch_key)
+        return b->batch_key && strcmp(a->batch_key, b->batch_key) == 0 &&
+               strcmp(a->batch_prefix, b->batch_prefix) == 0 &&
+               strcmp(a->batch_sep, b->batch_sep) == 0 &&
+               strcmp(a->batch_suffix, b->batch_suffix) == 0;
+    return !b->batch_key && strcmp(a->url, b->url) == 0 && strcmp(a->method, b->method) == 0;
+}
+
+/* How many events a batch of the destination's jobs like j may hold; 1 when not batched. */
+static size_t batch_limit(const rt_dest_t *d, const rt_job_t *j)
+{
+    if (j->batch_key)
+        return j->batch_max_events;
+    if (d->set.webhook_batch > 1 && strcmp(d->type, "WEBHOOK") == 0 && j->body &&
+        strcmp(j->method, "GET") != 0 && strcmp(j->method, "DELETE") != 0)
+        return d->set.webhook_batch;
+    return 1;
+}
+
+static void on_kafka_done(void *opaque, rt_kdest_result_t result, const char *detail, void *ctx);
+
+static void mark_attempt(rt_router_t *rt, rt_req_t *r)
+{
+    int64_t now = sl_time_now_ms();
+    for (rt_job_t *x = r->jobs; x; x = x->next) {
+        x->attempts++;
+        if (!x->first_ms)
+            x->first_ms = now;
+        x->last_ms = now;
+    }
+    r->t0 = sl_time_mono_ms();
+    r->dest->inflight++;
+    rt->inflight++;
+}
+
+/* A KAFKA destination's job: produced to its cluster; the outcome comes through rt_kdest. */
+static void start_kafka(rt_router_t *rt, rt_req_t *r)
+{
+    rt_job_t *j = r->jobs;
+    mark_attempt(rt, r);
+    char err[512] = "";
+    rt_kdest_result_t res = RT_KDEST_ABORT;
+    sl_workspace_t *w = rt->ws ? sl_wsconf_get(rt->ws) : NULL;
+    const sl_destination_t *d = w ? sl_workspace_destination_by_id(w, j->dest_id) : NULL;
+    if (d)
+        res = rt_kdest_send(rt->kdest, d, rt_kdest_url_topic(j->url), j->user_key,
+                            strlen(j->user_key), j->body ? j->body : "", j->body_len, r, err,
+                            sizeof(err));
+    else
+        snprintf(err, sizeof(err), "destination %s is not in the workspace config", j->dest_id);
+    if (w)
+        sl_workspace_unref(w);
+    if (res != RT_KDEST_OK)
+        on_kafka_done(r, res, err, rt);
+}
+
+static void start_request(rt_router_t *rt, rt_req_t *r)
+{
+    rt_job_t *j = r->jobs;
+    if (strcmp(j->method, "KAFKA") == 0) {
+        start_kafka(rt, r);
+        return;
+    }
+    const rt_settings_t *s = &r->dest->set;
+    CURL *c = curl_easy_init();
+    r->easy = c;
+    const char *body = j->body;
+    size_t body_len = j->body_len;
+    if (r->njobs > 1 || j->batch_key) {
+        bool wrap = j->batch_key != NULL;
+        sl_buf_puts(&r->body, wrap ? j->batch_prefix : "[");
+        for (rt_job_t *x = j; x; x = x->next) {
+            const char *p = x->body;
+            size_t n = x->body_len;
+            if (wrap)
+                batch_element(x, &p, &n);
+            if (x != j)
+                sl_buf_puts(&r->body, wrap ? j->batch_sep : ",");
+            sl_buf_append(&r->body, p, n);
+        }
+        sl_buf_puts(&r->body, wrap ? j->batch_suffix : "]");
+        body = r->body.data;
+        body_len = r->body.len;
+    }
     curl_easy_setopt(c, CURLOPT_URL, j->url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, j->method);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, j->headers);
     if (strcmp(j->method, "HEAD") == 0) {
         curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
     } else if (strcmp(j->method, "GET") != 0 && strcmp(j->method, "DELETE") != 0) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, j->body ? j->body : "");
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)j->body_len);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body ? body : "");
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body ? body_len : 0));
     }
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)w->rt->timeout_ms);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)w->rt->timeout_ms);
+    curl_easy_setopt(c, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(c, CURLOPT_PIPEWAIT, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)s->timeout_ms);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)s->timeout_ms);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, r->errbuf);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_response);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, resp);
-    int64_t t0 = sl_time_mono_ms();
-    CURLcode rc = curl_easy_perform(c);
-    sl_metrics_observe(sl_metrics_histogram("sluice_router_delivery_seconds",
-                                            "Duration of one delivery attempt", NULL, 0,
-                                            "destination", j->dest_id, NULL),
-                       (double)(sl_time_mono_ms() - t0) / 1e3);
-    if (rc != CURLE_OK) {
-        sl_buf_reset(resp);
-        sl_buf_puts(resp, *cerr ? cerr : curl_easy_strerror(rc));
-        return 0;
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r->resp);
+    curl_easy_setopt(c, CURLOPT_PRIVATE, r);
+    mark_attempt(rt, r);
+    curl_multi_add_handle(rt->multi, c);
+}
+
+/* Takes the next request's jobs off destination d's ready keys, if the rules allow one now. */
+static bool schedule_one(rt_router_t *rt, rt_dest_t *d, int64_t now)
+{
+    if (!d->ready_head || d->inflight >= d->set.concurrency || rt->inflight >= rt->max_conns)
+        return false;
+    long budget = LONG_MAX;
+    if (d->set.throttle_limit > 0) {
+        if (now - d->window_start >= d->set.throttle_window_ms) {
+            d->window_start = now;
+            d->window_count = 0;
+            d->throttled = false;
+        }
+        budget = d->set.throttle_limit - d->window_count;
+        if (budget <= 0) {
+            if (!d->throttled) { /* the jobs this window held back */
+                sl_metrics_add(d->m_throttled, (double)d->queued);
+                d->throttled = true;
+            }
+            return false;
+        }
     }
-    long status = 0;
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    return status;
-}
-
-/* Waits ms or until the workers are stopped. Returns false when stopped. */
-static bool backoff_wait(rt_worker_t *w, int64_t ms)
-{
-    struct timespec ts;
-    sl_time_deadline(&ts, ms);
-    pthread_mutex_lock(&w->lock);
-    while (!atomic_load(&w->rt->stop_workers))
-        if (pthread_cond_timedwait(&w->cond, &w->lock, &ts) != 0)
+    rt_job_t *first = d->ready_head->head;
+    size_t limit = batch_limit(d, first);
+    if (limit > 1) {
+        /* Wait for a fuller batch unless it is full or has waited long enough. */
+        if (!d->batch_since)
+            d->batch_since = now;
+        if (d->queued < limit && now - d->batch_since < rt->batch_timeout_ms)
+            return false;
+    }
+    if ((long)limit > budget)
+        limit = (size_t)budget;
+    size_t max_bytes =
+        first->batch_key && first->batch_max_bytes ? first->batch_max_bytes : (size_t)4 << 20;
+    rt_req_t *r = sl_calloc(1, sizeof(*r));
+    r->rt = rt;
+    r->dest = d;
+    rt_job_t *tail = NULL;
+    size_t bytes = 0;
+    size_t nkeys = d->nready;
+    /* One or more keys' consecutive jobs; a key stays busy until the request's outcome. */
+    for (size_t ki = 0; ki < nkeys && r->njobs < limit; ki++) {
+        rt_key_t *k = d->ready_head;
+        if (!k || !same_batch(first, k->head))
             break;
-    pthread_mutex_unlock(&w->lock);
-    return !atomic_load(&w->rt->stop_workers);
+        ready_pop(d);
+        while (k->head && r->njobs < limit && same_batch(first, k->head) &&
+               (r->njobs == 0 || bytes + k->head->body_len <= max_bytes)) {
+            rt_job_t *j = k->head;
+            k->head = j->next;
+            if (!k->head)
+                k->tail = NULL;
+            d->queued--;
+            j->next = NULL;
+            if (tail)
+                tail->next = j;
+            else
+                r->jobs = j;
+            tail = j;
+            r->njobs++;
+            bytes += j->body_len;
+            if (limit == 1)
+                break;
+        }
+        k->busy = true;
+    }
+    if (limit > 1)
+        d->batch_since = d->queued ? now : 0;
+    if (d->set.throttle_limit > 0)
+        d->window_count += (long)r->njobs;
+    start_request(rt, r);
+    return true;
 }
 
-static void count_attempt(const char *dest, const char *outcome)
+static void schedule(rt_router_t *rt)
 {
-    sl_metrics_add(sl_metrics_counter("sluice_router_attempts_total",
-                                      "Delivery attempts by outcome (success, retry, abort)",
-                                      "destination", dest, "outcome", outcome, NULL),
-                   1);
+    int64_t now = sl_time_mono_ms();
+    for (rt_dest_t *d = rt->dests; d; d = d->next)
+        while (schedule_one(rt, d, now))
+            ;
 }
 
-/* Delivers a job until it succeeds or is aborted, waiting out the backoff between attempts.
- * Returns false if the router stopped during a backoff: the job is then not recorded, its
- * offset stays uncommitted and it is delivered again after a restart. Worker thread. */
-static bool deliver(rt_worker_t *w, rt_job_t *j)
+/* --- outcomes --- */
+
+/* The key of a finished job: it is no longer busy; queue its next job. */
+static void key_release(rt_router_t *rt, rt_key_t *k)
 {
-    rt_router_t *rt = w->rt;
-    sl_buf_t resp = SL_BUF_INIT;
-    bool recorded = true;
-    for (;;) {
-        sl_buf_reset(&resp);
-        j->attempts++;
-        j->last_ms = sl_time_now_ms();
-        long status = attempt(w, j, &resp);
-        j->last_status = status;
-        bool ok = status >= 200 && status < 300;
-        bool retry = !ok && (status == 0 || status == 429 || status == 408 || status >= 500);
-        int64_t elapsed = sl_time_now_ms() - j->first_ms;
-        bool give_up =
-            !ok && (!retry || (elapsed > rt->give_up_ms && j->attempts >= rt->min_attempts));
-        count_attempt(j->dest_id, ok ? "success" : give_up ? "abort" : "retry");
+    k->busy = false;
+    ready_push(k);
+    key_maybe_free(rt, k);
+}
+
+/* Outcome of parked job j (loaded): delivered or aborted. */
+static void finish_parked(rt_router_t *rt, rt_key_t *k, rt_job_t *j, bool delivered,
+                          const char *reason)
+{
+    bool last = !k->head && !j->next; /* its key has no more loaded rows in memory */
+    if (last)
+        k->loading = false;
+    if (delivered) {
+        rt_op_t *op = op_new(RT_OP_PARKED_DONE, k);
+        op->release = last;
+        op_add_job(op, j);
+        rt_store_push(rt->store, op);
+    } else {
+        j->next_ms = last ? 1 : 0;
+        dead_letter(rt, j, reason);
+    }
+}
+
+/* A request's outcome: ok, or a failure that is retryable or not; status 0 for none. */
+static void outcome(rt_router_t *rt, rt_req_t *r, bool ok, bool retryable, long status)
+{
+    rt_dest_t *d = r->dest;
+    sl_metrics_observe(d->m_latency, (double)(sl_time_mono_ms() - r->t0) / 1e3);
+    d->inflight--;
+    rt->inflight--;
+    int64_t now = sl_time_now_ms();
+    char reason[512];
+    snprintf(reason, sizeof(reason), "%s %ld: %.400s", status ? "HTTP" : "error", status,
+             r->resp.data ? r->resp.data : "");
+    if (!status)
+        snprintf(reason, sizeof(reason), "%.500s", r->resp.data ? r->resp.data : "error");
+
+    /* Jobs come per key, consecutive; handle each key's run together. */
+    rt_job_t *j = r->jobs;
+    while (j) {
+        rt_key_t *k = key_find(rt, j->dest_id, j->user_key, false, 0, NULL);
+        rt_job_t *run = j, *run_tail = j;
+        while (run_tail->next && strcmp(run_tail->next->user_key, j->user_key) == 0)
+            run_tail = run_tail->next;
+        j = run_tail->next;
+        run_tail->next = NULL;
+        for (rt_job_t *x = run; x; x = x->next) {
+            x->last_status = status;
+            free(x->last_response);
+            x->last_response = r->resp.data ? sl_strndup(r->resp.data, r->resp.len) : NULL;
+        }
+        if (!k) { /* its partition was revoked meanwhile: leave the jobs for the new owner */
+            rt_jobs_free(run);
+            continue;
+        }
+        bool give_up = !ok && (!retryable || (now - run->first_ms > d->set.give_up_ms &&
+                                              run->attempts >= d->set.min_attempts));
         if (ok) {
-            j->state = "succeeded";
-            break;
+            for (rt_job_t *x = run, *next; x; x = next) {
+                next = x->next;
+                x->state = "succeeded";
+                sl_metrics_add(d->m_delivered, 1);
+                if (x->parked_id)
+                    finish_parked(rt, k, x, true, NULL); /* reads x->next: before unlinking */
+                else
+                    record_final(rt, x);
+            }
+        } else if (give_up) {
+            for (rt_job_t *x = run, *next; x; x = next) {
+                next = x->next;
+                x->state = "aborted";
+                sl_metrics_add(d->m_aborted, 1);
+                sl_warn("router", "aborted job %s to %s after %d attempts: %s", x->job_id, x->url,
+                        x->attempts, reason);
+                if (x->parked_id)
+                    finish_parked(rt, k, x, false, reason);
+                else
+                    dead_letter(rt, x, reason);
+            }
+        } else {
+            int64_t due = now + backoff_ms(&d->set, run->attempts);
+            sl_metrics_add(d->m_retried, 1);
+            sl_info("router", "job %s attempt %d failed (%s); retrying in %lld ms", run->job_id,
+                    run->attempts, reason, (long long)(due - now));
+            for (rt_job_t *x = run; x; x = x->next)
+                x->state = "failed";
+            if (run->parked_id) {
+                /* The rest of its loaded rows stay in Postgres. */
+                rt_op_t *op = op_new(RT_OP_PARKED_FAIL, k);
+                op->next_ms = due;
+                op->jobs = run;
+                rt_jobs_free(key_take_all(k));
+                k->loading = false;
+                rt_store_push(rt->store, op);
+            } else {
+                /* The failed jobs, then the key's waiting jobs, all parked in order. */
+                rt_job_t *rest = key_take_all(k), *t = run;
+                while (t->next)
+                    t = t->next;
+                t->next = rest;
+                for (rt_job_t *x = rest; x; x = x->next)
+                    x->state = NULL; /* not attempted: no status row */
+                park(rt, k, run, due);
+            }
         }
-        if (give_up) {
-            j->state = "aborted";
-            sl_warn("router", "aborted job %s to %s after %d attempts: %s %.200s", j->job_id,
-                    j->url, j->attempts, status ? "HTTP status" : "error",
-                    resp.data ? resp.data : "");
-            break;
-        }
-        int64_t wait = rt->retry_base_ms;
-        for (int i = 1; i < j->attempts && wait < rt->retry_max_ms; i++)
-            wait *= 2;
-        if (wait > rt->retry_max_ms)
-            wait = rt->retry_max_ms;
-        sl_info("router", "job %s attempt %d failed (%s %ld); retrying in %lld ms", j->job_id,
-                j->attempts, status ? "HTTP" : "network error", status, (long long)wait);
-        if (!backoff_wait(w, wait)) {
-            recorded = false;
-            break;
-        }
+        key_release(rt, k);
     }
-    if (resp.data)
-        j->last_response = sl_strndup(resp.data, resp.len);
-    sl_buf_free(&resp);
-    return recorded;
+    sl_buf_free(&r->body);
+    sl_buf_free(&r->resp);
+    free(r);
 }
 
-static void *worker_main(void *arg)
+static void on_done(rt_router_t *rt, rt_req_t *r, CURLcode rc)
 {
-    rt_worker_t *w = arg;
-    for (;;) {
-        pthread_mutex_lock(&w->lock);
-        while (!w->head && !atomic_load(&w->rt->stop_workers))
-            pthread_cond_wait(&w->cond, &w->lock);
-        if (atomic_load(&w->rt->stop_workers)) {
-            pthread_mutex_unlock(&w->lock);
-            break;
-        }
-        rt_job_t *j = w->head;
-        w->head = j->next;
-        if (!w->head)
-            w->tail = NULL;
-        w->len--;
-        pthread_mutex_unlock(&w->lock);
-        if (deliver(w, j))
-            writer_push(w->rt, j);
-        else
-            job_free(j); /* stopped: left uncommitted, delivered again after restart */
+    long status = 0;
+    if (rc == CURLE_OK)
+        curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    else {
+        sl_buf_reset(&r->resp);
+        sl_buf_puts(&r->resp, *r->errbuf ? r->errbuf : curl_easy_strerror(rc));
     }
-    return NULL;
+    curl_multi_remove_handle(rt->multi, r->easy);
+    curl_easy_cleanup(r->easy);
+    bool ok = status >= 200 && status < 300;
+    outcome(rt, r, ok, !ok && (status == 0 || status == 429 || status == 408 || status >= 500),
+            status);
 }
 
-/* Appends the outcome rows of a batch as one multi-row INSERT. */
-static int write_batch(rt_router_t *rt, rt_job_t *batch, size_t n)
+static void on_kafka_done(void *opaque, rt_kdest_result_t result, const char *detail, void *ctx)
 {
-    enum { COLS = 13 };
-    const char **params = sl_malloc(n * COLS * sizeof(char *));
-    char(*nums)[4][24] = sl_malloc(n * sizeof(*nums));
-    char(*times)[2][SL_TIME_STRLEN] = sl_malloc(n * sizeof(*times));
-    sl_buf_t sql = SL_BUF_INIT;
-    sl_buf_puts(&sql, "INSERT INTO sluice_jobs (job_id, message_id, source_id, destination_id, "
-                      "user_key, state, attempts, last_status, last_response, first_attempt_at, "
-                      "last_attempt_at, kafka_topic, kafka_partition, kafka_offset) VALUES ");
-    size_t i = 0;
-    for (rt_job_t *j = batch; j && i < n; j = j->next, i++) {
-        snprintf(nums[i][0], 24, "%d", j->attempts);
-        snprintf(nums[i][1], 24, "%ld", j->last_status);
-        snprintf(nums[i][2], 24, "%d", (int)j->partition);
-        snprintf(nums[i][3], 24, "%lld", (long long)j->offset);
-        sl_time_format_ms(j->first_ms, times[i][0]);
-        sl_time_format_ms(j->last_ms, times[i][1]);
-        const char **p = params + i * COLS;
-        p[0] = j->job_id;
-        p[1] = j->message_id;
-        p[2] = j->source_id;
-        p[3] = j->dest_id;
-        p[4] = j->user_key;
-        p[5] = j->state;
-        p[6] = nums[i][0];
-        p[7] = j->last_status ? nums[i][1] : NULL;
-        p[8] = j->last_response;
-        p[9] = times[i][0];
-        p[10] = times[i][1];
-        p[11] = nums[i][2];
-        p[12] = nums[i][3];
-        size_t b = i * COLS;
-        sl_buf_printf(&sql,
-                      "%s($%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu::int,$%zu::int,$%zu,"
-                      "$%zu::timestamptz,$%zu::timestamptz,'%s',$%zu::int,$%zu::bigint)",
-                      i ? "," : "", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9,
-                      b + 10, b + 11, rt->topic, b + 12, b + 13);
-    }
-    char err[512];
-    int rc = sl_pg_exec(rt->pg, sql.data, (int)(n * COLS), params, NULL, err, sizeof(err));
-    if (rc)
-        sl_warn("router", "could not record %zu job outcomes (will retry): %s", n, err);
-    sl_buf_free(&sql);
-    free(params);
-    free(nums);
-    free(times);
-    return rc;
+    rt_req_t *r = opaque;
+    sl_buf_reset(&r->resp);
+    sl_buf_puts(&r->resp, detail ? detail : "");
+    outcome(ctx, r, result == RT_KDEST_OK, result == RT_KDEST_RETRY, 0);
 }
 
-/* Waits on the writer's condition (the caller holds wlock) until ms have passed, the writer is
- * stopped, or at least min_len outcomes are queued. */
-static void writer_wait(rt_router_t *rt, int64_t ms, size_t min_len)
+static void read_done(rt_router_t *rt)
 {
-    struct timespec ts;
-    sl_time_deadline(&ts, ms);
-    while (!atomic_load(&rt->stop_writer) && rt->wlen < min_len)
-        if (pthread_cond_timedwait(&rt->wcond, &rt->wlock, &ts) != 0)
-            break;
-}
-
-/* Takes up to max queued outcomes (caller holds wlock); returns them and their count. */
-static rt_job_t *writer_take(rt_router_t *rt, size_t max, size_t *n)
-{
-    rt_job_t *batch = rt->whead, *last = NULL;
-    *n = 0;
-    for (rt_job_t *j = batch; j && *n < max; j = j->next) {
-        last = j;
-        (*n)++;
-    }
-    if (!last)
-        return NULL;
-    rt->whead = last->next;
-    if (!rt->whead)
-        rt->wtail = NULL;
-    rt->wlen -= *n;
-    last->next = NULL;
-    return batch;
-}
-
-/*
- * The status writer: records outcomes in batches (one INSERT of up to RT_BATCH_MAX rows, at
- * most every RT_FLUSH_MS unless a full batch is waiting), and only once a batch is committed
- * marks its offsets done. While Postgres is unreachable it retries the same batch with backoff
- * (sl_pg reconnects and reports the "postgres" health check); offsets stay uncommitted.
- * At stop it drains the queue; a batch it cannot write then is dropped, left for redelivery.
- */
-static void *writer_main(void *arg)
-{
-    rt_router_t *rt = arg;
-    int64_t backoff = 100, last_flush = 0;
-    rt_job_t *batch = NULL;
-    size_t n = 0;
-    for (;;) {
-        pthread_mutex_lock(&rt->wlock);
-        int64_t since = sl_time_mono_ms() - last_flush;
-        if (!batch) {
-            if (!rt->whead)
-                writer_wait(rt, RT_FLUSH_MS, 1);
-            else if (since < RT_FLUSH_MS)
-                writer_wait(rt, RT_FLUSH_MS - since, RT_BATCH_MAX);
-            batch = writer_take(rt, RT_BATCH_MAX, &n);
-        } else if (n < RT_BATCH_MAX) { /* retrying: take in what queued up meanwhile */
-            size_t more;
-            rt_job_t *extra = writer_take(rt, RT_BATCH_MAX - n, &more), *last = batch;
-            while (last->next)
-                last = last->next;
-            last->next = extra;
-            n += more;
-        }
-        bool stopping = atomic_load(&rt->stop_writer);
-        pthread_mutex_unlock(&rt->wlock);
-        if (!batch) {
-            if (stopping)
-                break;
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(rt->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE)
             continue;
-        }
-        last_flush = sl_time_mono_ms();
-        if (write_batch(rt, batch, n) != 0) {
-            if (stopping)
+        rt_req_t *r;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+        on_done(rt, r, msg->data.result);
+    }
+}
+
+/* --- from the store --- */
+
+static void take_store(rt_router_t *rt)
+{
+    rt_op_t *ops = rt_store_take(rt->store);
+    while (ops) {
+        rt_op_t *op = ops;
+        ops = op->next;
+        rt_key_t *k = op->dest_id ? key_find(rt, op->dest_id, op->user_key, false, 0, NULL) : NULL;
+        switch (op->kind) {
+        case RT_OP_STATUS:
+        case RT_OP_PARK:
+            for (rt_job_t *j = op->jobs; j; j = j->next)
+                if (!j->parked_id)
+                    sl_kafka_offsets_done(rt->offsets, rt->topic, j->partition, j->offset);
+            if (op->kind == RT_OP_PARK && k) {
+                k->parks_pending--;
+                rt_store_drain_soon(rt->store);
+            }
+            break;
+        case RT_OP_PARKED_DONE:
+            if (k && op->key_empty && !k->parks_pending && !k->loading) {
+                k->blocked = false;
+                key_maybe_free(rt, k);
+            }
+            break;
+        case RT_OP_LOADED: {
+            if (!k)
+                k = key_find(rt, op->dest_id, op->user_key, true, op->partition, NULL);
+            bool ours = false;
+            for (size_t i = 0; i < rt->nparts; i++)
+                ours |= rt->parts[i] == op->partition;
+            if (!ours || k->loading || k->busy || k->head) {
+                /* Revoked meanwhile, or already in hand: the rows stay parked, due now. */
+                rt_op_t *rel = op_new(RT_OP_RELEASE, k);
+                rel->next_ms = sl_time_now_ms();
+                rt_store_push(rt->store, rel);
+                key_maybe_free(rt, k);
                 break;
-            pthread_mutex_lock(&rt->wlock);
-            writer_wait(rt, backoff, SIZE_MAX);
-            pthread_mutex_unlock(&rt->wlock);
-            backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
+            }
+            k->blocked = true;
+            k->loading = true;
+            for (rt_job_t *j = op->jobs, *next; j; j = next) {
+                next = j->next;
+                const char *problem = parse_job(rt, j);
+                if (!k->dest->type[0] && j->dest_type) {
+                    free(k->dest->type);
+                    k->dest->type = sl_strdup(j->dest_type);
+                }
+                (void)problem; /* parked jobs were valid when parked */
+                key_append(k, j);
+            }
+            op->jobs = NULL;
+            if (!k->head) {
+                k->loading = false;
+                rt_op_t *rel = op_new(RT_OP_RELEASE, k);
+                rel->next_ms = sl_time_now_ms();
+                rt_store_push(rt->store, rel);
+            }
+            ready_push(k);
+            break;
+        }
+        default:
+            break;
+        }
+        rt_op_free(op);
+    }
+}
+
+/* --- consuming --- */
+
+static bool skip_offset(rt_router_t *rt, int32_t partition, int64_t offset)
+{
+    for (size_t i = 0; i < rt->nskips; i++) {
+        struct rt_skip *s = &rt->skips[i];
+        if (s->partition != partition)
             continue;
-        }
-        backoff = 100;
-        for (rt_job_t *j = batch, *next; j; j = next) {
-            next = j->next;
-            sl_kafka_offsets_done(rt->offsets, rt->topic, j->partition, j->offset);
-            sl_metrics_add(sl_metrics_counter("sluice_router_jobs_total",
-                                              "Jobs recorded, by final state", "destination",
-                                              *j->dest_id ? j->dest_id : "unknown", "state",
-                                              j->state, NULL),
-                           1);
-            job_free(j);
-        }
-        batch = NULL;
+        while (s->at < s->n && s->offs[s->at] < offset)
+            s->at++;
+        return s->at < s->n && s->offs[s->at] == offset;
     }
-    for (rt_job_t *j = batch, *next; j; j = next) {
-        next = j->next;
-        job_free(j);
-    }
-    return NULL;
+    return false;
 }
 
-static uint64_t fnv1a(const char *a, const char *b)
+static void on_message(rt_router_t *rt, const rd_kafka_message_t *m)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (const char *s = a; s && *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    h = (h ^ 0xff) * 1099511628211ULL;
-    for (const char *s = b; s && *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
-}
-
-static void dispatch(rt_router_t *rt, rt_job_t *j)
-{
-    if (j->state) { /* malformed: record the abort without delivering */
-        writer_push(rt, j);
+    sl_kafka_offsets_track(rt->offsets, rt->topic, m->partition, m->offset);
+    if (skip_offset(rt, m->partition, m->offset)) {
+        sl_kafka_offsets_done(rt->offsets, rt->topic, m->partition, m->offset);
         return;
     }
-    rt_worker_t *w = &rt->workers[fnv1a(j->dest_id, j->user_key) % (uint64_t)rt->nworkers];
-    pthread_mutex_lock(&w->lock);
-    while (w->len >= RT_QUEUE_MAX && !atomic_load(&rt->stop_consuming)) {
-        pthread_mutex_unlock(&w->lock);
-        rd_kafka_poll(rt->consumer, 10); /* serves rebalances while waiting */
-        pthread_mutex_lock(&w->lock);
+    rt_job_t *j = sl_calloc(1, sizeof(*j));
+    j->raw = sl_strndup(m->payload ? m->payload : "", m->payload ? m->len : 0);
+    j->raw_len = m->payload ? m->len : 0;
+    j->partition = m->partition;
+    j->offset = m->offset;
+    const char *problem = parse_job(rt, j);
+    if (problem) {
+        char reason[512];
+        snprintf(reason, sizeof(reason), "malformed delivery job at %s [%d] offset %lld: %s",
+                 rt->topic, (int)m->partition, (long long)m->offset, problem);
+        sl_error("router", "aborted job %s: %s", j->job_id, reason);
+        sl_metrics_add(dest_get(rt, *j->dest_id ? j->dest_id : "unknown", j->dest_type)->m_aborted,
+                       1);
+        j->state = "aborted";
+        j->last_response = sl_strdup(reason);
+        dead_letter(rt, j, reason);
+        return;
     }
-    j->next = NULL;
-    if (w->tail)
-        w->tail->next = j;
-    else
-        w->head = j;
-    w->tail = j;
-    w->len++;
-    pthread_cond_signal(&w->cond);
-    pthread_mutex_unlock(&w->lock);
+    rt_key_t *k = key_find(rt, j->dest_id, j->user_key, true, m->partition, j->dest_type);
+    if (k->blocked || k->dest->queued >= rt->memory_jobs) {
+        /* Behind parked jobs of its key, or over the destination's share: park it now. */
+        park(rt, k, j, sl_time_now_ms());
+        return;
+    }
+    key_append(k, j);
+    ready_push(k);
 }
 
+static void poll_consumer(rt_router_t *rt)
+{
+    if (rt_store_backlog(rt->store) >= RT_STORE_BACKLOG)
+        return; /* Postgres is behind or away: wait for it */
+    for (int i = 0; i < RT_POLL_MAX; i++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rt->consumer, 0);
+        if (!m)
+            break;
+        if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            sl_health_set("kafka", true, NULL);
+            on_message(rt, m);
+        } else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            sl_warn("router", "kafka consumer: %s", rd_kafka_message_errstr(m));
+        }
+        rd_kafka_message_destroy(m);
+    }
+}
+
+/* --- the loop --- */
+
+static int wait_ms(rt_router_t *rt)
+{
+    int64_t now = sl_time_mono_ms(), wait = RT_IDLE_WAIT_MS;
+    for (rt_dest_t *d = rt->dests; d; d = d->next) {
+        if (!d->ready_head)
+            continue;
+        if (d->set.throttle_limit > 0 && d->window_count >= d->set.throttle_limit) {
+            int64_t w = d->window_start + d->set.throttle_window_ms - now;
+            wait = w < wait ? w : wait;
+        } else if (d->batch_since) {
+            int64_t w = d->batch_since + rt->batch_timeout_ms - now;
+            wait = w < wait ? w : wait;
+        }
+    }
+    if (rt->kdest && rt_kdest_inflight(rt->kdest) && wait > 5)
+        wait = 5; /* delivery reports of KAFKA destinations do not wake the poll */
+    return wait < 1 ? 1 : (int)wait;
+}
+
+/* One turn of the loop; consume says whether to take new jobs. */
+static void turn(rt_router_t *rt, bool consume, int64_t *last_commit)
+{
+    if (consume)
+        poll_consumer(rt);
+    rd_kafka_poll(rt->producer, 0);
+    if (rt->kdest)
+        rt_kdest_poll(rt->kdest, on_kafka_done, rt);
+    take_store(rt);
+    if (consume)
+        schedule(rt);
+    int running;
+    curl_multi_perform(rt->multi, &running);
+    read_done(rt);
+    struct curl_waitfd wfd = {.fd = rt->wake_pipe[0], .events = CURL_WAIT_POLLIN};
+    curl_multi_poll(rt->multi, &wfd, 1, wait_ms(rt), NULL);
+    if (wfd.revents) {
+        char buf[64];
+        while (read(rt->wake_pipe[0], buf, sizeof(buf)) > 0)
+            ;
+    }
+    if (sl_time_mono_ms() - *last_commit >= RT_COMMIT_EVERY_MS) {
+        sl_kafka_offsets_commit(rt->offsets, rt->consumer, false);
+        *last_commit = sl_time_mono_ms();
+    }
+}
+
+/* Lets requests in flight finish and the store catch up; no new jobs start. */
+static void settle(rt_router_t *rt, int64_t max_ms)
+{
+    int64_t deadline = sl_time_mono_ms() + max_ms, last_commit = sl_time_mono_ms();
+    while (sl_time_mono_ms() < deadline &&
+           (rt->inflight || rt->dl_pending || rt_store_backlog(rt->store)))
+        turn(rt, false, &last_commit);
+    take_store(rt);
+}
+
+static bool in_list(const rd_kafka_topic_partition_list_t *parts, int32_t p)
+{
+    for (int i = 0; i < parts->cnt; i++)
+        if (parts->elems[i].partition == p)
+            return true;
+    return false;
+}
+
+/* Before partitions go: finish what is in flight, record it, drop the rest of theirs (their
+ * offsets stay uncommitted, so the new owner takes them from Kafka) and commit. */
 static void on_revoke(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
     rt_router_t *rt = opaque;
+    settle(rt, 60000);
+    for (size_t i = 0; i < rt->keys_cap; i++) {
+        for (rt_key_t *k = rt->keys[i], *next; k; k = next) {
+            next = k->hnext;
+            if (!in_list(parts, k->partition))
+                continue;
+            if (k->in_ready) { /* unlink from the ready list */
+                rt_dest_t *d = k->dest;
+                rt_key_t **pp = &d->ready_head, *prev = NULL;
+                while (*pp != k) {
+                    prev = *pp;
+                    pp = &(*pp)->ready_next;
+                }
+                *pp = k->ready_next;
+                if (d->ready_tail == k)
+                    d->ready_tail = prev;
+                d->nready--;
+                k->in_ready = false;
+            }
+            if (k->loading) {
+                rt_op_t *rel = op_new(RT_OP_RELEASE, k);
+                rel->next_ms = sl_time_now_ms();
+                rt_store_push(rt->store, rel);
+            }
+            rt_jobs_free(key_take_all(k));
+            k->loading = k->blocked = false;
+            k->parks_pending = 0;
+            key_maybe_free(rt, k);
+        }
+    }
+    settle(rt, 10000);
+    size_t n = 0;
+    for (size_t i = 0; i < rt->nparts; i++)
+        if (!in_list(parts, rt->parts[i]))
+            rt->parts[n++] = rt->parts[i];
+    rt->nparts = n;
+    rt_store_set_partitions(rt->store, rt->parts, rt->nparts);
     sl_kafka_offsets_commit(rt->offsets, rk, true);
     sl_kafka_offsets_forget(rt->offsets, parts);
 }
 
-static void *consumer_main(void *arg)
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* After partitions come: what is parked for them blocks its keys; jobs already recorded or
+ * parked after the committed offset are skipped; claims of a router that died are void. */
+static void on_assign(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    rt_router_t *rt = opaque;
+    rd_kafka_topic_partition_list_t *committed = rd_kafka_topic_partition_list_copy(parts);
+    if (rd_kafka_committed(rk, committed, 10000) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        for (int i = 0; i < committed->cnt; i++)
+            committed->elems[i].offset = 0;
+    char err[512];
+    for (int attempt = 0;; attempt++) {
+        PGconn *c = sl_pg_conn(rt->pg, err, sizeof(err));
+        int ok = c != NULL;
+        for (int i = 0; ok && i < parts->cnt; i++) {
+            int32_t p = parts->elems[i].partition;
+            char ps[24], from[24];
+            int64_t off = committed->elems[i].offset < 0 ? 0 : committed->elems[i].offset;
+            snprintf(ps, sizeof(ps), "%d", (int)p);
+            snprintf(from, sizeof(from), "%lld", (long long)off);
+            const char *q[] = {rt->topic, ps, from};
+            PGresult *r = PQexecParams(
+                c,
+                "UPDATE sluice_parked_keys SET next_attempt_at = now() WHERE kafka_topic = $1 AND "
+                "kafka_partition = $2::int AND next_attempt_at = 'infinity'",
+                2, NULL, q, NULL, NULL, 0);
+            ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+            PQclear(r);
+            if (!ok)
+                break;
+            r = PQexecParams(c,
+                             "SELECT destination_id, user_key FROM sluice_parked_keys WHERE "
+                             "kafka_topic = $1 AND kafka_partition = $2::int",
+                             2, NULL, q, NULL, NULL, 0);
+            ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+            for (int t = 0; ok && t < PQntuples(r); t++) {
+                rt_key_t *k = key_find(rt, PQgetvalue(r, t, 0), PQgetvalue(r, t, 1), true, p, NULL);
+                k->blocked = true;
+            }
+            PQclear(r);
+            if (!ok)
+                break;
+            /* Offsets to skip: parked ones, and (with job status) those with a final state. */
+            r = PQexecParams(c,
+                             "SELECT kafka_offset FROM sluice_parked WHERE kafka_topic = $1 AND "
+                             "kafka_partition = $2::int AND kafka_offset >= $3::bigint",
+                             3, NULL, q, NULL, NULL, 0);
+            ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+            int64_t *offs = NULL;
+            size_t n = 0;
+            if (ok) {
+                n = (size_t)PQntuples(r);
+                offs = sl_malloc((n + 1) * sizeof(*offs));
+                for (size_t t = 0; t < n; t++)
+                    offs[t] = strtoll(PQgetvalue(r, (int)t, 0), NULL, 10);
+            }
+            PQclear(r);
+            if (ok && rt->job_status) {
+                int64_t *done = NULL;
+                size_t nd = 0;
+                if (rt_status_done_offsets(c, rt->topic, p, off, &done, &nd, err, sizeof(err)) ==
+                    0) {
+                    offs = sl_realloc(offs, (n + nd + 1) * sizeof(*offs));
+                    memcpy(offs + n, done, nd * sizeof(*offs));
+                    n += nd;
+                    free(done);
+                } else {
+                    ok = 0;
+                }
+            }
+            if (!ok) {
+                free(offs);
+                break;
+            }
+            qsort(offs, n, sizeof(*offs), cmp_i64);
+            struct rt_skip *s = NULL;
+            for (size_t t = 0; t < rt->nskips; t++)
+                if (rt->skips[t].partition == p)
+                    s = &rt->skips[t];
+            if (!s) {
+                rt->skips = sl_realloc(rt->skips, (rt->nskips + 1) * sizeof(*rt->skips));
+                s = &rt->skips[rt->nskips++];
+                s->offs = NULL;
+            }
+            free(s->offs);
+            *s = (struct rt_skip){.partition = p, .offs = offs, .n = n, .at = 0};
+            if (n)
+                sl_info("router",
+                        "partition %d: %zu jobs after the committed offset are already "
+                        "recorded or parked; they are skipped",
+                        (int)p, n);
+        }
+        if (ok)
+            break;
+        if (c)
+            snprintf(err, sizeof(err), "%s", PQerrorMessage(c));
+        sl_warn("router",
+                "partitions assigned, waiting for postgres to read their parked jobs: "
+                "%s",
+                err);
+        if (atomic_load(&rt->stop))
+            break;
+        usleep(500000);
+    }
+    rd_kafka_topic_partition_list_destroy(committed);
+    for (int i = 0; i < parts->cnt; i++) {
+        bool have = false;
+        for (size_t t = 0; t < rt->nparts; t++)
+            have |= rt->parts[t] == parts->elems[i].partition;
+        if (!have) {
+            rt->parts = sl_realloc(rt->parts, (rt->nparts + 1) * sizeof(*rt->parts));
+            rt->parts[rt->nparts++] = parts->elems[i].partition;
+        }
+    }
+    rt_store_set_partitions(rt->store, rt->parts, rt->nparts);
+}
+
+static void *loop_main(void *arg)
 {
     rt_router_t *rt = arg;
     int64_t last_commit = sl_time_mono_ms();
-    while (!atomic_load(&rt->stop_consuming)) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(rt->consumer, 100);
-        if (m) {
-            if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-                sl_kafka_offsets_track(rt->offsets, rt->topic, m->partition, m->offset);
-                sl_health_set("kafka", true, NULL);
-                dispatch(rt, parse_job(rt, m));
-            } else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-                sl_warn("router", "kafka consumer: %s", rd_kafka_message_errstr(m));
-            }
-            rd_kafka_message_destroy(m);
-        }
-        if (sl_time_mono_ms() - last_commit >= RT_COMMIT_EVERY_MS) {
-            sl_kafka_offsets_commit(rt->offsets, rt->consumer, false);
-            last_commit = sl_time_mono_ms();
-        }
-    }
+    while (!atomic_load(&rt->stop))
+        turn(rt, true, &last_commit);
     return NULL;
+}
+
+/* Frees what rt_router_start made, as far as it got. */
+static void router_free(rt_router_t *rt)
+{
+    rt_store_stop(rt->store);
+    rt_kdest_free(rt->kdest, 0, NULL, NULL);
+    for (size_t i = 0; i < rt->keys_cap; i++)
+        for (rt_key_t *k = rt->keys[i], *next; k; k = next) {
+            next = k->hnext;
+            rt_jobs_free(k->head);
+            free(k->dest_id);
+            free(k);
+        }
+    free(rt->keys);
+    for (rt_dest_t *d = rt->dests, *next; d; d = next) {
+        next = d->next;
+        free(d->id);
+        free(d->type);
+        free(d);
+    }
+    for (size_t i = 0; i < rt->nskips; i++)
+        free(rt->skips[i].offs);
+    free(rt->skips);
+    free(rt->parts);
+    if (rt->producer)
+        rd_kafka_destroy(rt->producer);
+    curl_multi_cleanup(rt->multi);
+    if (rt->wake_pipe[0] > 0) {
+        close(rt->wake_pipe[0]);
+        close(rt->wake_pipe[1]);
+    }
+    sl_kafka_offsets_destroy(rt->offsets);
+    sl_pg_destroy(rt->pg);
+    free(rt->dest_settings);
+    free(rt->topic);
+    free(rt->failed_topic);
+    free(rt->group);
+    free(rt);
+    curl_global_cleanup();
 }
 
 rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errstr,
                              size_t errstr_size)
 {
+    char buf[512];
+    const char *problem =
+        settings_problem(sl_conf_str(conf, "router.destination_settings"), buf, sizeof(buf));
+    if (problem) {
+        sl_err_set(errstr, errstr_size, SL_ERR_INVALID, "%s", problem);
+        return NULL;
+    }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     rt_router_t *rt = sl_calloc(1, sizeof(*rt));
     rt->ws = ws;
     rt->topic = sl_kafka_topic(conf, SL_TOPIC_DELIVERY);
+    rt->failed_topic = sl_kafka_topic(conf, SL_TOPIC_FAILED);
     rt->group = sl_kafka_topic(conf, "router");
     rt->offsets = sl_kafka_offsets_new();
     rt->pg = sl_pg_new(sl_conf_str(conf, "postgres.dsn"));
-    rt->timeout_ms = sl_conf_duration_ms(conf, "router.timeout");
-    rt->retry_base_ms = sl_conf_duration_ms(conf, "router.retry_base");
-    rt->retry_max_ms = sl_conf_duration_ms(conf, "router.retry_max");
-    rt->give_up_ms = sl_conf_duration_ms(conf, "router.give_up_after");
-    rt->min_attempts = (int)sl_conf_int(conf, "router.min_attempts");
-    rt->nworkers = (int)sl_conf_int(conf, "router.workers");
-    pthread_mutex_init(&rt->wlock, NULL);
-    pthread_cond_init(&rt->wcond, NULL);
+    rt->defaults = (rt_settings_t){
+        .timeout_ms = sl_conf_duration_ms(conf, "router.timeout"),
+        .retry_base_ms = sl_conf_duration_ms(conf, "router.retry_base"),
+        .retry_max_ms = sl_conf_duration_ms(conf, "router.retry_max"),
+        .give_up_ms = sl_conf_duration_ms(conf, "router.give_up_after"),
+        .min_attempts = (int)sl_conf_int(conf, "router.min_attempts"),
+        .concurrency = (int)sl_conf_int(conf, "router.concurrency"),
+    };
+    rt->dest_settings = sl_strdup(sl_conf_str(conf, "router.destination_settings"));
+    rt->max_conns = (int)sl_conf_int(conf, "router.max_connections");
+    rt->memory_jobs = (size_t)sl_conf_int(conf, "router.memory_jobs");
+    rt->batch_timeout_ms = sl_conf_duration_ms(conf, "router.batch_timeout");
+    rt->job_status = sl_conf_bool(conf, "router.job_status");
+    rt->multi = curl_multi_init();
+    rt->kdest = rt_kdest_new(conf);
+    curl_multi_setopt(rt->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    curl_multi_setopt(rt->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)rt->max_conns);
+    curl_multi_setopt(rt->multi, CURLMOPT_MAXCONNECTS, (long)rt->max_conns);
+    if (pipe(rt->wake_pipe) != 0) {
+        sl_err_set(errstr, errstr_size, SL_ERR_FATAL, "pipe: %s", strerror(errno));
+        goto fail;
+    }
+    fcntl(rt->wake_pipe[0], F_SETFL, O_NONBLOCK);
+    fcntl(rt->wake_pipe[1], F_SETFL, O_NONBLOCK);
 
+    rd_kafka_conf_t *pconf = sl_kafka_conf_new(conf, SL_KAFKA_PRODUCER, NULL, errstr, errstr_size);
+    if (!pconf)
+        goto fail;
+    rd_kafka_conf_set(pconf, "message.timeout.ms", "0", NULL, 0); /* a dead letter never expires */
+    rd_kafka_conf_set_dr_msg_cb(pconf, dl_report);
+    rd_kafka_conf_set_opaque(pconf, rt);
+    rt->producer = rd_kafka_new(RD_KAFKA_PRODUCER, pconf, errstr, errstr_size);
+    if (!rt->producer) {
+        rd_kafka_conf_destroy(pconf);
+        goto fail;
+    }
+    rt_store_conf_t sc = {
+        .dsn = sl_conf_str(conf, "postgres.dsn"),
+        .topic = rt->topic,
+        .job_status = rt->job_status,
+        .park_poll_ms = sl_conf_duration_ms(conf, "router.park_poll"),
+        .retention_ms = sl_conf_duration_ms(conf, "router.status_retention"),
+        .load_keys = 100,
+        .wake = rt->multi,
+    };
+    rt->store = rt_store_start(&sc);
     const char *topics[] = {rt->topic, NULL};
     rt->consumer =
         sl_kafka_consumer_new(conf, rt->group, topics, on_revoke, rt, errstr, errstr_size);
-    if (!rt->consumer) {
-        sl_kafka_offsets_destroy(rt->offsets);
-        sl_pg_destroy(rt->pg);
-        free(rt->topic);
-        free(rt->group);
-        free(rt);
-        curl_global_cleanup();
-        return NULL;
-    }
-    rt->workers = sl_calloc((size_t)rt->nworkers, sizeof(*rt->workers));
-    for (int i = 0; i < rt->nworkers; i++) {
-        rt_worker_t *w = &rt->workers[i];
-        w->rt = rt;
-        w->curl = curl_easy_init();
-        pthread_mutex_init(&w->lock, NULL);
-        pthread_cond_init(&w->cond, NULL);
-        pthread_create(&w->thread, NULL, worker_main, w);
-    }
-    pthread_create(&rt->writer_thread, NULL, writer_main, rt);
-    pthread_create(&rt->consumer_thread, NULL, consumer_main, rt);
+    if (!rt->consumer)
+        goto fail;
+    sl_kafka_consumer_on_assign(rt->consumer, on_assign);
+    /* A job arriving wakes the loop out of curl_multi_poll. */
+    rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(rt->consumer);
+    rd_kafka_queue_io_event_enable(q, rt->wake_pipe[1], "1", 1);
+    rd_kafka_queue_destroy(q);
+    pthread_create(&rt->thread, NULL, loop_main, rt);
     return rt;
+fail:
+    router_free(rt);
+    return NULL;
 }
 
 void rt_router_stop(rt_router_t *rt)
 {
     if (!rt)
         return;
-    /* Stop taking jobs, let attempts in progress finish, record their outcomes, commit. */
-    atomic_store(&rt->stop_consuming, true);
-    pthread_join(rt->consumer_thread, NULL);
-    atomic_store(&rt->stop_workers, true);
-    for (int i = 0; i < rt->nworkers; i++) {
-        rt_worker_t *w = &rt->workers[i];
-        pthread_mutex_lock(&w->lock);
-        pthread_cond_broadcast(&w->cond);
-        pthread_mutex_unlock(&w->lock);
-        pthread_join(w->thread, NULL);
-        for (rt_job_t *j = w->head, *next; j; j = next) {
-            next = j->next;
-            job_free(j);
-        }
-        curl_easy_cleanup(w->curl);
-        pthread_mutex_destroy(&w->lock);
-        pthread_cond_destroy(&w->cond);
-    }
-    pthread_mutex_lock(&rt->wlock);
-    atomic_store(&rt->stop_writer, true);
-    pthread_cond_signal(&rt->wcond);
-    pthread_mutex_unlock(&rt->wlock);
-    pthread_join(rt->writer_thread, NULL);
-    for (rt_job_t *j = rt->whead, *next; j; j = next) {
-        next = j->next;
-        job_free(j);
-    }
+    atomic_store(&rt->stop, true);
+    curl_multi_wakeup(rt->multi);
+    pthread_join(rt->thread, NULL);
+    /* Finish what is in flight and record it; what waits stays uncommitted in Kafka or
+     * parked, and is delivered after a restart. */
+    settle(rt, 30000);
+    rt_kdest_free(rt->kdest, 5000, on_kafka_done, rt); /* reports what it can */
+    rt->kdest = NULL;
+    rd_kafka_flush(rt->producer, 5000);
+    settle(rt, 10000);
     sl_kafka_offsets_commit(rt->offsets, rt->consumer, true);
-    rd_kafka_consumer_close(rt->consumer);
+    rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(rt->consumer);
+    rd_kafka_queue_io_event_enable(q, -1, NULL, 0);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_consumer_close(rt->consumer); /* revokes: on_revoke settles and commits */
     sl_kafka_consumer_destroy(rt->consumer);
-    sl_kafka_offsets_destroy(rt->offsets);
-    sl_pg_destroy(rt->pg);
-    pthread_mutex_destroy(&rt->wlock);
-    pthread_cond_destroy(&rt->wcond);
-    free(rt->workers);
-    free(rt->topic);
-    free(rt->group);
-    free(rt);
-    curl_global_cleanup();
+    router_free(rt);
 }

@@ -1,0 +1,96 @@
+/*
+ * Shared between the router's delivery loop (router.c) and its store thread (store.c).
+ *
+ * The delivery loop owns every job and every key; the store thread owns a Postgres connection.
+ * The loop hands jobs to the store as operations (park them, record their status, resolve
+ * parked rows); the store runs queued operations in one transaction and hands them back
+ * done, plus the parked jobs that became due ("loaded"). Jobs travel with their operation;
+ * neither side touches a job the other holds.
+ */
+#ifndef RT_INTERNAL_H
+#define RT_INTERNAL_H
+
+#include <curl/curl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/pg.h"
+
+#define RT_RESPONSE_CAP 10240 /* bytes of a response kept with a job */
+
+typedef struct rt_job {
+    char *raw; /* the job as consumed (JSON), for parking and dead letters */
+    size_t raw_len;
+    char *job_id, *message_id, *source_id, *dest_id, *dest_type, *user_key;
+    char *method, *url, *body;
+    size_t body_len;
+    struct curl_slist *headers;
+    /* batching ("batch" in the request); batch_key NULL when not batchable */
+    char *batch_key, *batch_prefix, *batch_sep, *batch_suffix;
+    size_t batch_max_events, batch_max_bytes;
+    char *topic; /* borrowed: the router's delivery topic */
+    int32_t partition;
+    int64_t offset;
+    int64_t parked_id; /* row in sluice_parked, 0 for a job from Kafka */
+    int attempts;
+    int64_t first_ms, last_ms; /* attempt times, 0 before the first */
+    long last_status;          /* HTTP status of the last attempt, 0 for none or an error */
+    char *last_response;
+    const char *state; /* outcome to record: succeeded, failed, aborted */
+    int64_t next_ms;   /* when a parked job is due */
+    struct rt_job *next;
+} rt_job_t;
+
+typedef enum rt_op_kind {
+    RT_OP_STATUS,      /* record jobs' status rows (jobs from Kafka) */
+    RT_OP_PARK,        /* park jobs from Kafka of one key, in order, behind what is parked */
+    RT_OP_PARKED_FAIL, /* a parked job failed again: count the attempt, set the key's due time */
+    RT_OP_PARKED_DONE, /* parked jobs delivered or aborted: delete their rows, record status */
+    RT_OP_RELEASE,     /* loaded rows dropped unsent: the key is due again at next_ms */
+    RT_OP_LOADED       /* store -> loop: parked jobs of a key that are due, in order */
+} rt_op_kind_t;
+
+typedef struct rt_op {
+    rt_op_kind_t kind;
+    rt_job_t *jobs; /* owned by the op */
+    char *dest_id, *user_key;
+    int32_t partition;
+    int64_t next_ms;
+    bool release;   /* PARKED_DONE: the last loaded row of its key */
+    bool key_empty; /* set by the store: the key has no parked rows left */
+    struct rt_op *next;
+} rt_op_t;
+
+typedef struct rt_store rt_store_t;
+
+typedef struct rt_store_conf {
+    const char *dsn;
+    const char *topic;
+    bool job_status;
+    int64_t park_poll_ms, retention_ms;
+    size_t load_keys; /* keys loaded per drain */
+    CURLM *wake;      /* woken (curl_multi_wakeup) when ops come back */
+} rt_store_conf_t;
+
+rt_store_t *rt_store_start(const rt_store_conf_t *c);
+/* Queues an operation (the store owns it until it comes back through rt_store_take). */
+void rt_store_push(rt_store_t *s, rt_op_t *op);
+/* Operations done (or loaded), in order; NULL when none. */
+rt_op_t *rt_store_take(rt_store_t *s);
+/* Operations queued or in progress (not yet taken back). */
+size_t rt_store_backlog(rt_store_t *s);
+/* The partitions whose parked jobs this router drains (copied). */
+void rt_store_set_partitions(rt_store_t *s, const int32_t *parts, size_t n);
+/* Asks for a drain pass now. */
+void rt_store_drain_soon(rt_store_t *s);
+/* Finishes queued operations (as far as Postgres allows), then stops. */
+void rt_store_stop(rt_store_t *s);
+
+void rt_job_free(rt_job_t *j);
+void rt_jobs_free(rt_job_t *j);
+void rt_op_free(rt_op_t *op);
+
+#endif

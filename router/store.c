@@ -1,0 +1,671 @@
+/*
+ * The router's store thread, see internal.h: parks jobs in Postgres, records job status,
+ * resolves parked rows and loads the parked jobs that are due.
+ *
+ * Parked jobs live in sluice_parked, one row per job; sluice_parked_keys has one row per
+ * blocked (destination, user) with the time its first job is due. While the drainer has a
+ * key's rows in memory, the key's due time is 'infinity' so no other pass takes it again; a
+ * router that starts on the partition sets it back (router.c, on assign).
+ */
+#include "common/buf.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/mem.h"
+#include "common/timeutil.h"
+#include "router/internal.h"
+#include "router/status.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_OPS_TXN 2000
+#define GAUGE_EVERY 5000 /* ms */
+#define PARKED_HELP "Jobs parked in Postgres, waiting for a retry or behind one"
+#define OLDEST_HELP "Age of the oldest parked job"
+
+struct rt_store {
+    rt_store_conf_t c;
+    char *dsn, *topic;
+    sl_pg_t *pg;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    rt_op_t *in_head, *in_tail;   /* queued by the loop */
+    rt_op_t *out_head, *out_tail; /* back to the loop */
+    size_t backlog;
+    int32_t *parts;
+    size_t nparts;
+    bool drain_now, stop;
+    int64_t last_maintain, last_gauge;
+    char **gauged; /* destinations with a parked gauge */
+    size_t ngauged;
+};
+
+void rt_job_free(rt_job_t *j)
+{
+    if (!j)
+        return;
+    free(j->raw);
+    free(j->job_id);
+    free(j->message_id);
+    free(j->source_id);
+    free(j->dest_id);
+    free(j->dest_type);
+    free(j->user_key);
+    free(j->method);
+    free(j->url);
+    free(j->body);
+    free(j->batch_key);
+    free(j->batch_prefix);
+    free(j->batch_sep);
+    free(j->batch_suffix);
+    free(j->last_response);
+    curl_slist_free_all(j->headers);
+    free(j);
+}
+
+void rt_jobs_free(rt_job_t *j)
+{
+    while (j) {
+        rt_job_t *next = j->next;
+        rt_job_free(j);
+        j = next;
+    }
+}
+
+void rt_op_free(rt_op_t *op)
+{
+    rt_jobs_free(op->jobs);
+    free(op->dest_id);
+    free(op->user_key);
+    free(op);
+}
+
+static void queue_append(rt_op_t **head, rt_op_t **tail, rt_op_t *op)
+{
+    op->next = NULL;
+    if (*tail)
+        (*tail)->next = op;
+    else
+        *head = op;
+    *tail = op;
+}
+
+void rt_store_push(rt_store_t *s, rt_op_t *op)
+{
+    pthread_mutex_lock(&s->lock);
+    queue_append(&s->in_head, &s->in_tail, op);
+    s->backlog++;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+rt_op_t *rt_store_take(rt_store_t *s)
+{
+    pthread_mutex_lock(&s->lock);
+    rt_op_t *ops = s->out_head;
+    for (rt_op_t *op = ops; op; op = op->next)
+        if (op->kind != RT_OP_LOADED)
+            s->backlog--;
+    s->out_head = s->out_tail = NULL;
+    pthread_mutex_unlock(&s->lock);
+    return ops;
+}
+
+size_t rt_store_backlog(rt_store_t *s)
+{
+    pthread_mutex_lock(&s->lock);
+    size_t n = s->backlog;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+void rt_store_set_partitions(rt_store_t *s, const int32_t *parts, size_t n)
+{
+    pthread_mutex_lock(&s->lock);
+    free(s->parts);
+    s->parts = n ? sl_malloc(n * sizeof(*parts)) : NULL;
+    if (n)
+        memcpy(s->parts, parts, n * sizeof(*parts));
+    s->nparts = n;
+    s->drain_now = true;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void rt_store_drain_soon(rt_store_t *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->drain_now = true;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void give_back(rt_store_t *s, rt_op_t *ops)
+{
+    if (!ops)
+        return;
+    pthread_mutex_lock(&s->lock);
+    while (ops) {
+        rt_op_t *next = ops->next;
+        queue_append(&s->out_head, &s->out_tail, ops);
+        ops = next;
+    }
+    pthread_mutex_unlock(&s->lock);
+    curl_multi_wakeup(s->c.wake);
+}
+
+/* --- SQL helpers --- */
+
+static int exec(PGconn *c, const char *sql, int n, const char *const *params, PGresult **out,
+                char *err, size_t errsz)
+{
+    PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        snprintf(err, errsz, "%s", PQresultErrorMessage(r));
+        size_t l = strlen(err);
+        while (l && err[l - 1] == '\n')
+            err[--l] = '\0';
+        PQclear(r);
+        return SL_ERR_TRANSIENT;
+    }
+    if (out)
+        *out = r;
+    else
+        PQclear(r);
+    return 0;
+}
+
+static void fmt_ms(int64_t ms, char out[SL_TIME_STRLEN])
+{
+    sl_time_format_ms(ms, out);
+}
+
+static const char *cap_response(const rt_job_t *j)
+{
+    return j->last_response; /* capped when it was read (RT_RESPONSE_CAP) */
+}
+
+/* INSERT of one key's jobs into sluice_parked, in order, and its key row. */
+static int park(rt_store_t *s, PGconn *c, rt_op_t *op, char *err, size_t errsz)
+{
+    enum { COLS = 13 };
+    size_t n = 0;
+    for (rt_job_t *j = op->jobs; j; j = j->next)
+        n++;
+    if (!n)
+        return 0;
+    const char **p = sl_calloc(n * COLS, sizeof(char *));
+    char(*nums)[4][24] = sl_malloc(n * sizeof(*nums));
+    char(*times)[2][SL_TIME_STRLEN] = sl_malloc(n * sizeof(*times));
+    sl_buf_t sql = SL_BUF_INIT;
+    sl_buf_puts(&sql, "INSERT INTO sluice_parked (kafka_topic, kafka_partition, kafka_offset, "
+                      "destination_id, user_key, job_id, message_id, job, attempts, "
+                      "first_attempt_at, last_attempt_at, last_status, last_response) VALUES ");
+    size_t i = 0;
+    for (rt_job_t *j = op->jobs; j; j = j->next, i++) {
+        const char **q = p + i * COLS;
+        snprintf(nums[i][0], 24, "%d", (int)j->partition);
+        snprintf(nums[i][1], 24, "%lld", (long long)j->offset);
+        snprintf(nums[i][2], 24, "%d", j->attempts);
+        snprintf(nums[i][3], 24, "%ld", j->last_status);
+        fmt_ms(j->first_ms, times[i][0]);
+        fmt_ms(j->last_ms, times[i][1]);
+        q[0] = s->topic;
+        q[1] = nums[i][0];
+        q[2] = nums[i][1];
+        q[3] = j->dest_id;
+        q[4] = j->user_key;
+        q[5] = j->job_id;
+        q[6] = j->message_id;
+        q[7] = j->raw;
+        q[8] = nums[i][2];
+        q[9] = j->first_ms ? times[i][0] : NULL;
+        q[10] = j->last_ms ? times[i][1] : NULL;
+        q[11] = j->last_status ? nums[i][3] : NULL;
+        q[12] = cap_response(j);
+        size_t b = i * COLS;
+        sl_buf_printf(&sql,
+                      "%s($%zu,$%zu::int,$%zu::bigint,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu::int,"
+                      "$%zu::timestamptz,$%zu::timestamptz,$%zu::int,$%zu)",
+                      i ? "," : "", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9,
+                      b + 10, b + 11, b + 12, b + 13);
+    }
+    int rc = exec(c, sql.data, (int)(n * COLS), p, NULL, err, errsz);
+    sl_buf_free(&sql);
+    free(p);
+    free(nums);
+    free(times);
+    if (rc)
+        return rc;
+    char part[24], due[SL_TIME_STRLEN];
+    snprintf(part, sizeof(part), "%d", (int)op->partition);
+    fmt_ms(op->next_ms, due);
+    const char *kp[] = {s->topic, op->dest_id, op->user_key, part, due};
+    return exec(c,
+                "INSERT INTO sluice_parked_keys (kafka_topic, destination_id, user_key, "
+                "kafka_partition, next_attempt_at) VALUES ($1, $2, $3, $4::int, "
+                "$5::timestamptz) ON CONFLICT DO NOTHING",
+                5, kp, NULL, err, errsz);
+}
+
+static int set_due(rt_store_t *s, PGconn *c, const rt_op_t *op, char *err, size_t errsz)
+{
+    char due[SL_TIME_STRLEN];
+    fmt_ms(op->next_ms, due);
+    const char *kp[] = {s->topic, op->dest_id, op->user_key, due};
+    return exec(c,
+                "UPDATE sluice_parked_keys SET next_attempt_at = $4::timestamptz WHERE "
+                "kafka_topic = $1 AND destination_id = $2 AND user_key = $3",
+                4, kp, NULL, err, errsz);
+}
+
+static int parked_fail(rt_store_t *s, PGconn *c, rt_op_t *op, char *err, size_t errsz)
+{
+    for (rt_job_t *j = op->jobs; j; j = j->next) {
+        char id[24], att[24], st[24], t0[SL_TIME_STRLEN], t1[SL_TIME_STRLEN];
+        snprintf(id, sizeof(id), "%lld", (long long)j->parked_id);
+        snprintf(att, sizeof(att), "%d", j->attempts);
+        snprintf(st, sizeof(st), "%ld", j->last_status);
+        fmt_ms(j->first_ms, t0);
+        fmt_ms(j->last_ms, t1);
+        const char *p[] = {id, att, t0, t1, j->last_status ? st : NULL, cap_response(j)};
+        int rc = exec(c,
+                      "UPDATE sluice_parked SET attempts = $2::int, first_attempt_at = "
+                      "$3::timestamptz, last_attempt_at = $4::timestamptz, last_status = "
+                      "$5::int, last_response = $6 WHERE id = $1::bigint",
+                      6, p, NULL, err, errsz);
+        if (rc)
+            return rc;
+    }
+    return set_due(s, c, op, err, errsz);
+}
+
+static int parked_done(rt_store_t *s, PGconn *c, rt_op_t *op, char *err, size_t errsz)
+{
+    sl_buf_t ids = SL_BUF_INIT;
+    sl_buf_putc(&ids, '{');
+    for (rt_job_t *j = op->jobs; j; j = j->next)
+        sl_buf_printf(&ids, "%s%lld", j == op->jobs ? "" : ",", (long long)j->parked_id);
+    sl_buf_putc(&ids, '}');
+    const char *p[] = {ids.data};
+    int rc =
+        exec(c, "DELETE FROM sluice_parked WHERE id = ANY($1::bigint[])", 1, p, NULL, err, errsz);
+    sl_buf_free(&ids);
+    if (rc)
+        return rc;
+    const char *kp[] = {s->topic, op->dest_id, op->user_key};
+    PGresult *r;
+    rc = exec(c,
+              "SELECT 1 FROM sluice_parked WHERE kafka_topic = $1 AND destination_id = $2 AND "
+              "user_key = $3 LIMIT 1",
+              3, kp, &r, err, errsz);
+    if (rc)
+        return rc;
+    op->key_empty = PQntuples(r) == 0;
+    PQclear(r);
+    if (op->key_empty)
+        return exec(c,
+                    "DELETE FROM sluice_parked_keys WHERE kafka_topic = $1 AND destination_id = "
+                    "$2 AND user_key = $3",
+                    3, kp, NULL, err, errsz);
+    if (op->release) {
+        op->next_ms = sl_time_now_ms();
+        return set_due(s, c, op, err, errsz);
+    }
+    return 0;
+}
+
+/* Status rows for the jobs of ops that have a state to record. */
+static int write_status(rt_store_t *s, PGconn *c, rt_op_t *ops, char *err, size_t errsz)
+{
+    if (!s->c.job_status)
+        return 0;
+    size_t n = 0, cap = 64;
+    rt_status_row_t *rows = sl_malloc(cap * sizeof(*rows));
+    for (rt_op_t *op = ops; op; op = op->next) {
+        if (op->kind == RT_OP_LOADED || op->kind == RT_OP_RELEASE)
+            continue;
+        for (rt_job_t *j = op->jobs; j; j = j->next) {
+            if (!j->state)
+                continue;
+            if (n == cap)
+                rows = sl_realloc(rows, (cap *= 2) * sizeof(*rows));
+            rows[n++] = (rt_status_row_t){
+                .job_id = j->job_id,
+                .message_id = j->message_id,
+                .source_id = j->source_id,
+                .destination_id = j->dest_id,
+                .destination_type = j->dest_type,
+                .user_key = j->user_key,
+                .state = j->state,
+                .attempts = j->attempts,
+                .last_status = j->last_status,
+                .last_response = j->last_response,
+                .last_response_len = j->last_response ? strlen(j->last_response) : 0,
+                .first_attempt_ms = j->first_ms,
+                .last_attempt_ms = j->last_ms,
+                .kafka_topic = s->topic,
+                .kafka_partition = j->partition,
+                .kafka_offset = j->offset,
+            };
+        }
+    }
+    int rc = n ? rt_status_write(c, rows, n, err, errsz) : 0;
+    free(rows);
+    return rc;
+}
+
+/* Runs ops in one transaction. Returns 0, or an error with nothing committed. */
+static int run_ops(rt_store_t *s, PGconn *c, rt_op_t *ops, char *err, size_t errsz)
+{
+    int rc = exec(c, "BEGIN", 0, NULL, NULL, err, errsz);
+    for (rt_op_t *op = ops; op && !rc; op = op->next) {
+        switch (op->kind) {
+        case RT_OP_PARK:
+            rc = park(s, c, op, err, errsz);
+            break;
+        case RT_OP_PARKED_FAIL:
+            rc = parked_fail(s, c, op, err, errsz);
+            break;
+        case RT_OP_PARKED_DONE:
+            rc = parked_done(s, c, op, err, errsz);
+            break;
+        case RT_OP_RELEASE:
+            rc = set_due(s, c, op, err, errsz);
+            break;
+        default:
+            break;
+        }
+    }
+    if (!rc)
+        rc = write_status(s, c, ops, err, errsz);
+    if (!rc)
+        rc = exec(c, "COMMIT", 0, NULL, NULL, err, errsz);
+    if (rc) {
+        PQclear(PQexec(c, "ROLLBACK"));
+        for (rt_op_t *op = ops; op; op = op->next)
+            op->key_empty = false;
+    }
+    return rc;
+}
+
+static rt_job_t *row_job(PGresult *r, int i, const char *dest, const char *user)
+{
+    rt_job_t *j = sl_calloc(1, sizeof(*j));
+    j->parked_id = strtoll(PQgetvalue(r, i, 0), NULL, 10);
+    j->raw = sl_strdup(PQgetvalue(r, i, 1));
+    j->raw_len = strlen(j->raw);
+    j->attempts = atoi(PQgetvalue(r, i, 2));
+    j->first_ms = PQgetisnull(r, i, 3) ? 0 : strtoll(PQgetvalue(r, i, 3), NULL, 10);
+    j->partition = atoi(PQgetvalue(r, i, 4));
+    j->offset = strtoll(PQgetvalue(r, i, 5), NULL, 10);
+    j->last_status = PQgetisnull(r, i, 6) ? 0 : atol(PQgetvalue(r, i, 6));
+    j->last_response = PQgetisnull(r, i, 7) ? NULL : sl_strdup(PQgetvalue(r, i, 7));
+    j->dest_id = sl_strdup(dest);
+    j->user_key = sl_strdup(user);
+    return j;
+}
+
+/* The parked-jobs gauges: how many per destination and how old the oldest is. */
+static void parked_gauges(rt_store_t *s, PGconn *c)
+{
+    const char *p[] = {s->topic};
+    PGresult *r = PQexecParams(c,
+                               "SELECT destination_id, count(*), extract(epoch FROM now() - "
+                               "min(parked_at)) FROM sluice_parked WHERE kafka_topic = $1 GROUP "
+                               "BY destination_id",
+                               1, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+        /* Destinations with nothing parked any more drop to zero. */
+        for (size_t i = 0; i < s->ngauged; i++) {
+            bool still = false;
+            for (int t = 0; t < PQntuples(r); t++)
+                still |= strcmp(PQgetvalue(r, t, 0), s->gauged[i]) == 0;
+            if (!still) {
+                sl_metrics_set(sl_metrics_gauge("sluice_router_parked", PARKED_HELP, "destination",
+                                                s->gauged[i], NULL),
+                               0);
+                sl_metrics_set(sl_metrics_gauge("sluice_router_parked_oldest_seconds", OLDEST_HELP,
+                                                "destination", s->gauged[i], NULL),
+                               0);
+            }
+        }
+        for (size_t i = 0; i < s->ngauged; i++)
+            free(s->gauged[i]);
+        s->ngauged = 0;
+        for (int t = 0; t < PQntuples(r); t++) {
+            const char *d = PQgetvalue(r, t, 0);
+            sl_metrics_set(
+                sl_metrics_gauge("sluice_router_parked", PARKED_HELP, "destination", d, NULL),
+                atof(PQgetvalue(r, t, 1)));
+            sl_metrics_set(sl_metrics_gauge("sluice_router_parked_oldest_seconds", OLDEST_HELP,
+                                            "destination", d, NULL),
+                           atof(PQgetvalue(r, t, 2)));
+            s->gauged = sl_realloc(s->gauged, (s->ngauged + 1) * sizeof(char *));
+            s->gauged[s->ngauged++] = sl_strdup(d);
+        }
+    }
+    PQclear(r);
+}
+
+/* One drain pass: claims due keys of our partitions and loads their first rows. */
+static int drain(rt_store_t *s, PGconn *c, char *err, size_t errsz)
+{
+    pthread_mutex_lock(&s->lock);
+    sl_buf_t parts = SL_BUF_INIT;
+    sl_buf_putc(&parts, '{');
+    for (size_t i = 0; i < s->nparts; i++)
+        sl_buf_printf(&parts, "%s%d", i ? "," : "", (int)s->parts[i]);
+    sl_buf_putc(&parts, '}');
+    size_t nparts = s->nparts;
+    pthread_mutex_unlock(&s->lock);
+    if (!nparts) {
+        sl_buf_free(&parts);
+        return 0;
+    }
+    char limit[24];
+    snprintf(limit, sizeof(limit), "%zu", s->c.load_keys);
+    const char *p[] = {s->topic, parts.data, limit};
+    PGresult *keys;
+    int rc = exec(c,
+                  "UPDATE sluice_parked_keys k SET next_attempt_at = 'infinity' FROM ("
+                  "SELECT destination_id, user_key FROM sluice_parked_keys WHERE kafka_topic = "
+                  "$1 AND kafka_partition = ANY($2::int[]) AND next_attempt_at <= now() ORDER "
+                  "BY next_attempt_at LIMIT $3::int FOR UPDATE SKIP LOCKED) d WHERE "
+                  "k.kafka_topic = $1 AND k.destination_id = d.destination_id AND k.user_key = "
+                  "d.user_key RETURNING k.destination_id, k.user_key, k.kafka_partition",
+                  3, p, &keys, err, errsz);
+    sl_buf_free(&parts);
+    if (rc)
+        return rc;
+    rt_op_t *loaded = NULL, *tail = NULL;
+    for (int k = 0; k < PQntuples(keys) && !rc; k++) {
+        const char *dest = PQgetvalue(keys, k, 0), *user = PQgetvalue(keys, k, 1);
+        const char *q[] = {s->topic, dest, user};
+        PGresult *r;
+        rc = exec(c,
+                  "SELECT id, job, attempts, (extract(epoch FROM first_attempt_at) * "
+                  "1000)::bigint, kafka_partition, kafka_offset, last_status, last_response "
+                  "FROM sluice_parked WHERE kafka_topic = $1 AND destination_id = $2 AND "
+                  "user_key = $3 ORDER BY id LIMIT 100",
+                  3, q, &r, err, errsz);
+        if (rc)
+            break;
+        rt_op_t *op = sl_calloc(1, sizeof(*op));
+        op->kind = RT_OP_LOADED;
+        op->dest_id = sl_strdup(dest);
+        op->user_key = sl_strdup(user);
+        op->partition = atoi(PQgetvalue(keys, k, 2));
+        rt_job_t *jt = NULL;
+        /* A head that failed before goes alone: if it fails again the rest stays put. */
+        int n = PQntuples(r);
+        if (n > 0 && atoi(PQgetvalue(r, 0, 2)) > 0)
+            n = 1;
+        for (int i = 0; i < n; i++) {
+            rt_job_t *j = row_job(r, i, dest, user);
+            if (jt)
+                jt->next = j;
+            else
+                op->jobs = j;
+            jt = j;
+        }
+        PQclear(r);
+        if (tail)
+            tail->next = op;
+        else
+            loaded = op;
+        tail = op;
+    }
+    PQclear(keys);
+    if (rc) { /* the claims stand: the next router start sets them due again */
+        while (loaded) {
+            rt_op_t *next = loaded->next;
+            rt_op_free(loaded);
+            loaded = next;
+        }
+        return rc;
+    }
+    give_back(s, loaded);
+    return 0;
+}
+
+static void *store_main(void *arg)
+{
+    rt_store_t *s = arg;
+    int64_t last_drain = 0, backoff = 100;
+    char err[512];
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        int64_t wait = s->c.park_poll_ms - (sl_time_mono_ms() - last_drain);
+        if (!s->in_head && !s->stop && !s->drain_now && wait > 0) {
+            struct timespec ts;
+            sl_time_deadline(&ts, wait);
+            pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+        }
+        /* Take up to MAX_OPS_TXN ops. */
+        rt_op_t *ops = s->in_head, *last = NULL;
+        size_t n = 0;
+        for (rt_op_t *op = ops; op && n < MAX_OPS_TXN; op = op->next, n++)
+            last = op;
+        if (last) {
+            s->in_head = last->next;
+            if (!s->in_head)
+                s->in_tail = NULL;
+            last->next = NULL;
+        }
+        bool stopping = s->stop, drain_now = s->drain_now;
+        s->drain_now = false;
+        pthread_mutex_unlock(&s->lock);
+
+        PGconn *c = sl_pg_conn(s->pg, err, sizeof(err));
+        if (!c) {
+            if (ops) { /* put them back in front */
+                pthread_mutex_lock(&s->lock);
+                last->next = s->in_head;
+                s->in_head = ops;
+                if (!s->in_tail)
+                    s->in_tail = last;
+                pthread_mutex_unlock(&s->lock);
+            }
+            if (stopping)
+                break;
+            sl_warn("router", "parking and job status wait for postgres: %s", err);
+            pthread_mutex_lock(&s->lock);
+            struct timespec ts;
+            sl_time_deadline(&ts, backoff);
+            pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+            pthread_mutex_unlock(&s->lock);
+            backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
+            continue;
+        }
+        if (ops) {
+            if (run_ops(s, c, ops, err, sizeof(err)) != 0) {
+                sl_warn("router", "could not record %zu operations (will retry): %s", n, err);
+                PQreset(c);
+                pthread_mutex_lock(&s->lock);
+                last->next = s->in_head;
+                s->in_head = ops;
+                if (!s->in_tail)
+                    s->in_tail = last;
+                struct timespec ts;
+                sl_time_deadline(&ts, backoff);
+                if (!s->stop)
+                    pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+                pthread_mutex_unlock(&s->lock);
+                backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
+                if (stopping)
+                    break;
+                continue;
+            }
+            backoff = 100;
+            give_back(s, ops);
+        }
+        if (stopping && !ops)
+            break;
+        int64_t now = sl_time_mono_ms();
+        if (s->c.job_status && now - s->last_maintain > 3600 * 1000) {
+            if (rt_status_maintain(c, sl_time_now_ms(), s->c.retention_ms, err, sizeof(err)))
+                sl_warn("router", "job status partitions: %s", err);
+            s->last_maintain = now;
+        }
+        if (now - s->last_gauge >= GAUGE_EVERY) {
+            parked_gauges(s, c);
+            s->last_gauge = now;
+        }
+        if (!stopping && (drain_now || now - last_drain >= s->c.park_poll_ms)) {
+            last_drain = now;
+            if (drain(s, c, err, sizeof(err)))
+                sl_warn("router", "could not load parked jobs: %s", err);
+        }
+    }
+    return NULL;
+}
+
+rt_store_t *rt_store_start(const rt_store_conf_t *c)
+{
+    rt_store_t *s = sl_calloc(1, sizeof(*s));
+    s->c = *c;
+    s->dsn = sl_strdup(c->dsn);
+    s->topic = sl_strdup(c->topic);
+    s->c.dsn = s->dsn;
+    s->c.topic = s->topic;
+    s->pg = sl_pg_new(s->dsn);
+    s->last_maintain = -3600 * 1000 - 1;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    pthread_create(&s->thread, NULL, store_main, s);
+    return s;
+}
+
+void rt_store_stop(rt_store_t *s)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->stop = true;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    pthread_join(s->thread, NULL);
+    for (rt_op_t *op = s->in_head, *next; op; op = next) {
+        next = op->next;
+        rt_op_free(op);
+    }
+    for (rt_op_t *op = s->out_head, *next; op; op = next) {
+        next = op->next;
+        rt_op_free(op);
+    }
+    sl_pg_destroy(s->pg);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->cond);
+    free(s->parts);
+    for (size_t i = 0; i < s->ngauged; i++)
+        free(s->gauged[i]);
+    free(s->gauged);
+    free(s->dsn);
+    free(s->topic);
+    free(s);
+}
