@@ -1289,7 +1289,8 @@ static void on_assign(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *par
                 if (rt_status_done_offsets(c, rt->topic, p, off, &done, &nd, err, sizeof(err)) ==
                     0) {
                     offs = sl_realloc(offs, (n + nd + 1) * sizeof(*offs));
-                    memcpy(offs + n, done, nd * sizeof(*offs));
+                    if (nd)
+                        memcpy(offs + n, done, nd * sizeof(*offs));
                     n += nd;
                     free(done);
                 } else {
