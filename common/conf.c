@@ -171,6 +171,23 @@ static const sl_conf_opt_t options[] = {
      "`router.min_attempts` attempts were made."},
     {"router.min_attempts", SL_CONF_INT, "3", 1, 1000, NULL, 0,
      "Attempts made before a job may be aborted (see `router.give_up_after`)."},
+
+    /* Warehouse */
+    {"warehouse.port", SL_CONF_INT, "8083", 1, 65535, NULL, 0,
+     "Port of the warehouse role's /health, /metrics and /version when it runs as its own role."},
+    {"warehouse.staging_dir", SL_CONF_STR, "sluice-staging", NO_RANGE, NULL, 0,
+     "Directory of the Avro staging files; every warehouse instance that may take over another's "
+     "uploads must see the same directory."},
+    {"warehouse.sync_interval", SL_CONF_DURATION, "60s", 1000, 86400000, NULL, 0,
+     "How often each warehouse destination is loaded, unless its config sets syncFrequency "
+     "(minutes)."},
+    {"warehouse.instance_id", SL_CONF_STR, "", NO_RANGE, NULL, 0,
+     "Name of this warehouse instance in upload claims (default: host name and "
+     "`warehouse.port`)."},
+    {"warehouse.retry_base", SL_CONF_DURATION, "30s", 100, 86400000, NULL, 0,
+     "Backoff before a failed upload is tried again; it doubles with each attempt."},
+    {"warehouse.max_buffered_events", SL_CONF_INT, "200000", 100, 100000000, NULL, 0,
+     "Events a warehouse instance holds before it writes staging files early."},
 };
 
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))

@@ -14,7 +14,7 @@
 #include <string.h>
 
 const char *const sl_kafka_pipeline_topics[] = {SL_TOPIC_EVENTS, SL_TOPIC_DELIVERY, SL_TOPIC_FAILED,
-                                                NULL};
+                                                SL_TOPIC_WAREHOUSE, NULL};
 
 /* The bootstrap list, for error messages from librdkafka's threads. */
 static char bootstrap[512];

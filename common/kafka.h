@@ -18,6 +18,7 @@
 #define SL_TOPIC_EVENTS   "events"   /* gateway -> processor, keyed by rudderId */
 #define SL_TOPIC_DELIVERY "delivery" /* processor -> router, keyed by rudderId */
 #define SL_TOPIC_FAILED   "failed"   /* processor's dead letters, keyed by rudderId */
+#define SL_TOPIC_WAREHOUSE "warehouse" /* processor -> warehouse, keyed by rudderId */
 
 /* Every topic of the pipeline, for the dev broker and `sluice topics create`. NULL-terminated. */
 extern const char *const sl_kafka_pipeline_topics[];

@@ -2152,8 +2152,10 @@ static bool build_req(rt_t *rt, const reqdef_t *r, const char *event_text, size_
         put_header(&b->headers, r->hdrs[i].name, v.data, v.len);
     }
     sl_buf_free(&v);
-    /* A streaming destination (method KAFKA, a kafka:// url) has no HTTP headers. */
-    bool streaming = strcasecmp(b->method.data, "KAFKA") == 0;
+    /* A streaming destination (method KAFKA, a kafka:// url) and a warehouse one (method
+     * WAREHOUSE) have no HTTP headers. */
+    bool streaming = strcasecmp(b->method.data, "KAFKA") == 0 ||
+                     strcasecmp(b->method.data, "WAREHOUSE") == 0;
     if (!has_ctype && !streaming)
         put_header(&b->headers, "Content-Type", ctype, strlen(ctype));
     if (r->has_hlist) {

@@ -51,7 +51,7 @@ struct pr_processor {
     sl_wsconf_t *ws;
     const sl_conf_t *conf;
     rd_kafka_t *consumer, *producer;
-    char *events_topic, *delivery_topic, *failed_topic;
+    char *events_topic, *delivery_topic, *failed_topic, *warehouse_topic;
     char *group; /* <topic prefix>processor */
     char *txn_id;
     pthread_t thread;
@@ -517,7 +517,10 @@ static bool deliver(pr_processor_t *pr, const rd_kafka_message_t *m, const sl_de
         sl_buf_reset(job);
         build_job(job, d, source_id, message_id, variant, r, out->nreqs, user_key, received_at,
                   &out->reqs[r]);
-        ok = produce(pr, pr->delivery_topic, m->key, m->key_len, job, h);
+        /* Warehouse destinations' events go to the warehouse role, the rest to the router. */
+        const char *topic = strcmp(out->reqs[r].method, "WAREHOUSE") == 0 ? pr->warehouse_topic
+                                                                          : pr->delivery_topic;
+        ok = produce(pr, topic, m->key, m->key_len, job, h);
         if (ok)
             sl_metrics_add(pr->m_jobs, 1);
     }
@@ -1095,6 +1098,7 @@ static void processor_free(pr_processor_t *pr)
     free(pr->events_topic);
     free(pr->delivery_topic);
     free(pr->failed_topic);
+    free(pr->warehouse_topic);
     free(pr->group);
     free(pr->txn_id);
     free(pr);
@@ -1109,6 +1113,7 @@ pr_processor_t *pr_processor_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
     pr->events_topic = sl_kafka_topic(conf, SL_TOPIC_EVENTS);
     pr->delivery_topic = sl_kafka_topic(conf, SL_TOPIC_DELIVERY);
     pr->failed_topic = sl_kafka_topic(conf, SL_TOPIC_FAILED);
+    pr->warehouse_topic = sl_kafka_topic(conf, SL_TOPIC_WAREHOUSE);
     pr->group = sl_kafka_topic(conf, "processor");
     pr->txn_interval_ms = sl_conf_duration_ms(conf, "processor.transaction_interval");
     pr->txn_max_events = (size_t)sl_conf_int(conf, "processor.transaction_max_events");
