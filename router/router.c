@@ -65,9 +65,9 @@ typedef struct rt_dest {
     size_t queued; /* jobs in memory (in key queues, not in flight) */
     rt_key_t *ready_head, *ready_tail;
     size_t nready;
-    int64_t window_start, batch_since;
-    long window_count;
-    bool throttled; /* this window's limit is reached */
+    int64_t batch_since;
+    double tat;     /* throttle: when the next job may go (monotonic ms) */
+    bool throttled; /* held back since the last request */
     sl_metric_t *m_delivered, *m_retried, *m_aborted, *m_throttled, *m_latency;
     struct rt_dest *next;
 } rt_dest_t;
@@ -743,19 +743,16 @@ static bool schedule_one(rt_router_t *rt, rt_dest_t *d, int64_t now)
         return false;
     long budget = LONG_MAX;
     if (d->set.throttle_limit > 0) {
-        if (now - d->window_start >= d->set.throttle_window_ms) {
-            d->window_start = now;
-            d->window_count = 0;
-            d->throttled = false;
-        }
-        budget = d->set.throttle_limit - d->window_count;
-        if (budget <= 0) {
-            if (!d->throttled) { /* the jobs this window held back */
+        /* GCRA: job slots spaced window/limit apart, so no window of that length ever holds
+         * more than the limit (+1 for a slot caught up after a late wake-up). */
+        if (d->tat > (double)now) {
+            if (!d->throttled) { /* the jobs held back this time */
                 sl_metrics_add(d->m_throttled, (double)d->queued);
                 d->throttled = true;
             }
             return false;
         }
+        budget = d->set.throttle_limit;
     }
     rt_job_t *first = d->ready_head->head;
     size_t limit = batch_limit(d, first);
@@ -804,8 +801,13 @@ static bool schedule_one(rt_router_t *rt, rt_dest_t *d, int64_t now)
     }
     if (limit > 1)
         d->batch_since = d->queued ? now : 0;
-    if (d->set.throttle_limit > 0)
-        d->window_count += (long)r->njobs;
+    if (d->set.throttle_limit > 0) {
+        double slot = (double)d->set.throttle_window_ms / (double)d->set.throttle_limit;
+        if (d->tat < (double)now - slot)
+            d->tat = (double)now - slot;
+        d->tat += slot * (double)r->njobs;
+        d->throttled = false;
+    }
     start_request(rt, r);
     return true;
 }
@@ -1117,8 +1119,8 @@ static int wait_ms(rt_router_t *rt)
     for (rt_dest_t *d = rt->dests; d; d = d->next) {
         if (!d->ready_head)
             continue;
-        if (d->set.throttle_limit > 0 && d->window_count >= d->set.throttle_limit) {
-            int64_t w = d->window_start + d->set.throttle_window_ms - now;
+        if (d->set.throttle_limit > 0 && d->tat > (double)now) {
+            int64_t w = (int64_t)(d->tat - (double)now) + 1;
             wait = w < wait ? w : wait;
         } else if (d->batch_since) {
             int64_t w = d->batch_since + rt->batch_timeout_ms - now;
