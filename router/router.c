@@ -103,6 +103,8 @@ struct rt_router {
     char *topic, *group, *failed_topic;
     sl_kafka_offsets_t *offsets;
     rt_store_t *store;
+    rt_op_t *status_op; /* outcomes of this turn, for the store */
+    rt_job_t *status_tail;
     sl_pg_t *pg; /* the loop's own connection, for rebalances */
     rt_settings_t defaults;
     char *dest_settings;
@@ -483,9 +485,24 @@ static void record_final(rt_router_t *rt, rt_job_t *j)
         rt_job_free(j);
         return;
     }
-    rt_op_t *op = op_new(RT_OP_STATUS, NULL);
-    op_add_job(op, j);
-    rt_store_push(rt->store, op);
+    /* Gathered into one operation per turn of the loop (flush_status). */
+    if (!rt->status_op)
+        rt->status_op = op_new(RT_OP_STATUS, NULL);
+    j->next = NULL;
+    if (rt->status_tail)
+        rt->status_tail->next = j;
+    else
+        rt->status_op->jobs = j;
+    rt->status_tail = j;
+}
+
+static void flush_status(rt_router_t *rt)
+{
+    if (!rt->status_op)
+        return;
+    rt_store_push(rt->store, rt->status_op);
+    rt->status_op = NULL;
+    rt->status_tail = NULL;
 }
 
 /* Parks jobs of key k (from Kafka, in order) behind whatever is parked for k. */
@@ -1006,7 +1023,7 @@ static void take_store(rt_router_t *rt)
             bool ours = false;
             for (size_t i = 0; i < rt->nparts; i++)
                 ours |= rt->parts[i] == op->partition;
-            if (!ours || k->loading || k->busy || k->head) {
+            if (!ours || k->loading || k->busy || k->head || k->dest->queued >= rt->memory_jobs) {
                 /* Revoked meanwhile, or already in hand: the rows stay parked, due now. */
                 rt_op_t *rel = op_new(RT_OP_RELEASE, k);
                 rel->next_ms = sl_time_now_ms();
@@ -1146,6 +1163,7 @@ static void turn(rt_router_t *rt, bool consume, int64_t *last_commit)
     int running;
     curl_multi_perform(rt->multi, &running);
     read_done(rt);
+    flush_status(rt);
     struct curl_waitfd wfd = {.fd = rt->wake_pipe[0], .events = CURL_WAIT_POLLIN};
     curl_multi_poll(rt->multi, &wfd, 1, wait_ms(rt), NULL);
     if (wfd.revents) {
@@ -1164,7 +1182,7 @@ static void settle(rt_router_t *rt, int64_t max_ms)
 {
     int64_t deadline = sl_time_mono_ms() + max_ms, last_commit = sl_time_mono_ms();
     while (sl_time_mono_ms() < deadline &&
-           (rt->inflight || rt->dl_pending || rt_store_backlog(rt->store)))
+           (rt->inflight || rt->dl_pending || rt->status_op || rt_store_backlog(rt->store)))
         turn(rt, false, &last_commit);
     take_store(rt);
 }
@@ -1358,6 +1376,8 @@ static void *loop_main(void *arg)
 /* Frees what rt_router_start made, as far as it got. */
 static void router_free(rt_router_t *rt)
 {
+    if (rt->status_op)
+        rt_op_free(rt->status_op);
     rt_store_stop(rt->store);
     rt_kdest_free(rt->kdest, 0, NULL, NULL);
     for (size_t i = 0; i < rt->keys_cap; i++)
