@@ -142,7 +142,7 @@ def create_topics(env):
         md = {t.get("topic"): t for t in json.loads(r.stdout).get("topics", [])}
         return all(t in md and not md[t].get("error") and md[t].get("partitions") and
                    all(p.get("leader", -1) >= 0 for p in md[t]["partitions"]) for t in topics)
-    h.wait_for("the pipeline's topics", ready, timeout=30, interval=0.2)
+    wait(env, "the pipeline's topics", ready, timeout=30, interval=0.2)
 
 
 def start_router(env, name="router", **over):
@@ -161,8 +161,20 @@ def restart_router(env, old, name, **over):
 
 
 def sigkill(p):
+    p.killed = True
     p.signal(signal.SIGKILL)
     p.p.wait(10)
+
+
+def wait(env, what, fn, timeout=30, interval=0.1):
+    """h.wait_for, but failing at once, with its output, if a role or sink has died."""
+    def check():
+        for p in env.procs:
+            if not p.alive() and not getattr(p, "killed", False):
+                h.fail(f"{p.name} exited with {p.p.returncode} while waiting for {what}:\n"
+                       f"{p.output()[-4000:]}")
+        return fn()
+    return h.wait_for(what, check, timeout, interval)
 
 
 # ---- what the sinks got ----
@@ -276,10 +288,10 @@ def case_retry(env):
     def final(dest, state):
         rows = [r for r in job_rows(env, dest) if r[1] == state]
         return rows[-1] if rows else None
-    ok503 = h.wait_for("d503 succeeded", lambda: final("d503", "succeeded"), timeout=30)
-    oktos = h.wait_for("dto succeeded", lambda: final("dto", "succeeded"), timeout=30)
-    ab400 = h.wait_for("d400 aborted", lambda: final("d400", "aborted"), timeout=30)
-    abgu = h.wait_for("dgu aborted", lambda: final("dgu", "aborted"), timeout=30)
+    ok503 = wait(env, "d503 succeeded", lambda: final("d503", "succeeded"), timeout=30)
+    oktos = wait(env, "dto succeeded", lambda: final("dto", "succeeded"), timeout=30)
+    ab400 = wait(env, "d400 aborted", lambda: final("d400", "aborted"), timeout=30)
+    abgu = wait(env, "dgu aborted", lambda: final("dgu", "aborted"), timeout=30)
     h.log(f"all four outcomes recorded {time.time() - t0:.1f} s after the jobs were produced")
     time.sleep(1.5)  # a wrong extra attempt has time to show up
 
@@ -292,7 +304,8 @@ def case_retry(env):
     h.log(f"d503: {len(t)} attempts, gaps {g} ms; rows {job_rows(env, 'd503')}")
     if len(t) != 4:
         h.fail(f"d503: {len(t)} requests at the sink, want 4 (3 x 503, then 200)")
-    if g[0] < 150 or not g[0] < g[1] < g[2] or g[2] < 2 * g[0]:
+    # Nominally 200, 400, 800 ms; each may be late by a park poll and a store round trip.
+    if g[0] < 150 or g[1] < g[0] - 100 or g[2] < g[1] + 100 or g[2] < g[0] + 400:
         h.fail(f"d503: the backoff does not grow from router.retry_base 200ms: gaps {g} ms")
     if ok503[2] != 4:
         h.fail(f"d503: succeeded row says {ok503[2]} attempts, want 4: {ok503}")
@@ -339,7 +352,7 @@ def case_retry(env):
         r = sql(env, "SELECT destination_id, message_id, reason, event "
                             "FROM sluice_failed_events WHERE stage = 'router'")
         return r if {x[0] for x in r} >= {"d400", "dgu"} else None
-    rows = h.wait_for("router dead letters in sluice_failed_events", letters, timeout=20)
+    rows = wait(env, "router dead letters in sluice_failed_events", letters, timeout=20)
     h.log("dead letters: " + "; ".join(f"{r[0]}: {r[2][:80]}" for r in rows))
     if sorted(r[0] for r in rows) != ["d400", "dgu"]:
         h.fail(f"router dead letters for {sorted(r[0] for r in rows)}, want d400 and dgu")
@@ -377,7 +390,7 @@ def case_order(env):
     t0 = time.time()
     produce(env, jobs)
     want = {m for ms in sent.values() for m in ms}
-    h.wait_for("every event at the sink", lambda: want <= set(mids(arrivals(sink))),
+    wait(env, "every event at the sink", lambda: want <= set(mids(arrivals(sink))),
                timeout=40)
     h.log(f"all {len(want)} events delivered {time.time() - t0:.1f} s after producing")
     time.sleep(0.5)
@@ -421,7 +434,7 @@ def case_isolation(env):
     t0 = time.time()
     produce(env, jobs)
     want_a = {m for ms in sa.values() for m in ms}
-    h.wait_for("all of A's events while B is down and C stalls",
+    wait(env, "all of A's events while B is down and C stalls",
                lambda: want_a <= set(mids(arrivals(a))), timeout=20)
     h.log(f"A: all {len(want_a)} events delivered {time.time() - t0:.1f} s after producing")
     check_user_order("A", mids(arrivals(a)), sa)
@@ -429,7 +442,7 @@ def case_isolation(env):
         h.fail(f"A got {len(mids(arrivals(a)))} requests for {len(want_a)} events")
 
     for dest in ("dB", "dC"):
-        n = h.wait_for(f"{dest}'s jobs parked for each user",
+        n = wait(env, f"{dest}'s jobs parked for each user",
                        lambda: (lambda r: r if r[1] == len(users) else None)(parked(env, dest)),
                        timeout=20)
         keys = sql(env, "SELECT count(*) FROM sluice_parked_keys "
@@ -449,7 +462,7 @@ def case_isolation(env):
 
         def done():
             return want <= set(mids(arrivals(sink))) and parked(env, dest)[0] == 0
-        h.wait_for(f"{dest}'s events delivered and unparked after recovery", done, timeout=30)
+        wait(env, f"{dest}'s events delivered and unparked after recovery", done, timeout=30)
         check_user_order(dest, last_arrival_order(arrivals(sink)), sent)
         rows = sql(env, "SELECT count(DISTINCT job_id) FROM sluice_jobs WHERE "
                                f"destination_id = {q(dest)} AND state = 'succeeded'")
@@ -470,35 +483,57 @@ def case_restart(env):
     kc = subprocess.Popen(kcat_producer(env), stdin=subprocess.PIPE, text=True,
                           stderr=subprocess.PIPE)
 
-    def feed():  # about 1000 jobs/s, so the router is mid-stream when it is killed
-        for i in range(0, len(jobs), 100):
+    fed = [0]
+
+    def feed():  # about 500 jobs/s, so the router is mid-stream when it is killed
+        for i in range(0, len(jobs), 25):
             kc.stdin.write("".join(f"{j['userKey']}\t{json.dumps(j)}\n"
-                                   for j in jobs[i:i + 100]))
+                                   for j in jobs[i:i + 25]))
             kc.stdin.flush()
-            time.sleep(0.1)
+            fed[0] = i + 25
+            time.sleep(0.05)
         kc.stdin.close()
     feeder = threading.Thread(target=feed)
     feeder.start()
     try:
-        h.wait_for("1000 deliveries", lambda: len(arrivals(s)) >= 1000, timeout=30,
-                   interval=0.05)
-        before = len(arrivals(s))
+        # Killed in the steady state (the router keeping up with the feed), not while it
+        # catches up with what was produced before its consumer got its partitions.
+        wait(env, "1000 deliveries, keeping up with the producer",
+             lambda: (lambda n: n >= 1000 and n >= fed[0] - 100)(len(arrivals(s))),
+             timeout=30, interval=0.05)
         sigkill(rt)
-        h.log(f"SIGKILL the router after {before} deliveries of {len(jobs)}")
+        before = arrivals(s)
+        h.log(f"SIGKILL the router after {len(before)} deliveries of {len(jobs)}")
     finally:
         feeder.join(60)
     if kc.wait(60) != 0:
         h.fail(f"kcat: {kc.stderr.read()[-500:]}")
     t0 = time.time()
     rt = restart_router(env, rt, "router-2")
-    h.wait_for("every job delivered after the restart", lambda: want <= set(mids(arrivals(s))),
+    wait(env, "every job delivered after the restart", lambda: want <= set(mids(arrivals(s))),
                timeout=60, interval=0.5)
     time.sleep(1.0)
     got = mids(arrivals(s))
     dups = len(got) - len(set(got))
+    # A job delivered again although the first router had recorded it succeeded: the restart
+    # did not skip what was done (two succeeded rows). The others were delivered, or in
+    # flight, in the moment before the SIGKILL and not yet recorded.
+    twice = int(sql(env, "SELECT count(*) - count(DISTINCT job_id) FROM sluice_jobs "
+                         "WHERE destination_id = 'dR' AND state = 'succeeded'")[0][0])
+    killed_at = before[-1]["t"]
+    first = {}
+    for r in before:
+        first.setdefault(r["body"]["messageId"], r["t"])
+    again = {m for m in got if got.count(m) > 1} if dups else set()
+    ages = sorted(killed_at - first[m] for m in again if m in first)
     h.log(f"restart: {len(want)} jobs, all delivered {time.time() - t0:.1f} s after the "
-          f"restart; {dups} duplicates ({100.0 * dups / len(want):.2f}%)")
+          f"restart; {dups} duplicates ({100.0 * dups / len(want):.2f}%); {twice} of them "
+          f"recorded succeeded twice; first delivered {ages[:1] + ages[-1:]} ms before the "
+          f"router's last delivery; {sum(1 for r in before if r['t'] > killed_at - 100)} "
+          f"deliveries in its last 100 ms")
     check_user_order("after the SIGKILL", got, sent)
+    if twice:
+        h.fail(f"{twice} jobs recorded succeeded before the SIGKILL were delivered again")
     if dups > len(want) // 100:
         h.fail(f"{dups} duplicate deliveries after one SIGKILL: more than 1% of {len(want)}")
 
@@ -507,7 +542,7 @@ def case_restart(env):
     pusers = [f"puser-{i}" for i in range(4)]
     pjobs, psent = interleaved("dP", pk.url + "/p", pusers, 10, "p")
     produce(env, pjobs)
-    h.wait_for("all 40 of dP's jobs parked",
+    wait(env, "all 40 of dP's jobs parked",
                lambda: parked(env, "dP")[0] >= len(pjobs), timeout=30)
     time.sleep(1.0)  # offsets of parked jobs committed; a few more retries
     h.log(f"SIGKILL the router with {parked(env, 'dP')[0]} jobs parked")
@@ -519,7 +554,7 @@ def case_restart(env):
 
     def drained():
         return pwant <= set(mids(arrivals(pk))) and parked(env, "dP")[0] == 0
-    h.wait_for("the parked jobs delivered after the restart", drained, timeout=40)
+    wait(env, "the parked jobs delivered after the restart", drained, timeout=40)
     time.sleep(1.0)
     ok = [r for r in arrivals(pk) if r["t"] >= recovered]
     check_user_order("parked jobs after the restart", mids(ok), psent)
@@ -538,7 +573,7 @@ def case_throttle(env):
     t0 = time.time()
     produce(env, jobs)
     want = {m for ms in sent.values() for m in ms}
-    h.wait_for("every throttled job delivered", lambda: want <= set(mids(arrivals(sink))),
+    wait(env, "every throttled job delivered", lambda: want <= set(mids(arrivals(sink))),
                timeout=40, interval=0.5)
     time.sleep(1.0)
     recs = arrivals(sink)
@@ -595,10 +630,10 @@ def case_status(env):
     if st != 200:
         h.fail(f"gateway: {st} {body!r}")
     t0 = time.time()
-    h.wait_for("the event at the sink", lambda: mid in mids(arrivals(sink)), timeout=30,
+    wait(env, "the event at the sink", lambda: mid in mids(arrivals(sink)), timeout=30,
                interval=0.05)
     h.log(f"gateway -> processor -> router -> sink in {(time.time() - t0) * 1000:.0f} ms")
-    rows = h.wait_for("its succeeded row", lambda: [
+    rows = wait(env, "its succeeded row", lambda: [
         r for r in sql(env, "SELECT destination_id, state, attempts FROM sluice_jobs "
                                    f"WHERE message_id = {q(mid)}") if r[1] == "succeeded"],
         timeout=30)
@@ -676,7 +711,7 @@ def case_batch(env):
             reqs.append(items)
             evs.extend(items)
         return reqs, evs
-    h.wait_for("every batched event", lambda: am_want <= {
+    wait(env, "every batched event", lambda: am_want <= {
         e.get("insert_id") for e in events_at("/am")[1]} and w_want <= {
         e.get("messageId") for e in events_at("/w")[1]}, timeout=30, interval=0.3)
     h.log(f"all {len(am_want) + len(w_want)} events delivered {time.time() - t0:.1f} s after "
