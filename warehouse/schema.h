@@ -46,16 +46,16 @@ typedef struct wh_rows {
  * and, when the event has a userId, `users`; page -> `pages`; screen -> `screens`; group ->
  * `groups`; alias -> `aliases`.
  *
- * Every row has id (messageId, "auto-<uuid>" when missing), received_at (the event's
- * receivedAt when it is a timestamp, else received_at, else now), uuid_ts (now), and when
- * present anonymous_id, user_id, sent_at, timestamp, original_timestamp, channel, context_ip
- * (context.ip, else request_ip), context_request_ip, context_passed_ip and context.* flattened
- * as context_*. Tracks rows add event_text (the name) and event (the name snake_cased); event
- * tables add properties flattened; identifies/users add traits flattened (users: id = userId,
- * received_at, no anonymous_id/user_id); pages/screens add properties and name; groups traits
- * and group_id; aliases traits and previous_id. A property or trait whose column name is one
- * of these built-in columns is dropped. Null, "" and [] values make no column; arrays are
- * JSON text (string); paths named in integrations.POSTGRES.options.jsonPaths (or
+ * Every row has uuid_ts (now), received_at (the event's receivedAt when it is a timestamp,
+ * else received_at, else now), context.* flattened as context_*, and when present sent_at,
+ * timestamp, original_timestamp, context_ip (context.ip, else request_ip), context_request_ip
+ * and context_passed_ip. All but users rows add id (messageId; "auto-<uuid>" when missing or
+ * not a scalar), anonymous_id, user_id and channel. Tracks rows add event_text (the name) and
+ * event (the name snake_cased); event tables add properties flattened; identifies and users
+ * add traits flattened, users with id = userId; pages/screens add properties and name;
+ * groups traits and group_id; aliases traits and previous_id. A property or trait whose
+ * column name is one of these built-in columns is dropped. Null, "" and [] values make no column;
+ * arrays are JSON text (string); paths named in integrations.POSTGRES.options.jsonPaths (or
  * DATA_WAREHOUSE's) are JSON text (json). integrations.POSTGRES.options.skipTracksTable and
  * skipUsersTable are honoured.
  *
