@@ -1,6 +1,6 @@
 /*
- * `sluice gateway|processor|router|all`: runs roles until SIGTERM/SIGINT, then drains them.
- * Dependencies that are down at start (Postgres, the workspace config) are retried with
+ * `sluice gateway|processor|router|warehouse|all`: runs roles until SIGTERM/SIGINT, then drains
+ * them. Dependencies that are down at start (Postgres, the workspace config) are retried with
  * backoff while /health reports them; Kafka reconnects by itself inside librdkafka.
  */
 #include "cmd/cmd.h"
@@ -18,6 +18,7 @@
 #include "processor/failed.h"
 #include "processor/processor.h"
 #include "router/router.h"
+#include "warehouse/warehouse.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -71,20 +72,30 @@ static void usage(const char *role)
 {
     printf("usage: sluice %s [--help]\n\n", role);
     if (strcmp(role, "all") == 0)
-        puts("Runs the gateway, the processor and the router in one process. With no\n"
-             "kafka.brokers (SLUICE_KAFKA_BROKERS) it starts the embedded dev broker, which\n"
-             "holds events in memory only.");
+        puts("Runs the gateway, the processor, the router and the warehouse in one process.\n"
+             "With no kafka.brokers (SLUICE_KAFKA_BROKERS) it starts the embedded dev broker,\n"
+             "which holds events in memory only.");
     else if (strcmp(role, "gateway") == 0)
         puts("Runs the HTTP ingest gateway on gateway.port (default 8080).");
     else if (strcmp(role, "processor") == 0)
         puts("Runs a processor in the consumer group <kafka.topic_prefix>processor; /health and "
              "/metrics\n"
              "on processor.port (default 8081).");
+    else if (strcmp(role, "warehouse") == 0)
+        puts("Runs a warehouse instance in the consumer group <kafka.topic_prefix>warehouse: it\n"
+             "writes the events of warehouse destinations (POSTGRES) to Avro staging files in\n"
+             "warehouse.staging_dir every sync (syncFrequency, else warehouse.sync_interval) and\n"
+             "loads them into each destination's warehouse; /health and /metrics on\n"
+             "warehouse.port (default 8083).\n\n"
+             "       sluice warehouse uploads [--destination ID] [--limit N] [--json]\n"
+             "       sluice warehouse retry ID...\n"
+             "list the uploads (state, rows, attempts, errors), or make aborted or failed ones\n"
+             "waiting again; see `sluice warehouse uploads --help`.");
     else
         puts("Runs a router in the consumer group <kafka.topic_prefix>router; /health and /metrics "
              "on\n"
              "router.port (default 8082).");
-    puts("\nNeeds kafka.brokers, workspace.config and (router) postgres.dsn; see\n"
+    puts("\nNeeds kafka.brokers, workspace.config and (router, warehouse) postgres.dsn; see\n"
          "`sluice config --reference`. SIGTERM or SIGINT drains and stops; SIGHUP reloads the\n"
          "workspace config.");
 }
@@ -145,6 +156,7 @@ int cmd_role(int argc, char **argv, const char *config_file)
     bool run_gw = all || strcmp(role, "gateway") == 0;
     bool run_pr = all || strcmp(role, "processor") == 0;
     bool run_rt = all || strcmp(role, "router") == 0;
+    bool run_wh = all || strcmp(role, "warehouse") == 0;
 
     sl_conf_t *conf;
     int rc = cmd_load_conf(config_file, &conf);
@@ -158,6 +170,7 @@ int cmd_role(int argc, char **argv, const char *config_file)
     pr_processor_t *pr = NULL;
     pr_failed_recorder_t *rec = NULL;
     rt_router_t *rt = NULL;
+    wh_warehouse_t *wh = NULL;
     sl_wsconf_t *ws = NULL;
     sl_pg_t *pg = NULL;
     const char *dsn = sl_conf_str(conf, "postgres.dsn");
@@ -170,12 +183,12 @@ int cmd_role(int argc, char **argv, const char *config_file)
                 role);
         goto out;
     }
-    if (run_rt && !*dsn) {
+    if ((run_rt || run_wh) && !*dsn) {
         fprintf(stderr,
-                "sluice %s: postgres.dsn is empty: the router records job status in Postgres; "
+                "sluice %s: postgres.dsn is empty: the %s records %s in Postgres; "
                 "set SLUICE_POSTGRES_DSN to a libpq connection string, e.g. "
                 "\"host=localhost dbname=sluice user=sluice\"\n",
-                role);
+                role, run_rt ? "router" : "warehouse", run_rt ? "job status" : "its uploads");
         goto out;
     }
     if (install_signals() < 0) {
@@ -212,7 +225,8 @@ int cmd_role(int argc, char **argv, const char *config_file)
         .host = sl_conf_str(conf, "gateway.host"),
         .port = (int)sl_conf_int(conf, run_gw   ? "gateway.port"
                                        : run_pr ? "processor.port"
-                                                : "router.port"),
+                                       : run_rt ? "router.port"
+                                                : "warehouse.port"),
         .threads = (int)sl_conf_int(conf, "gateway.threads"),
         .max_body = (size_t)sl_conf_size(conf, "gateway.max_request_size"),
         .max_buffered = run_gw ? max_buffered(conf) : 0,
@@ -241,7 +255,8 @@ int cmd_role(int argc, char **argv, const char *config_file)
                           pthread_create(&topics_thread, NULL, create_topics, conf) == 0;
 
     /* Dependencies: retried with backoff until they work or we are told to stop. The gateway
-     * and the processor need only the workspace config; the router also needs Postgres. */
+     * and the processor need only the workspace config; the router and the warehouse also
+     * need Postgres. */
     if (*dsn)
         pg = sl_pg_new(dsn);
     bool migrated = !pg || !sl_conf_bool(conf, "postgres.migrate");
@@ -286,6 +301,10 @@ int cmd_role(int argc, char **argv, const char *config_file)
             fprintf(stderr, "sluice %s: could not start the router: %s\n", role, err);
             goto drain;
         }
+        if (run_wh && !(wh = wh_warehouse_start(conf, ws, err, sizeof(err)))) {
+            fprintf(stderr, "sluice %s: could not start the warehouse: %s\n", role, err);
+            goto drain;
+        }
         sl_info("sluice", "%s running", role);
         for (char c; (c = wait_signal(-1)) != 't';)
             if (c == 'h')
@@ -307,6 +326,7 @@ drain:
     pr_processor_stop(pr);
     pr_failed_recorder_stop(rec);
     rt_router_stop(rt);
+    wh_warehouse_stop(wh);
     sl_http_server_destroy(srv);
     srv = NULL;
     gw_gateway_destroy(gw);

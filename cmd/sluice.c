@@ -11,6 +11,8 @@ static const sl_cmd_t commands[] = {
     {"gateway", "run the HTTP ingest gateway", cmd_role},
     {"processor", "run the processor (destination selection and transformations)", cmd_role},
     {"router", "run the router (delivery to destinations)", cmd_role},
+    {"warehouse", "run the warehouse (loads into Postgres warehouses); `uploads`, `retry`",
+     cmd_warehouse},
     {"all", "run every role in one process (the single-process install)", cmd_role},
     {"migrate", "apply pending Postgres migrations and exit", cmd_migrate},
     {"failed", "list the dead letters of the processor and the router, or send them again",

@@ -1,0 +1,456 @@
+#!/usr/bin/env python3
+"""The warehouse end to end: events through gateway -> processor -> `sluice warehouse` ->
+a Postgres warehouse (a second database on the test Postgres), checked with SQL.
+
+  --case types     all six event types: tables, columns, types and values; `users` after
+                   several identifies; an injection-named event is a harmless table
+  --case evolve    a new property adds a column, a new event adds a table, a value of the
+                   wrong type goes to rudder_discards; two namespaces load side by side
+  --case crash     SIGKILL of the warehouse during uploads, restart: no row lost or doubled
+  --case commands  `sluice warehouse uploads` (text and --json); an upload that fails is
+                   retried with backoff, aborted, and `sluice warehouse retry` loads it
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import time
+
+import harness as h
+
+KEY = "e2e-write-key"
+TYPES = ["track", "identify", "page", "screen", "group", "alias"]
+
+
+def dsn_fields(dsn):
+    out = {}
+    for part in dsn.split():
+        if "=" in part:
+            k, v = part.split("=", 1)
+            out[k] = v
+    return out
+
+
+class Warehouse:
+    """A database on the test Postgres that plays the destination's warehouse."""
+
+    def __init__(self, env, suffix="wh"):
+        self.db = ("e2e_" + env.name + "_" + suffix).replace("-", "_")
+        self.dsn = h.fresh_database(h.pg_dsn(), self.db)
+        f = dsn_fields(h.pg_dsn())
+        self.config = {"host": f.get("host", "127.0.0.1"), "port": f.get("port", "5432"),
+                       "database": self.db, "user": f.get("user", "postgres"),
+                       "password": f.get("password", ""), "sslMode": "disable"}
+
+    def sql(self, q):
+        return h.psql(self.dsn, q)
+
+    def one(self, q):
+        r = self.sql(q)
+        return r[0][0] if r else None
+
+    def count(self, ns, table):
+        return int(self.one(f'SELECT count(*) FROM "{ns}"."{table}"'))
+
+    def tables(self, ns):
+        return {r[0] for r in self.sql(
+            f"SELECT table_name FROM information_schema.tables WHERE table_schema = '{ns}'")}
+
+    def columns(self, ns, table):
+        return {r[0]: r[1] for r in self.sql(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE "
+            f"table_schema = '{ns}' AND table_name = '{table}'")}
+
+    def wait_count(self, ns, table, n, timeout=30):
+        def check():
+            if table not in self.tables(ns):
+                return False
+            return self.count(ns, table) >= n
+        h.wait_for(f"{n} rows in {ns}.{table}", check, timeout, interval=0.25)
+        got = self.count(ns, table)
+        if got != n:
+            h.fail(f"{ns}.{table} has {got} rows, expected {n}")
+
+
+def pg_dest(dest_id, wh, **extra):
+    cfg = dict(wh.config)
+    cfg.update(extra)
+    return {"id": dest_id, "name": dest_id, "enabled": True, "config": cfg,
+            "destinationDefinition": {"name": "POSTGRES", "displayName": "Postgres",
+                                      "config": {"supportedMessageTypes": TYPES}}}
+
+
+def config(dests, extra_sources=()):
+    cfg = h.workspace_config("http://127.0.0.1:9", write_key=KEY, extra_sources=extra_sources)
+    cfg["sources"][0]["destinations"] = dests
+    cfg["sources"][0]["name"] = "Web App"
+    return cfg
+
+
+def create_topics(env):
+    """Creates the pipeline's topics before any role subscribes: a consumer that joins while
+    its role creates the topic can be assigned 0 partitions and not rejoin (librdkafka 2.0.2,
+    see tests/e2e/test_router.py)."""
+    topics = [env.prefix + t for t in ("events", "delivery", "failed", "warehouse")]
+    for t in topics:
+        subprocess.run(["kcat", "-L", "-b", env.brokers, "-t", t,
+                        "-X", "allow.auto.create.topics=true"],
+                       capture_output=True, text=True, timeout=30)
+
+    def ready():
+        r = subprocess.run(["kcat", "-L", "-J", "-b", env.brokers], capture_output=True,
+                           text=True, timeout=30)
+        if r.returncode != 0:
+            return False
+        md = {t.get("topic"): t for t in json.loads(r.stdout).get("topics", [])}
+        return all(t in md and not md[t].get("error") and md[t].get("partitions") and
+                   all(p.get("leader", -1) >= 0 for p in md[t]["partitions"]) for t in topics)
+    h.wait_for("the pipeline's topics", ready, timeout=30, interval=0.2)
+
+
+def wh_env(env, **over):
+    out = {"SLUICE_WAREHOUSE_SYNC_INTERVAL": "1s",
+           # A SIGKILLed member leaves no LeaveGroup: a short session lets its successor in
+           # sooner; new topics are seen within a second.
+           "SLUICE_KAFKA_SESSION_TIMEOUT_MS": "6000",
+           "SLUICE_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+           "SLUICE_KAFKA_TOPIC_METADATA_REFRESH_INTERVAL_MS": "1000",
+           "SLUICE_WAREHOUSE_RETRY_BASE": "200ms",
+           "SLUICE_WAREHOUSE_STAGING_DIR": os.path.join(env.workdir, "staging"),
+           "SLUICE_WAREHOUSE_PORT": str(h.free_port()),
+           "SLUICE_WAREHOUSE_INSTANCE_ID": "e2e-wh-1"}
+    out.update(over)
+    return out
+
+
+def send(p, path, ev, key=KEY):
+    st, body, _ = h.http("POST", p.url + path, ev, write_key=key)
+    if st != 200:
+        h.fail(f"POST {path}: {st} {body!r}")
+
+
+def sluice(env, p, *args):
+    r = subprocess.run([h.SLUICE] + list(args), env=p.env, capture_output=True, text=True,
+                       timeout=60)
+    return r.returncode, r.stdout, r.stderr
+
+
+def uploads(env, p, *args):
+    rc, out, err = sluice(env, p, "warehouse", "uploads", "--json", *args)
+    if rc != 0:
+        h.fail(f"sluice warehouse uploads: exit {rc}: {err}")
+    return json.loads(out)
+
+
+def metric(p, name):
+    st, body, _ = h.http("GET", p.url + "/metrics")
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_uploads_settled(env, p, timeout=30):
+    def check():
+        us = uploads(env, p)
+        return us and all(u["state"] == "exported_data" for u in us)
+    h.wait_for("every upload exported", check, timeout, interval=0.3)
+
+
+# ---- cases ----
+
+def case_types(env):
+    wh = Warehouse(env)
+    env.write_workspace(config([pg_dest("d-pg", wh)]))
+    create_topics(env)
+    p = env.start("all", **wh_env(env))
+    env.wait_healthy(p)
+    ns = "web_app"  # the source's name, snake_cased (no namespace in the config)
+    ctx = {"library": {"name": "e2e", "version": "1.0"}, "locale": "en-US"}
+    t0 = time.time()
+    send(p, "/v1/batch", {"batch": [
+        {"type": "track", "userId": "u1", "messageId": "m-track", "event": "Order Completed",
+         "context": ctx, "originalTimestamp": "2026-11-26T10:00:00.000Z",
+         "properties": {"revenue": 12.5, "count": 3, "coupon": "X1", "paid": True,
+                        "when": "2026-11-26T09:00:00.000Z", "cart": {"size": 2},
+                        "tags": ["a", "b"]}},
+        {"type": "page", "userId": "u1", "messageId": "m-page", "name": "Home",
+         "properties": {"path": "/", "referrer": "https://example.com"}},
+        {"type": "screen", "userId": "u1", "messageId": "m-screen", "name": "Main",
+         "properties": {"orientation": "portrait"}},
+        {"type": "group", "userId": "u1", "messageId": "m-group", "groupId": "g1",
+         "traits": {"industry": "tech", "employees": 40}},
+        {"type": "alias", "userId": "u1", "messageId": "m-alias", "previousId": "anon-1"},
+        {"type": "track", "userId": "u2", "messageId": "m-evil",
+         "event": 'x"; DROP TABLE tracks; --', "properties": {"a": 1}},
+    ]})
+    send(p, "/v1/identify", {"userId": "u1", "messageId": "m-id1",
+                             "traits": {"name": "Ann", "plan": "free", "logins": 1}})
+    send(p, "/v1/identify", {"userId": "u2", "messageId": "m-id2", "traits": {"name": "Bob"}})
+    wh.wait_count(ns, "identifies", 2)
+    h.log(f"first rows visible {time.time() - t0:.1f}s after the gateway's 200 (the "
+          f"consumer groups were joining)")
+    # Later identifies of u1 change some traits: users keeps the latest of each.
+    time.sleep(0.05)
+    t1 = time.time()
+    send(p, "/v1/identify", {"userId": "u1", "messageId": "m-id3",
+                             "traits": {"plan": "pro", "logins": 2, "company": {"name": "Acme"}}})
+    time.sleep(0.05)
+    send(p, "/v1/identify", {"userId": "u1", "messageId": "m-id4", "traits": {"logins": 3}})
+    wh.wait_count(ns, "identifies", 4)
+    latency = time.time() - t1
+    h.log(f"rows visible {latency:.1f}s after the gateway's 200 (sync interval 1 s)")
+    if latency > 1 + 5 + 2:
+        h.fail(f"rows took {latency:.1f}s to appear with a 1 s sync interval")
+    wh.wait_count(ns, "tracks", 2)
+    for t in ("pages", "screens", "groups", "aliases", "order_completed"):
+        wh.wait_count(ns, t, 1)
+
+    tables = wh.tables(ns)
+    h.log("tables:", sorted(tables))
+    for t in ("tracks", "identifies", "users", "pages", "screens", "groups", "aliases",
+              "order_completed"):
+        if t not in tables:
+            h.fail(f"no table {t} in {ns}: {sorted(tables)}")
+    # The injection-named event is an ordinary table with a safe name; tracks is intact.
+    evil = [t for t in tables if "drop" in t]
+    if len(evil) != 1 or not all(c.isalnum() or c == "_" for c in evil[0]):
+        h.fail(f"the injection-named event should make one table of [a-z0-9_]: {sorted(tables)}")
+    if wh.count(ns, evil[0]) != 1:
+        h.fail(f"{evil[0]} should hold the event's row")
+    if wh.one(f"SELECT event_text FROM {ns}.tracks WHERE id = 'm-evil'") != \
+            'x"; DROP TABLE tracks; --':
+        h.fail("tracks.event_text should keep the event's name as it was sent")
+
+    cols = wh.columns(ns, "order_completed")
+    want = {"id": "text", "user_id": "text", "received_at": "timestamp with time zone",
+            "revenue": "double precision", "count": "bigint", "coupon": "text",
+            "paid": "boolean", "_when": "timestamp with time zone", "cart_size": "bigint",
+            "tags": "text", "context_library_name": "text", "event": "text",
+            "event_text": "text", "original_timestamp": "timestamp with time zone",
+            "uuid_ts": "timestamp with time zone"}
+    for c, ty in want.items():
+        if cols.get(c) != ty:
+            h.fail(f"order_completed.{c}: {cols.get(c)!r}, expected {ty!r} (columns: {cols})")
+    row = wh.sql(f"SELECT revenue, count, coupon, paid, cart_size, context_library_name, event, "
+                 f"user_id, to_char(_when AT TIME ZONE 'UTC', 'HH24:MI') FROM "
+                 f"{ns}.order_completed WHERE id = 'm-track'")
+    if row != [["12.5", "3", "X1", "t", "2", "e2e", "order_completed", "u1", "09:00"]]:
+        h.fail(f"order_completed row: {row}")
+    if wh.one(f"SELECT count(*) FROM {ns}.tracks WHERE id = 'm-track' AND "
+              f"event = 'order_completed' AND event_text = 'Order Completed'") != "1":
+        h.fail("tracks row of m-track")
+    checks = [
+        (f"SELECT name, path FROM {ns}.pages", [["Home", "/"]]),
+        (f"SELECT name, orientation FROM {ns}.screens", [["Main", "portrait"]]),
+        (f"SELECT group_id, industry, employees FROM {ns}.groups", [["g1", "tech", "40"]]),
+        (f"SELECT previous_id, user_id FROM {ns}.aliases", [["anon-1", "u1"]]),
+        (f"SELECT id, name, plan, logins, company_name FROM {ns}.users ORDER BY id",
+         [["u1", "Ann", "pro", "3", "Acme"], ["u2", "Bob", "", "", ""]]),
+    ]
+    for q, want_rows in checks:
+        def ok(q=q, want_rows=want_rows):
+            return wh.sql(q) == want_rows
+        h.wait_for(f"{q} = {want_rows}", ok, 15, interval=0.3)
+    if wh.columns(ns, "users").get("logins") != "bigint":
+        h.fail(f"users.logins: {wh.columns(ns, 'users')}")
+
+    wait_uploads_settled(env, p)
+    us = uploads(env, p)
+    if sum(u["events"] for u in us) != 10:
+        h.fail(f"uploads should hold the 10 events: {[(u['id'], u['events']) for u in us]}")
+    if metric(p, "sluice_warehouse_rows_loaded_total") < 10:
+        h.fail("sluice_warehouse_rows_loaded_total should count the rows loaded")
+    if metric(p, 'sluice_warehouse_uploads{state="exported_data"}') < 1:
+        h.wait_for("the uploads gauge",
+                   lambda: metric(p, 'sluice_warehouse_uploads{state="exported_data"}') >= 1, 5)
+    # Exported uploads' staging files are removed.
+    left = [f for _, _, fs in os.walk(os.path.join(env.workdir, "staging")) for f in fs]
+    if left:
+        h.fail(f"staging files left after every upload was exported: {left}")
+    if p.stop() != 0:
+        h.fail("sluice all did not stop cleanly")
+
+
+def case_evolve(env):
+    wh = Warehouse(env)
+    other = {"id": "src-two", "name": "Second Source", "writeKey": "key-two", "enabled": True,
+             "sourceDefinition": {"name": "HTTP", "category": "eventStream"},
+             "destinations": [pg_dest("d-pg2", wh)]}  # namespace: the source name
+    env.write_workspace(config([pg_dest("d-pg1", wh, namespace="Analytics One")],
+                               extra_sources=[other]))
+    create_topics(env)
+    p = env.start("all", **wh_env(env))
+    env.wait_healthy(p)
+    ns1, ns2 = "analytics_one", "second_source"
+    send(p, "/v1/track", {"userId": "u1", "event": "Signed Up", "messageId": "e1",
+                          "properties": {"plan": "pro", "seats": 3}})
+    send(p, "/v1/track", {"userId": "u9", "event": "Signed Up", "messageId": "o1",
+                          "properties": {"plan": "team"}}, key="key-two")
+    wh.wait_count(ns1, "signed_up", 1)
+    wh.wait_count(ns2, "signed_up", 1)
+    if "referrer" in wh.columns(ns1, "signed_up"):
+        h.fail("referrer should not exist yet")
+    # A new property adds a column; a float into the int column widens nothing (the int
+    # column's type wins: 4.0 converts); a string that isn't a number goes to rudder_discards.
+    send(p, "/v1/track", {"userId": "u1", "event": "Signed Up", "messageId": "e2",
+                          "properties": {"plan": "free", "seats": "many", "referrer": "ad"}})
+    send(p, "/v1/track", {"userId": "u1", "event": "Trial Ended", "messageId": "e3",
+                          "properties": {"days": 14}})
+    wh.wait_count(ns1, "signed_up", 2)
+    wh.wait_count(ns1, "trial_ended", 1)
+    cols = wh.columns(ns1, "signed_up")
+    if cols.get("referrer") != "text" or cols.get("seats") != "bigint":
+        h.fail(f"signed_up columns after the new property: {cols}")
+    if wh.sql(f"SELECT referrer, seats FROM {ns1}.signed_up WHERE id = 'e2'") != [["ad", ""]]:
+        h.fail(f"e2: {wh.sql(f'SELECT referrer, seats FROM {ns1}.signed_up WHERE id = $$e2$$')}")
+    disc = wh.sql(f"SELECT table_name, row_id, column_name, column_value FROM "
+                  f"{ns1}.rudder_discards ORDER BY table_name")
+    if ["signed_up", "e2", "seats", "many"] not in disc:
+        h.fail(f"rudder_discards should hold the value that could not convert: {disc}")
+    # The other namespace is untouched by the first's evolution.
+    if "referrer" in wh.columns(ns2, "signed_up") or "trial_ended" in wh.tables(ns2):
+        h.fail("the second namespace changed with the first")
+    if wh.sql(f"SELECT id, plan FROM {ns2}.signed_up") != [["o1", "team"]]:
+        h.fail(f"{ns2}.signed_up: {wh.sql(f'SELECT id, plan FROM {ns2}.signed_up')}")
+    us = uploads(env, p, "--destination", "d-pg2")
+    if not us or {u["destinationId"] for u in us} != {"d-pg2"} or us[0]["namespace"] != ns2:
+        h.fail(f"uploads --destination d-pg2: {us}")
+    p.stop()
+
+
+def ids_in(wh, ns, table):
+    return [r[0] for r in wh.sql(f'SELECT id FROM "{ns}"."{table}"')]
+
+
+def case_crash(env):
+    wh = Warehouse(env)
+    env.write_workspace(config([pg_dest("d-pg", wh, namespace="crash")]))
+    create_topics(env)
+    # Gateway, processor and warehouse as their own processes, so the warehouse can be killed.
+    wenv = wh_env(env)
+    gw = env.start("gateway", name="gateway")
+    pr = env.start("processor", name="processor", **{k: v for k, v in wenv.items()
+                                                     if k.startswith("SLUICE_KAFKA")})
+    w = env.start("warehouse", name="warehouse-1", **wenv)
+    for proc in (gw, pr, w):
+        env.wait_healthy(proc)
+    n_batches, per = 20, 250
+    sent = []
+    kills = 0
+    t0 = time.time()
+    for b in range(n_batches):
+        batch = [{"type": "track", "userId": f"u{i % 50}", "event": "Item Viewed",
+                  "messageId": f"c-{b}-{i}", "properties": {"i": i, "b": b}}
+                 for i in range(per)]
+        send(gw, "/v1/batch", {"batch": batch})
+        sent += [e["messageId"] for e in batch]
+        # Kill the warehouse while an upload is generating or exporting, twice.
+        if b in (5, 14):
+            def busy():
+                st = h.psql(env.dsn, "SELECT count(*) FROM sluice_wh_uploads WHERE state IN "
+                            "('generating_load_files', 'exporting_data')")
+                return st[0][0] != "0"
+            deadline = time.time() + 6
+            while time.time() < deadline and not busy():
+                time.sleep(0.02)
+            w.p.send_signal(signal.SIGKILL)
+            w.p.wait()
+            kills += 1
+            state = h.psql(env.dsn, "SELECT id, state FROM sluice_wh_uploads ORDER BY id")
+            h.log(f"killed the warehouse (batch {b}, {time.time() - t0:.1f}s); uploads: {state[-3:]}")
+            w = env.start("warehouse", name=f"warehouse-{kills + 1}", **wenv)
+    env.wait_healthy(w)
+    h.log(f"all sent at {time.time() - t0:.1f}s")
+    wh.wait_count("crash", "item_viewed", len(sent), timeout=40)
+    h.log(f"all loaded at {time.time() - t0:.1f}s")
+    wh.wait_count("crash", "tracks", len(sent), timeout=10)
+    for t in ("item_viewed", "tracks"):
+        ids = ids_in(wh, "crash", t)
+        if len(ids) != len(set(ids)) or set(ids) != set(sent):
+            h.fail(f"{t}: {len(ids)} rows, {len(set(ids))} distinct, {len(sent)} sent")
+    resumed = h.psql(env.dsn, "SELECT id, attempts FROM sluice_wh_uploads WHERE attempts > 1")
+    total = h.psql(env.dsn, "SELECT count(*), sum(events) FROM sluice_wh_uploads")[0]
+    h.log(f"{kills} kills; {total[0]} uploads of {total[1]} events; resumed after a kill: "
+          f"{resumed}")
+    if not resumed:
+        h.fail("no upload was killed while it ran: the case did not test a resume")
+    if w.stop() != 0:
+        h.fail("the warehouse did not stop cleanly")
+
+
+def case_commands(env):
+    wh = Warehouse(env)
+    good = pg_dest("d-pg", wh, namespace="cmds")
+    bad = pg_dest("d-pg", wh, namespace="cmds")
+    bad["config"]["database"] = "no_such_database"
+    env.write_workspace(config([bad]))
+    create_topics(env)
+    p = env.start("all", **wh_env(env))
+    env.wait_healthy(p)
+    send(p, "/v1/track", {"userId": "u1", "event": "Signed Up", "messageId": "k1"})
+
+    def failed_twice():
+        us = uploads(env, p)
+        return us and us[-1]["attempts"] >= 2 and us[-1]["state"].endswith("_failed")
+    h.wait_for("the upload to fail and be retried", failed_twice, 20, interval=0.3)
+    u = uploads(env, p)[-1]
+    if "no_such_database" not in (u["error"] or ""):
+        h.fail(f"the error should name the database: {u}")
+    rc, out, _ = sluice(env, p, "warehouse", "uploads")
+    if rc != 0 or "exporting_data_failed" not in out or str(u["id"]) not in out:
+        h.fail(f"sluice warehouse uploads:\n{out}")
+    # Aborted after 3 attempts and 180 minutes since the first: move the first attempt back.
+    h.psql(env.dsn, "UPDATE sluice_wh_uploads SET first_attempt_at = now() - interval '4 "
+           "hours'")
+    h.wait_for("the upload to be aborted",
+               lambda: uploads(env, p)[-1]["state"] == "aborted", 15, interval=0.3)
+    u = uploads(env, p)[-1]
+    if u["attempts"] < 3:
+        h.fail(f"aborted before 3 attempts: {u}")
+    rc, out, err = sluice(env, p, "warehouse", "retry", str(u["id"]))
+    if rc != 0:
+        h.fail(f"retry: {rc} {err}")
+    # It fails again while the config is wrong; fix it, then retry once more.
+    env.write_workspace(config([good]))
+    time.sleep(0.6)
+    h.wait_for("the retried upload to fail or load",
+               lambda: uploads(env, p)[-1]["state"] in ("exporting_data_failed",
+                                                         "exported_data", "aborted"), 15, 0.3)
+    u = uploads(env, p)[-1]
+    if u["state"] != "exported_data":
+        h.psql(env.dsn, f"UPDATE sluice_wh_uploads SET next_attempt_at = now() WHERE id = "
+               f"{u['id']}")
+    h.wait_for("the retried upload to load",
+               lambda: uploads(env, p)[-1]["state"] == "exported_data", 15, interval=0.3)
+    wh.wait_count("cmds", "signed_up", 1)
+    rc, _, err = sluice(env, p, "warehouse", "retry", str(u["id"]))
+    if rc != 1 or "exported_data" not in err:
+        h.fail(f"retry of an exported upload should refuse: {rc} {err}")
+    rc, _, err = sluice(env, p, "warehouse", "retry", "999999")
+    if rc != 1 or "no upload" not in err:
+        h.fail(f"retry of a missing upload: {rc} {err}")
+    hist = h.psql(env.dsn, f"SELECT state FROM sluice_wh_upload_events WHERE upload_id = "
+                  f"{u['id']} ORDER BY at")
+    states = [r[0] for r in hist]
+    h.log("history:", states)
+    for s in ("waiting", "generating_load_files", "exporting_data", "exporting_data_failed",
+              "aborted", "exported_data"):
+        if s not in states:
+            h.fail(f"the upload's history lacks {s}: {states}")
+    tables = uploads(env, p)[-1]["tables"]
+    if not tables or any(t["state"] != "exported_data" for t in tables):
+        h.fail(f"table uploads: {tables}")
+    p.stop()
+
+
+CASES = {"types": case_types, "evolve": case_evolve, "crash": case_crash,
+         "commands": case_commands}
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--case", required=True, choices=sorted(CASES))
+    a = ap.parse_args()
+    h.run(CASES[a.case], "wh-" + a.case)

@@ -1,0 +1,994 @@
+/*
+ * The warehouse role (see warehouse.h). Threads: one consumer (buffers rows per (source,
+ * destination), writes staging files and records uploads, then commits), WH_WORKERS upload
+ * workers (claim, generate, export), and one keeper (renews the leases of this instance's
+ * claims, refreshes the upload metrics). Each thread has its own Postgres connection.
+ */
+#include "warehouse/warehouse.h"
+
+#include "common/buf.h"
+#include "common/err.h"
+#include "common/health.h"
+#include "common/jsonc.h"
+#include "common/kafka.h"
+#include "common/log.h"
+#include "common/mem.h"
+#include "common/metrics.h"
+#include "common/pg.h"
+#include "common/timeutil.h"
+#include "warehouse/pgload.h"
+#include "warehouse/schema.h"
+#include "warehouse/staging.h"
+#include "warehouse/uploads.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define WH_WORKERS         2
+#define WH_LEASE_MS        20000 /* a claim not renewed for this long is taken over */
+#define WH_RENEW_MS        5000
+#define WH_METRICS_MS      2000
+#define WH_IDLE_CLAIM_MS   1000 /* workers look for due uploads at least this often */
+#define WH_POLL_BATCH      1000
+#define WH_COMMIT_EVERY_MS 1000
+#define WH_FLUSH_RETRY_MS  1000 /* first wait after a failed flush; doubles up to 30 s */
+#define WH_DRAIN_MS        10000
+
+/* The rows of one table in a buffer: indexes into the buffer's rows. */
+typedef struct wh_tbuf {
+    char *table;
+    size_t *idx;
+    size_t n, cap;
+} wh_tbuf_t;
+
+typedef struct wh_msg {
+    int32_t partition;
+    int64_t offset;
+} wh_msg_t;
+
+/* What was consumed for one (source, destination) since its last sync. Owned by the
+ * consumer thread. */
+typedef struct wh_buffer {
+    char *source_id, *dest_id, *dest_type;
+    wh_rows_t rows;
+    wh_tbuf_t *tables;
+    size_t ntables, tcap;
+    wh_msg_t *msgs; /* the messages whose rows these are, marked done once recorded */
+    size_t nmsgs, mcap;
+    int64_t started_mono;                  /* when its first event was consumed */
+    int64_t first_event_ms, last_event_ms; /* receivedAt range */
+    int64_t retry_mono;                    /* after a failed flush: not before this */
+    int64_t retry_wait_ms;
+    sl_metric_t *m_events;
+    struct wh_buffer *next;
+} wh_buffer_t;
+
+struct wh_warehouse {
+    sl_wsconf_t *ws;
+    char *topic, *group, *staging_dir, *instance;
+    int64_t sync_ms, retry_base_ms;
+    size_t max_events;
+
+    /* consumer thread */
+    rd_kafka_t *consumer;
+    sl_kafka_offsets_t *offsets;
+    sl_pg_t *pg;
+    wh_buffer_t *buffers;
+    size_t buffered; /* events in buffers */
+    bool paused;
+    pthread_t consumer_thread;
+
+    /* workers and keeper */
+    struct wh_worker {
+        wh_warehouse_t *wh;
+        int n;
+        char claim[300];
+        sl_pg_t *pg;
+        pthread_t thread;
+    } workers[WH_WORKERS];
+    sl_pg_t *keeper_pg;
+    pthread_t keeper_thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cond; /* an upload was recorded, or stop */
+    uint64_t recorded;   /* under mu: uploads recorded by this instance */
+    atomic_bool stop;
+    bool threads_started;
+
+    sl_metric_t *m_bad, *m_buffered, *m_lag, *m_upload_seconds;
+};
+
+static const char *const upload_states[] = {
+    WH_WAITING,          WH_GENERATING, WH_GENERATING_FAILED, WH_EXPORTING,
+    WH_EXPORTING_FAILED, WH_EXPORTED,   WH_ABORTED,           NULL};
+
+static sl_metric_t *dest_counter(const char *name, const char *help, const char *dest)
+{
+    return sl_metrics_counter(name, help, "destination", dest, NULL);
+}
+
+/* --- buffers (consumer thread) --- */
+
+static wh_buffer_t *buffer_get(wh_warehouse_t *wh, const char *source_id, const char *dest_id,
+                               const char *dest_type)
+{
+    for (wh_buffer_t *b = wh->buffers; b; b = b->next)
+        if (strcmp(b->dest_id, dest_id) == 0 && strcmp(b->source_id, source_id) == 0)
+            return b;
+    wh_buffer_t *b = sl_calloc(1, sizeof(*b));
+    b->source_id = sl_strdup(source_id);
+    b->dest_id = sl_strdup(dest_id);
+    b->dest_type = sl_strdup(dest_type ? dest_type : "POSTGRES");
+    b->started_mono = sl_time_mono_ms();
+    b->m_events =
+        dest_counter("sluice_warehouse_events_total",
+                     "Events of warehouse destinations consumed into staging buffers", dest_id);
+    b->next = wh->buffers;
+    wh->buffers = b;
+    return b;
+}
+
+static void buffer_free(wh_buffer_t *b)
+{
+    wh_rows_free(&b->rows);
+    for (size_t i = 0; i < b->ntables; i++) {
+        free(b->tables[i].table);
+        free(b->tables[i].idx);
+    }
+    free(b->tables);
+    free(b->msgs);
+    free(b->source_id);
+    free(b->dest_id);
+    free(b->dest_type);
+    free(b);
+}
+
+static void buffer_unlink(wh_warehouse_t *wh, wh_buffer_t *b)
+{
+    for (wh_buffer_t **pp = &wh->buffers; *pp; pp = &(*pp)->next)
+        if (*pp == b) {
+            *pp = b->next;
+            break;
+        }
+    wh->buffered -= b->nmsgs;
+}
+
+/* Indexes rows [from, rows.n) under their tables. */
+static void buffer_index(wh_buffer_t *b, size_t from)
+{
+    for (size_t i = from; i < b->rows.n; i++) {
+        const char *table = b->rows.rows[i].table;
+        wh_tbuf_t *t = NULL;
+        for (size_t k = 0; k < b->ntables && !t; k++)
+            if (strcmp(b->tables[k].table, table) == 0)
+                t = &b->tables[k];
+        if (!t) {
+            if (b->ntables == b->tcap) {
+                b->tcap = b->tcap ? b->tcap * 2 : 8;
+                b->tables = sl_realloc(b->tables, b->tcap * sizeof(*b->tables));
+            }
+            t = &b->tables[b->ntables++];
+            *t = (wh_tbuf_t){.table = sl_strdup(table)};
+        }
+        if (t->n == t->cap) {
+            t->cap = t->cap ? t->cap * 2 : 64;
+            t->idx = sl_realloc(t->idx, t->cap * sizeof(*t->idx));
+        }
+        t->idx[t->n++] = i;
+    }
+}
+
+static void bad_event(wh_warehouse_t *wh, const rd_kafka_message_t *m, const char *why)
+{
+    sl_warn("warehouse", "skipped the message at %s [%d] offset %lld: %s", wh->topic,
+            (int)m->partition, (long long)m->offset, why);
+    sl_metrics_add(wh->m_bad, 1);
+    sl_kafka_offsets_done(wh->offsets, wh->topic, m->partition, m->offset);
+}
+
+static void on_message(wh_warehouse_t *wh, const rd_kafka_message_t *m)
+{
+    sl_kafka_offsets_track(wh->offsets, wh->topic, m->partition, m->offset);
+    json_tokener *tok = json_tokener_new();
+    json_object *job = m->payload ? json_tokener_parse_ex(tok, m->payload, (int)m->len) : NULL;
+    json_tokener_free(tok);
+    json_object *req = NULL;
+    const char *src = sl_jsonc_str(job, "sourceId"), *dst = sl_jsonc_str(job, "destinationId");
+    const char *body =
+        json_object_object_get_ex(job, "request", &req) ? sl_jsonc_str(req, "body") : NULL;
+    if (!src || !dst || !body) {
+        bad_event(wh, m,
+                  !job ? "not a JSON job"
+                       : "the job has no sourceId, destinationId or request.body string");
+        json_object_put(job);
+        return;
+    }
+    const char *received_at = sl_jsonc_str(job, "receivedAt");
+    wh_buffer_t *b = buffer_get(wh, src, dst, sl_jsonc_str(job, "destinationType"));
+    size_t before = b->rows.n;
+    char err[512];
+    if (wh_event_rows(body, strlen(body), received_at, &b->rows, err, sizeof(err)) != 0) {
+        char why[600];
+        snprintf(why, sizeof(why), "event of destination %s: %s", dst, err);
+        bad_event(wh, m, why);
+        if (b->nmsgs == 0) { /* nothing else in it yet */
+            buffer_unlink(wh, b);
+            buffer_free(b);
+        }
+        json_object_put(job);
+        return;
+    }
+    buffer_index(b, before);
+    if (b->nmsgs == b->mcap) {
+        b->mcap = b->mcap ? b->mcap * 2 : 256;
+        b->msgs = sl_realloc(b->msgs, b->mcap * sizeof(*b->msgs));
+    }
+    b->msgs[b->nmsgs++] = (wh_msg_t){m->partition, m->offset};
+    wh->buffered++;
+    int64_t at;
+    if (!received_at || sl_time_parse_ms(received_at, &at) != 0)
+        at = sl_time_now_ms();
+    if (!b->first_event_ms || at < b->first_event_ms)
+        b->first_event_ms = at;
+    if (at > b->last_event_ms)
+        b->last_event_ms = at;
+    sl_metrics_add(b->m_events, 1);
+    json_object_put(job);
+}
+
+/* --- staging and recording an upload (consumer thread) --- */
+
+/* A path component from a destination id: [A-Za-z0-9_.-] kept, anything else `_`, never "."
+ * or "..". */
+static void safe_component(const char *s, char *out, size_t n)
+{
+    size_t i = 0;
+    for (; s[i] && i + 1 < n; i++) {
+        char c = s[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '_' || c == '-' || c == '.';
+        out[i] = ok ? c : '_';
+    }
+    out[i] = '\0';
+    if (i == 0 || strcmp(out, ".") == 0 || strcmp(out, "..") == 0)
+        snprintf(out, n, "_%s", s[0] ? "dot" : "empty");
+}
+
+static void fsync_dir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+/* mkdir -p, fsyncing the parent of each directory made, so the new directory survives a
+ * crash. */
+static int make_dirs(const char *path, char *errstr, size_t errstr_size)
+{
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char saved = *p;
+        *p = '\0';
+        if (mkdir(buf, 0755) == 0) {
+            char *slash = strrchr(buf, '/');
+            if (slash && slash != buf) {
+                *slash = '\0';
+                fsync_dir(buf);
+                *slash = '/';
+            }
+        } else if (errno != EEXIST) {
+            return sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT,
+                              "could not create the staging directory \"%s\": %s", buf,
+                              strerror(errno));
+        }
+        *p = saved;
+        if (!saved)
+            return 0;
+    }
+}
+
+/* The namespace of the destination's rows: its config's namespace, else the source's name, as
+ * a warehouse identifier. */
+static void namespace_of(wh_warehouse_t *wh, const char *source_id, const char *dest_id, char *out,
+                         size_t n)
+{
+    sl_workspace_t *w = sl_wsconf_get(wh->ws);
+    const sl_destination_t *d = w ? sl_workspace_destination_by_id(w, dest_id) : NULL;
+    const sl_source_t *s = w ? sl_workspace_source_by_id(w, source_id) : NULL;
+    const char *ns = d ? sl_jsonc_str(d->config, "namespace") : NULL;
+    if (!ns || !*ns)
+        ns = s ? s->name : source_id;
+    wh_identifier(ns, out, n);
+    if (!*out)
+        wh_identifier(source_id, out, n);
+    if (!*out)
+        snprintf(out, n, "sluice");
+    if (w)
+        sl_workspace_unref(w);
+}
+
+/* How often dest_id syncs: its syncFrequency (minutes), else warehouse.sync_interval. */
+static int64_t sync_ms(wh_warehouse_t *wh, sl_workspace_t *w, const char *dest_id)
+{
+    const sl_destination_t *d = w ? sl_workspace_destination_by_id(w, dest_id) : NULL;
+    json_object *v;
+    if (!d || !json_object_object_get_ex(d->config, "syncFrequency", &v))
+        return wh->sync_ms;
+    double minutes = json_object_is_type(v, json_type_string)
+                         ? strtod(json_object_get_string(v), NULL)
+                         : json_object_get_double(v);
+    if (!(minutes > 0))
+        return wh->sync_ms;
+    return (int64_t)(minutes * 60000.0);
+}
+
+static void offsets_json(const wh_buffer_t *b, sl_buf_t *out)
+{
+    /* per partition: first and last offset (messages are in consumed order per partition) */
+    sl_buf_putc(out, '{');
+    int32_t seen[256];
+    size_t nseen = 0;
+    for (size_t i = 0; i < b->nmsgs; i++) {
+        int32_t p = b->msgs[i].partition;
+        bool have = false;
+        for (size_t k = 0; k < nseen && !have; k++)
+            have = seen[k] == p;
+        if (have || nseen == sizeof(seen) / sizeof(seen[0]))
+            continue;
+        seen[nseen++] = p;
+        int64_t lo = b->msgs[i].offset, hi = lo;
+        for (size_t k = i; k < b->nmsgs; k++)
+            if (b->msgs[k].partition == p) {
+                lo = b->msgs[k].offset < lo ? b->msgs[k].offset : lo;
+                hi = b->msgs[k].offset > hi ? b->msgs[k].offset : hi;
+            }
+        sl_buf_printf(out, "%s\"%d\":[%lld,%lld]", nseen > 1 ? "," : "", (int)p, (long long)lo,
+                      (long long)hi);
+    }
+    sl_buf_putc(out, '}');
+}
+
+static void remove_files(char (*paths)[PATH_MAX], size_t n, const char *dir)
+{
+    for (size_t i = 0; i < n; i++)
+        unlink(paths[i]);
+    if (dir)
+        rmdir(dir);
+}
+
+/*
+ * Writes b's staging files and records them as an upload; then b's messages are done (the
+ * caller commits) and b is freed. On failure b is kept for a later try and what was written
+ * is removed. Returns 0 or an SL_ERR_*.
+ */
+static int flush(wh_warehouse_t *wh, wh_buffer_t *b)
+{
+    char err[1024], dest[200], dir[PATH_MAX], ns[WH_NAME_MAX + 1];
+    int64_t id = 0;
+    int rc = wh_uploads_next_id(wh->pg, &id, err, sizeof(err));
+    if (rc)
+        goto fail;
+    safe_component(b->dest_id, dest, sizeof(dest));
+    snprintf(dir, sizeof(dir), "%s/%s/%lld", wh->staging_dir, dest, (long long)id);
+    if ((rc = make_dirs(dir, err, sizeof(err))) != 0)
+        goto fail;
+    char(*paths)[PATH_MAX] = sl_calloc(b->ntables, sizeof(*paths));
+    wh_staged_t *files = sl_calloc(b->ntables, sizeof(*files));
+    const wh_row_t **rows = NULL;
+    size_t nrows_cap = 0, written = 0;
+    int64_t total_rows = 0, total_bytes = 0;
+    for (size_t t = 0; t < b->ntables; t++) {
+        wh_tbuf_t *tb = &b->tables[t];
+        if (tb->n > nrows_cap) {
+            nrows_cap = tb->n;
+            rows = sl_realloc(rows, nrows_cap * sizeof(*rows));
+        }
+        for (size_t i = 0; i < tb->n; i++)
+            rows[i] = &b->rows.rows[tb->idx[i]];
+        char file[WH_NAME_MAX + 8];
+        safe_component(tb->table, file, sizeof(file) - 6);
+        if (snprintf(paths[t], PATH_MAX, "%s/%s.avro", dir, file) >= PATH_MAX) {
+            rc = sl_err_set(err, sizeof(err), SL_ERR_INVALID, "staging path too long: %s", dir);
+            break;
+        }
+        rc = wh_staging_write(paths[t], tb->table, (const wh_row_t *const *)rows, tb->n, err,
+                              sizeof(err));
+        if (rc)
+            break;
+        written++;
+        struct stat st;
+        files[t] = (wh_staged_t){.table = tb->table,
+                                 .path = paths[t],
+                                 .rows = (int64_t)tb->n,
+                                 .bytes = stat(paths[t], &st) == 0 ? (int64_t)st.st_size : 0};
+        total_rows += (int64_t)tb->n;
+        total_bytes += files[t].bytes;
+    }
+    free(rows);
+    if (!rc) {
+        namespace_of(wh, b->source_id, b->dest_id, ns, sizeof(ns));
+        sl_buf_t offs = SL_BUF_INIT;
+        offsets_json(b, &offs);
+        wh_upload_new_t u = {.source_id = b->source_id,
+                             .destination_id = b->dest_id,
+                             .destination_type = b->dest_type,
+                             .namespace = ns,
+                             .events = (int64_t)b->nmsgs,
+                             .rows = total_rows,
+                             .first_event_ms = b->first_event_ms,
+                             .last_event_ms = b->last_event_ms,
+                             .kafka_topic = wh->topic,
+                             .kafka_offsets = offs.data,
+                             .files = files,
+                             .nfiles = b->ntables};
+        rc = wh_uploads_record(wh->pg, id, &u, wh->instance, err, sizeof(err));
+        sl_buf_free(&offs);
+    }
+    if (rc) {
+        remove_files(paths, written, dir);
+        free(paths);
+        free(files);
+        goto fail;
+    }
+    free(paths);
+    free(files);
+    sl_health_set("warehouse", true, NULL);
+    sl_info("warehouse",
+            "upload %lld recorded: destination=%s source=%s namespace=%s events=%zu rows=%lld "
+            "tables=%zu",
+            (long long)id, b->dest_id, b->source_id, ns, b->nmsgs, (long long)total_rows,
+            b->ntables);
+    sl_metrics_add(dest_counter("sluice_warehouse_staging_files_total",
+                                "Avro staging files written", b->dest_id),
+                   (double)b->ntables);
+    sl_metrics_add(dest_counter("sluice_warehouse_staged_rows_total",
+                                "Rows written to staging files", b->dest_id),
+                   (double)total_rows);
+    sl_metrics_add(dest_counter("sluice_warehouse_staging_bytes_total",
+                                "Bytes of staging files written", b->dest_id),
+                   (double)total_bytes);
+    for (size_t i = 0; i < b->nmsgs; i++)
+        sl_kafka_offsets_done(wh->offsets, wh->topic, b->msgs[i].partition, b->msgs[i].offset);
+    buffer_unlink(wh, b);
+    buffer_free(b);
+    pthread_mutex_lock(&wh->mu);
+    wh->recorded++;
+    pthread_cond_broadcast(&wh->cond);
+    pthread_mutex_unlock(&wh->mu);
+    return 0;
+
+fail:
+    b->retry_wait_ms = b->retry_wait_ms ? b->retry_wait_ms * 2 : WH_FLUSH_RETRY_MS;
+    if (b->retry_wait_ms > 30000)
+        b->retry_wait_ms = 30000;
+    b->retry_mono = sl_time_mono_ms() + b->retry_wait_ms;
+    sl_error("warehouse",
+             "could not write the staging files of destination %s (%zu events); trying again "
+             "in %lld ms: %s",
+             b->dest_id, b->nmsgs, (long long)b->retry_wait_ms, err);
+    sl_health_set("warehouse", false,
+                  "could not record a sync of destination %s: %s (check warehouse.staging_dir "
+                  "and postgres)",
+                  b->dest_id, err);
+    return rc;
+}
+
+/* Flushes the buffers that are due (all when over max_buffered_events, or all when all). */
+static void flush_due(wh_warehouse_t *wh, bool all)
+{
+    if (!wh->buffers)
+        return;
+    int64_t now = sl_time_mono_ms();
+    bool full = wh->buffered >= wh->max_events;
+    sl_workspace_t *w = sl_wsconf_get(wh->ws);
+    bool any = false;
+    for (wh_buffer_t *b = wh->buffers, *next; b; b = next) {
+        next = b->next;
+        if (!all && now < b->retry_mono)
+            continue;
+        if (all || full || now - b->started_mono >= sync_ms(wh, w, b->dest_id))
+            any |= flush(wh, b) == 0;
+    }
+    if (w)
+        sl_workspace_unref(w);
+    if (any)
+        sl_kafka_offsets_commit(wh->offsets, wh->consumer, all);
+}
+
+/* Flushes everything, retrying for up to max_ms; what still can't be recorded is dropped
+ * (uncommitted, so Kafka delivers it again). */
+static void drain(wh_warehouse_t *wh, int64_t max_ms)
+{
+    int64_t deadline = sl_time_mono_ms() + max_ms;
+    flush_due(wh, true);
+    while (wh->buffers && sl_time_mono_ms() < deadline) {
+        usleep(200000);
+        flush_due(wh, true);
+    }
+    for (wh_buffer_t *b = wh->buffers, *next; b; b = next) {
+        next = b->next;
+        sl_warn("warehouse",
+                "dropping %zu buffered events of destination %s: they stay uncommitted in "
+                "kafka and are consumed again",
+                b->nmsgs, b->dest_id);
+        buffer_free(b);
+    }
+    wh->buffers = NULL;
+    wh->buffered = 0;
+}
+
+/* Before partitions go (all of them: the assignor is eager): record what is buffered, so the
+ * next owner starts after it, and commit. */
+static void on_revoke(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    wh_warehouse_t *wh = opaque;
+    drain(wh, WH_DRAIN_MS);
+    sl_kafka_offsets_commit(wh->offsets, rk, true);
+    sl_kafka_offsets_forget(wh->offsets, parts);
+}
+
+static void on_assign(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    (void)rk;
+    (void)parts;
+    wh_warehouse_t *wh = opaque;
+    wh->paused = false;
+}
+
+/* Stops fetching while max_buffered_events are held (Postgres away, or a long sync), resumes
+ * below it. */
+static void backpressure(wh_warehouse_t *wh)
+{
+    bool over = wh->buffered >= wh->max_events;
+    if (over == wh->paused)
+        return;
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    if (rd_kafka_assignment(wh->consumer, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR || !parts)
+        return;
+    if (over)
+        rd_kafka_pause_partitions(wh->consumer, parts);
+    else
+        rd_kafka_resume_partitions(wh->consumer, parts);
+    rd_kafka_topic_partition_list_destroy(parts);
+    wh->paused = over;
+    if (over)
+        sl_warn("warehouse",
+                "%zu events buffered (warehouse.max_buffered_events): paused "
+                "consuming until they are written",
+                wh->buffered);
+}
+
+static void update_gauges(wh_warehouse_t *wh)
+{
+    sl_metrics_set(wh->m_buffered, (double)wh->buffered);
+    int64_t oldest = 0;
+    for (wh_buffer_t *b = wh->buffers; b; b = b->next)
+        if (b->first_event_ms && (!oldest || b->first_event_ms < oldest))
+            oldest = b->first_event_ms;
+    sl_metrics_set(wh->m_lag, oldest ? (double)(sl_time_now_ms() - oldest) / 1000.0 : 0.0);
+}
+
+static void *consumer_main(void *arg)
+{
+    wh_warehouse_t *wh = arg;
+    int64_t last_commit = sl_time_mono_ms();
+    while (!atomic_load(&wh->stop)) {
+        backpressure(wh);
+        for (int i = 0; i < WH_POLL_BATCH; i++) {
+            rd_kafka_message_t *m = rd_kafka_consumer_poll(wh->consumer, i ? 0 : 100);
+            if (!m)
+                break;
+            if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+                on_message(wh, m);
+            else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                sl_warn("warehouse", "kafka consumer: %s", rd_kafka_message_errstr(m));
+            rd_kafka_message_destroy(m);
+            if (wh->buffered >= wh->max_events)
+                break;
+        }
+        flush_due(wh, false);
+        update_gauges(wh);
+        if (sl_time_mono_ms() - last_commit >= WH_COMMIT_EVERY_MS) {
+            sl_kafka_offsets_commit(wh->offsets, wh->consumer, false);
+            last_commit = sl_time_mono_ms();
+        }
+    }
+    drain(wh, WH_DRAIN_MS);
+    update_gauges(wh);
+    sl_kafka_offsets_commit(wh->offsets, wh->consumer, true);
+    return NULL;
+}
+
+/* --- uploads (worker threads) --- */
+
+static void remove_staging(const wh_table_job_t *jobs, size_t n)
+{
+    char dir[PATH_MAX] = "";
+    for (size_t i = 0; i < n; i++) {
+        unlink(jobs[i].path);
+        const char *slash = strrchr(jobs[i].path, '/');
+        if (slash && !*dir)
+            snprintf(dir, sizeof(dir), "%.*s", (int)(slash - jobs[i].path), jobs[i].path);
+    }
+    if (*dir)
+        rmdir(dir);
+}
+
+/* Generating load files: for Postgres the staging files are the load files; check that each
+ * is there and readable. */
+static int generate(const wh_table_job_t *jobs, size_t n, char *errstr, size_t errstr_size)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(jobs[i].state, WH_EXPORTED) == 0)
+            continue;
+        char err[512];
+        wh_staging_reader_t *r = wh_staging_open(jobs[i].path, err, sizeof(err));
+        if (!r)
+            return sl_err_set(errstr, errstr_size, SL_ERR_INVALID, "staging file of table %s: %s",
+                              jobs[i].table, err);
+        wh_staging_close(r);
+    }
+    return 0;
+}
+
+/* Exporting data: each table not loaded yet, in one transaction each (pgload.h). A table that
+ * fails does not stop the others. Returns 0 with *rows_loaded (all tables of the upload), or
+ * an error naming the tables that failed. */
+static int export_tables(struct wh_worker *wk, wh_upload_t *u, wh_table_job_t *jobs, size_t n,
+                         int64_t *rows_loaded, char *errstr, size_t errstr_size)
+{
+    wh_warehouse_t *wh = wk->wh;
+    char err[1024];
+    int rc = 0;
+    sl_workspace_t *w = sl_wsconf_get(wh->ws);
+    const sl_destination_t *d = w ? sl_workspace_destination_by_id(w, u->destination_id) : NULL;
+    wh_pg_t *pg = NULL;
+    if (!d) {
+        rc = sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
+                        "destination %s is not in the workspace config", u->destination_id);
+        goto out;
+    }
+    if (!(pg = wh_pg_connect(d->config, err, sizeof(err)))) {
+        rc = sl_err_set(errstr, errstr_size, SL_ERR_INVALID, "destination %s: %s",
+                        u->destination_id, err);
+        goto out;
+    }
+    sl_metric_t *m_rows = dest_counter("sluice_warehouse_rows_loaded_total",
+                                       "Rows written into warehouse tables", u->destination_id);
+    sl_buf_t failed = SL_BUF_INIT;
+    *rows_loaded = 0;
+    for (size_t i = 0; i < n; i++) {
+        wh_table_job_t *j = &jobs[i];
+        if (strcmp(j->state, WH_EXPORTED) == 0) {
+            *rows_loaded += j->rows_loaded;
+            continue;
+        }
+        if (atomic_load(&wh->stop)) {
+            rc = SL_ERR_TRANSIENT;
+            sl_err_set(errstr, errstr_size, rc, "stopping");
+            break;
+        }
+        wh_uploads_table_state(wk->pg, u->id, j->table, WH_EXPORTING, 0, NULL, err, sizeof(err));
+        long loaded = wh_pg_load(pg, u->namespace, j->table, j->path, err, sizeof(err));
+        if (loaded < 0) {
+            sl_warn("warehouse", "upload %lld: table %s.%s could not be loaded: %s",
+                    (long long)u->id, u->namespace, j->table, err);
+            wh_uploads_table_state(wk->pg, u->id, j->table, WH_EXPORTING_FAILED, 0, err, err,
+                                   sizeof(err));
+            sl_buf_printf(&failed, "%stable %s: %s", failed.len ? "; " : "", j->table, err);
+            continue;
+        }
+        char err2[512];
+        if (wh_uploads_table_state(wk->pg, u->id, j->table, WH_EXPORTED, loaded, NULL, err2,
+                                   sizeof(err2)) != 0)
+            sl_buf_printf(&failed, "%stable %s: loaded, but not recorded: %s",
+                          failed.len ? "; " : "", j->table, err2);
+        *rows_loaded += loaded;
+        sl_metrics_add(m_rows, (double)loaded);
+    }
+    if (!rc && failed.len)
+        rc = sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT, "%s", failed.data);
+    sl_buf_free(&failed);
+out:
+    wh_pg_close(pg);
+    if (w)
+        sl_workspace_unref(w);
+    return rc;
+}
+
+static void run_upload(struct wh_worker *wk, wh_upload_t *u)
+{
+    wh_warehouse_t *wh = wk->wh;
+    char err[2048];
+    int64_t start = sl_time_mono_ms();
+    bool exporting =
+        strcmp(u->state, WH_EXPORTING) == 0 || strcmp(u->state, WH_EXPORTING_FAILED) == 0;
+    const char *step = exporting ? WH_EXPORTING : WH_GENERATING;
+    const char *failed_state = exporting ? WH_EXPORTING_FAILED : WH_GENERATING_FAILED;
+    wh_table_job_t *jobs = NULL;
+    size_t n = 0;
+    int64_t rows = 0;
+    sl_info("warehouse", "upload %lld claimed by %s: destination=%s namespace=%s state=%s",
+            (long long)u->id, wk->claim, u->destination_id, u->namespace, u->state);
+    int rc = wh_uploads_set_state(wk->pg, u, step, true, WH_LEASE_MS, err, sizeof(err));
+    if (rc)
+        goto lost;
+    if ((rc = wh_uploads_tables(wk->pg, u->id, &jobs, &n, err, sizeof(err))) != 0)
+        goto lost;
+    if (!exporting) {
+        if ((rc = generate(jobs, n, err, sizeof(err))) != 0)
+            goto failed;
+        step = WH_EXPORTING;
+        failed_state = WH_EXPORTING_FAILED;
+        if ((rc = wh_uploads_set_state(wk->pg, u, step, false, WH_LEASE_MS, err, sizeof(err))))
+            goto lost;
+    }
+    rc = export_tables(wk, u, jobs, n, &rows, err, sizeof(err));
+    if (rc && atomic_load(&wh->stop)) {
+        if (wh_uploads_release(wk->pg, u, err, sizeof(err)) == 0)
+            sl_info("warehouse", "upload %lld given back unfinished: stopping", (long long)u->id);
+        goto out;
+    }
+    if (rc)
+        goto failed;
+    if ((rc = wh_uploads_finish(wk->pg, u, rows, err, sizeof(err))) != 0)
+        goto lost;
+    remove_staging(jobs, n);
+    sl_metrics_observe(wh->m_upload_seconds, (double)(sl_time_mono_ms() - start) / 1000.0);
+    sl_info("warehouse",
+            "upload %lld exported: destination=%s namespace=%s rows_loaded=%lld "
+            "tables=%zu attempt=%d",
+            (long long)u->id, u->destination_id, u->namespace, (long long)rows, n, u->attempts);
+    goto out;
+
+failed : {
+    bool aborted = false;
+    char err2[512];
+    sl_metrics_add(sl_metrics_counter("sluice_warehouse_upload_failures_total",
+                                      "Upload attempts that failed, by the step that failed",
+                                      "destination", u->destination_id, "state", failed_state,
+                                      NULL),
+                   1);
+    if (wh_uploads_fail(wk->pg, u, failed_state, err, wh->retry_base_ms, &aborted, err2,
+                        sizeof(err2)) != 0) {
+        sl_error("warehouse", "upload %lld failed (%s) and that could not be recorded: %s",
+                 (long long)u->id, err, err2);
+        goto out;
+    }
+    if (aborted)
+        sl_error("warehouse",
+                 "upload %lld aborted after %d attempts: %s; `sluice warehouse retry %lld` "
+                 "tries it again once the cause is fixed",
+                 (long long)u->id, u->attempts, err, (long long)u->id);
+    else
+        sl_warn("warehouse", "upload %lld failed (attempt %d, %s), will be retried: %s",
+                (long long)u->id, u->attempts, failed_state, err);
+    goto out;
+}
+lost:
+    /* Postgres is away or the claim was taken over: the lease lapses or is someone else's. */
+    sl_warn("warehouse", "upload %lld: %s", (long long)u->id, err);
+out:
+    wh_table_jobs_free(jobs, n);
+}
+
+static void *worker_main(void *arg)
+{
+    struct wh_worker *wk = arg;
+    wh_warehouse_t *wh = wk->wh;
+    char err[1024];
+    uint64_t seen = 0;
+    bool reported = false;
+    while (!atomic_load(&wh->stop)) {
+        wh_upload_t u = {0};
+        int rc = wh_uploads_claim(wk->pg, wk->claim, WH_LEASE_MS, &u, err, sizeof(err));
+        if (rc == 1) {
+            reported = false;
+            run_upload(wk, &u);
+            wh_upload_free(&u);
+            continue;
+        }
+        if (rc < 0 && !reported) {
+            sl_warn("warehouse", "could not look for due uploads: %s", err);
+            reported = true;
+        }
+        pthread_mutex_lock(&wh->mu);
+        if (wh->recorded == seen && !atomic_load(&wh->stop)) {
+            struct timespec ts;
+            sl_time_deadline(&ts, WH_IDLE_CLAIM_MS);
+            pthread_cond_timedwait(&wh->cond, &wh->mu, &ts);
+        }
+        seen = wh->recorded;
+        pthread_mutex_unlock(&wh->mu);
+    }
+    return NULL;
+}
+
+/* --- keeper --- */
+
+static void set_state_gauge(const char *state, int64_t n, void *opaque)
+{
+    (void)opaque;
+    sl_metrics_set(sl_metrics_gauge("sluice_warehouse_uploads",
+                                    "Uploads by state, over every "
+                                    "instance",
+                                    "state", state, NULL),
+                   (double)n);
+}
+
+static void *keeper_main(void *arg)
+{
+    wh_warehouse_t *wh = arg;
+    char err[1024];
+    int64_t last_renew = 0, last_metrics = 0;
+    pthread_mutex_lock(&wh->mu);
+    while (!atomic_load(&wh->stop)) {
+        pthread_mutex_unlock(&wh->mu);
+        int64_t now = sl_time_mono_ms();
+        if (now - last_renew >= WH_RENEW_MS) {
+            if (wh_uploads_renew(wh->keeper_pg, wh->instance, WH_LEASE_MS, err, sizeof(err)))
+                sl_warn("warehouse", "could not renew the claims of %s: %s", wh->instance, err);
+            last_renew = now;
+        }
+        if (now - last_metrics >= WH_METRICS_MS) {
+            for (size_t i = 0; upload_states[i]; i++)
+                set_state_gauge(upload_states[i], 0, NULL);
+            wh_uploads_count_states(wh->keeper_pg, set_state_gauge, NULL, err, sizeof(err));
+            last_metrics = now;
+        }
+        pthread_mutex_lock(&wh->mu);
+        if (!atomic_load(&wh->stop)) {
+            struct timespec ts;
+            sl_time_deadline(&ts, 500);
+            pthread_cond_timedwait(&wh->cond, &wh->mu, &ts);
+        }
+    }
+    pthread_mutex_unlock(&wh->mu);
+    return NULL;
+}
+
+/* --- start and stop --- */
+
+static void warehouse_free(wh_warehouse_t *wh)
+{
+    for (wh_buffer_t *b = wh->buffers, *next; b; b = next) {
+        next = b->next;
+        buffer_free(b);
+    }
+    for (int i = 0; i < WH_WORKERS; i++)
+        sl_pg_destroy(wh->workers[i].pg);
+    sl_pg_destroy(wh->keeper_pg);
+    sl_pg_destroy(wh->pg);
+    sl_kafka_offsets_destroy(wh->offsets);
+    pthread_mutex_destroy(&wh->mu);
+    pthread_cond_destroy(&wh->cond);
+    free(wh->topic);
+    free(wh->group);
+    free(wh->staging_dir);
+    free(wh->instance);
+    free(wh);
+}
+
+wh_warehouse_t *wh_warehouse_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errstr,
+                                   size_t errstr_size)
+{
+    wh_warehouse_t *wh = sl_calloc(1, sizeof(*wh));
+    pthread_mutex_init(&wh->mu, NULL);
+    pthread_cond_init(&wh->cond, NULL);
+    wh->ws = ws;
+    wh->topic = sl_kafka_topic(conf, SL_TOPIC_WAREHOUSE);
+    wh->group = sl_kafka_topic(conf, "warehouse");
+    wh->sync_ms = sl_conf_duration_ms(conf, "warehouse.sync_interval");
+    wh->retry_base_ms = sl_conf_duration_ms(conf, "warehouse.retry_base");
+    wh->max_events = (size_t)sl_conf_int(conf, "warehouse.max_buffered_events");
+    wh->offsets = sl_kafka_offsets_new();
+    const char *dsn = sl_conf_str(conf, "postgres.dsn");
+    wh->pg = sl_pg_new(dsn);
+    wh->keeper_pg = sl_pg_new(dsn);
+    wh->m_bad = sl_metrics_counter("sluice_warehouse_bad_events_total",
+                                   "Messages of the warehouse topic that could not become rows "
+                                   "(skipped)",
+                                   NULL);
+    wh->m_buffered = sl_metrics_gauge("sluice_warehouse_buffered_events",
+                                      "Events consumed and not yet written to staging files", NULL);
+    wh->m_lag = sl_metrics_gauge("sluice_warehouse_oldest_buffered_event_seconds",
+                                 "Age (since receivedAt) of the oldest event not yet in staging "
+                                 "files",
+                                 NULL);
+    wh->m_upload_seconds =
+        sl_metrics_histogram("sluice_warehouse_upload_seconds",
+                             "Time from claiming an upload to its exported_data", NULL, 0, NULL);
+
+    const char *inst = sl_conf_str(conf, "warehouse.instance_id");
+    if (*inst) {
+        wh->instance = sl_strdup(inst);
+    } else {
+        char host[256] = "localhost";
+        gethostname(host, sizeof(host) - 1);
+        host[sizeof(host) - 1] = '\0';
+        wh->instance = sl_asprintf("%s:%lld", host, (long long)sl_conf_int(conf, "warehouse.port"));
+    }
+    if (strchr(wh->instance, '#')) {
+        sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
+                   "warehouse.instance_id \"%s\" has a '#': use letters, digits, '-', '.', ':'",
+                   wh->instance);
+        goto fail;
+    }
+    /* Made at the first sync (no directory for an install without warehouse destinations);
+     * recorded as an absolute path, since another instance may load the files. */
+    const char *sd = sl_conf_str(conf, "warehouse.staging_dir");
+    char cwd[PATH_MAX];
+    if (!*sd || (sd[0] != '/' && !getcwd(cwd, sizeof(cwd)))) {
+        sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
+                   "warehouse.staging_dir \"%s\" is not usable: set it to a directory", sd);
+        goto fail;
+    }
+    wh->staging_dir = sd[0] == '/' ? sl_strdup(sd) : sl_asprintf("%s/%s", cwd, sd);
+    for (size_t len = strlen(wh->staging_dir); len > 1 && wh->staging_dir[len - 1] == '/';)
+        wh->staging_dir[--len] = '\0';
+
+    /* An earlier run of this instance died holding claims: nothing of it runs any more. */
+    char err[512];
+    int released = wh_uploads_release_instance(wh->keeper_pg, wh->instance, err, sizeof(err));
+    if (released > 0)
+        sl_info("warehouse", "released %d uploads claimed by an earlier run of %s", released,
+                wh->instance);
+    else if (released < 0)
+        sl_warn("warehouse", "could not release the claims of an earlier run of %s: %s",
+                wh->instance, err);
+
+    const char *topics[] = {wh->topic, NULL};
+    wh->consumer =
+        sl_kafka_consumer_new(conf, wh->group, topics, on_revoke, wh, errstr, errstr_size);
+    if (!wh->consumer)
+        goto fail;
+    sl_kafka_consumer_on_assign(wh->consumer, on_assign);
+    for (int i = 0; i < WH_WORKERS; i++) {
+        struct wh_worker *wk = &wh->workers[i];
+        wk->wh = wh;
+        wk->n = i;
+        snprintf(wk->claim, sizeof(wk->claim), "%s#%d", wh->instance, i);
+        wk->pg = sl_pg_new(dsn);
+    }
+    pthread_create(&wh->consumer_thread, NULL, consumer_main, wh);
+    for (int i = 0; i < WH_WORKERS; i++)
+        pthread_create(&wh->workers[i].thread, NULL, worker_main, &wh->workers[i]);
+    pthread_create(&wh->keeper_thread, NULL, keeper_main, wh);
+    wh->threads_started = true;
+    sl_info("warehouse",
+            "warehouse started: instance=%s group=%s topic=%s staging_dir=%s sync_interval=%lldms",
+            wh->instance, wh->group, wh->topic, wh->staging_dir, (long long)wh->sync_ms);
+    return wh;
+fail:
+    warehouse_free(wh);
+    return NULL;
+}
+
+void wh_warehouse_stop(wh_warehouse_t *wh)
+{
+    if (!wh)
+        return;
+    pthread_mutex_lock(&wh->mu);
+    atomic_store(&wh->stop, true);
+    pthread_cond_broadcast(&wh->cond);
+    pthread_mutex_unlock(&wh->mu);
+    pthread_join(wh->consumer_thread, NULL); /* drains: buffered events become uploads */
+    rd_kafka_consumer_close(wh->consumer);
+    sl_kafka_consumer_destroy(wh->consumer);
+    for (int i = 0; i < WH_WORKERS; i++)
+        pthread_join(wh->workers[i].thread, NULL);
+    pthread_join(wh->keeper_thread, NULL);
+    warehouse_free(wh);
+}
