@@ -12,9 +12,9 @@
  * A column whose rows gave values of different types (an int in one event, a string in the
  * next, or a value whose text doesn't parse as its type) is stored as string ("sluice_mixed")
  * with the first type seen as its type (float when its values are only ints and floats); each
- * row's own types
- * for such columns are kept in one extra string field ("sluice_role": "row_types"), so the
- * loader converts each value from the type it really had (wh_staging_row_types()).
+ * row's own types for such columns are kept in one extra string field ("sluice_role":
+ * "row_types"), so the loader converts each value from the type it really had
+ * (wh_staging_row_types()).
  *
  * Functions may be called from any thread; a reader is used by one thread at a time.
  */
