@@ -45,6 +45,8 @@
 #define RT_IDLE_WAIT_MS    100
 #define RT_STORE_BACKLOG   20000 /* operations queued for Postgres before consuming pauses */
 #define RT_HEADERS_MAX     64
+#define RT_EASY_POOL       1024 /* idle curl handles kept for reuse */
+#define RT_SLOW_MS         1000 /* a destination whose requests take longer is slow */
 
 /* --- settings per destination (router.* options, overridden by type, then by id) --- */
 
@@ -66,8 +68,10 @@ typedef struct rt_dest {
     rt_key_t *ready_head, *ready_tail;
     size_t nready;
     int64_t batch_since;
-    double tat;     /* throttle: when the next job may go (monotonic ms) */
-    bool throttled; /* held back since the last request */
+    double tat;                     /* throttle: when the next job may go (monotonic ms) */
+    double latency_ms;              /* moving average of request durations */
+    struct rt_req *oldest, *newest; /* requests in flight, in the order started */
+    bool throttled;                 /* held back since the last request */
     sl_metric_t *m_delivered, *m_retried, *m_aborted, *m_throttled, *m_latency;
     struct rt_dest *next;
 } rt_dest_t;
@@ -95,6 +99,7 @@ typedef struct rt_req {
     sl_buf_t body, resp;
     char errbuf[CURL_ERROR_SIZE];
     int64_t t0;
+    struct rt_req *prev, *next; /* the destination's requests in flight */
 } rt_req_t;
 
 struct rt_router {
@@ -103,6 +108,9 @@ struct rt_router {
     char *topic, *group, *failed_topic;
     sl_kafka_offsets_t *offsets;
     rt_store_t *store;
+    CURL *free_easy[RT_EASY_POOL];
+    size_t nfree_easy;
+    bool hold;          /* a quick destination is full: stop taking jobs until it drains */
     rt_op_t *status_op; /* outcomes of this turn, for the store */
     rt_job_t *status_tail;
     sl_pg_t *pg; /* the loop's own connection, for rebalances */
@@ -678,6 +686,12 @@ static void mark_attempt(rt_router_t *rt, rt_req_t *r)
         x->last_ms = now;
     }
     r->t0 = sl_time_mono_ms();
+    r->prev = r->dest->newest;
+    if (r->dest->newest)
+        r->dest->newest->next = r;
+    else
+        r->dest->oldest = r;
+    r->dest->newest = r;
     r->dest->inflight++;
     rt->inflight++;
 }
@@ -711,7 +725,7 @@ static void start_request(rt_router_t *rt, rt_req_t *r)
         return;
     }
     const rt_settings_t *s = &r->dest->set;
-    CURL *c = curl_easy_init();
+    CURL *c = rt->nfree_easy ? rt->free_easy[--rt->nfree_easy] : curl_easy_init();
     r->easy = c;
     const char *body = j->body;
     size_t body_len = j->body_len;
@@ -741,7 +755,10 @@ static void start_request(rt_router_t *rt, rt_req_t *r)
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body ? body_len : 0));
     }
     curl_easy_setopt(c, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt(c, CURLOPT_PIPEWAIT, 1L);
+    /* Wait for a connection that may multiplex only where HTTP/2 can be had (TLS): over
+     * plain HTTP/1.1 that would serialise the requests on one connection. */
+    if (strncasecmp(j->url, "https:", 6) == 0)
+        curl_easy_setopt(c, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)s->timeout_ms);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)s->timeout_ms);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -829,12 +846,28 @@ static bool schedule_one(rt_router_t *rt, rt_dest_t *d, int64_t now)
     return true;
 }
 
+/* Whether destination d is slow: throttled, or its requests take over RT_SLOW_MS (on average,
+ * or the oldest one in flight). A full queue of a quick destination holds the consumer back
+ * for a moment; a slow one's overflow is parked, so it never holds up the others. */
+static bool dest_slow(const rt_dest_t *d, int64_t now)
+{
+    if (d->set.throttle_limit > 0 && d->tat > (double)now)
+        return true;
+    if (d->latency_ms > RT_SLOW_MS)
+        return true;
+    return d->oldest && now - d->oldest->t0 > RT_SLOW_MS;
+}
+
 static void schedule(rt_router_t *rt)
 {
     int64_t now = sl_time_mono_ms();
-    for (rt_dest_t *d = rt->dests; d; d = d->next)
+    rt->hold = false;
+    for (rt_dest_t *d = rt->dests; d; d = d->next) {
         while (schedule_one(rt, d, now))
             ;
+        if (d->queued >= rt->memory_jobs && !dest_slow(d, now))
+            rt->hold = true;
+    }
 }
 
 /* --- outcomes --- */
@@ -870,6 +903,16 @@ static void outcome(rt_router_t *rt, rt_req_t *r, bool ok, bool retryable, long 
 {
     rt_dest_t *d = r->dest;
     sl_metrics_observe(d->m_latency, (double)(sl_time_mono_ms() - r->t0) / 1e3);
+    int64_t took = sl_time_mono_ms() - r->t0;
+    d->latency_ms = d->latency_ms * 0.9 + (double)took * 0.1;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        d->oldest = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    else
+        d->newest = r->prev;
     d->inflight--;
     rt->inflight--;
     int64_t now = sl_time_now_ms();
@@ -964,7 +1007,12 @@ static void on_done(rt_router_t *rt, rt_req_t *r, CURLcode rc)
         sl_buf_puts(&r->resp, *r->errbuf ? r->errbuf : curl_easy_strerror(rc));
     }
     curl_multi_remove_handle(rt->multi, r->easy);
-    curl_easy_cleanup(r->easy);
+    if (rt->nfree_easy < RT_EASY_POOL) { /* kept for the next request, options cleared */
+        curl_easy_reset(r->easy);
+        rt->free_easy[rt->nfree_easy++] = r->easy;
+    } else {
+        curl_easy_cleanup(r->easy);
+    }
     bool ok = status >= 200 && status < 300;
     outcome(rt, r, ok, !ok && (status == 0 || status == 429 || status == 408 || status >= 500),
             status);
@@ -1101,8 +1149,11 @@ static void on_message(rt_router_t *rt, const rd_kafka_message_t *m)
         return;
     }
     rt_key_t *k = key_find(rt, j->dest_id, j->user_key, true, m->partition, j->dest_type);
-    if (k->blocked || k->dest->queued >= rt->memory_jobs) {
-        /* Behind parked jobs of its key, or over the destination's share: park it now. */
+    if (!k->blocked && k->dest->queued >= rt->memory_jobs &&
+        !dest_slow(k->dest, sl_time_mono_ms())) {
+        rt->hold = true; /* it drains soon: take no more jobs until it has */
+    } else if (k->blocked || k->dest->queued >= rt->memory_jobs) {
+        /* Behind parked jobs of its key, or over a slow destination's share: park it now. */
         park(rt, k, j, sl_time_now_ms());
         return;
     }
@@ -1114,7 +1165,7 @@ static void poll_consumer(rt_router_t *rt)
 {
     if (rt_store_backlog(rt->store) >= RT_STORE_BACKLOG)
         return; /* Postgres is behind or away: wait for it */
-    for (int i = 0; i < RT_POLL_MAX; i++) {
+    for (int i = 0; i < RT_POLL_MAX && !rt->hold; i++) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rt->consumer, 0);
         if (!m)
             break;
@@ -1376,6 +1427,8 @@ static void *loop_main(void *arg)
 /* Frees what rt_router_start made, as far as it got. */
 static void router_free(rt_router_t *rt)
 {
+    while (rt->nfree_easy)
+        curl_easy_cleanup(rt->free_easy[--rt->nfree_easy]);
     if (rt->status_op)
         rt_op_free(rt->status_op);
     rt_store_stop(rt->store);

@@ -189,15 +189,13 @@ static const char *cap_response(const rt_job_t *j)
     return j->last_response; /* capped when it was read (RT_RESPONSE_CAP) */
 }
 
-/* INSERT of one key's jobs into sluice_parked, in order, and its key row. */
-static int park(rt_store_t *s, PGconn *c, rt_op_t *op, char *err, size_t errsz)
+#define PARK_CHUNK 1000 /* rows per INSERT */
+
+/* One INSERT of n parked jobs, in order (their ids keep that order). */
+static int park_rows(rt_store_t *s, PGconn *c, rt_job_t *const *jobs, size_t n, char *err,
+                     size_t errsz)
 {
     enum { COLS = 13 };
-    size_t n = 0;
-    for (rt_job_t *j = op->jobs; j; j = j->next)
-        n++;
-    if (!n)
-        return 0;
     const char **p = sl_calloc(n * COLS, sizeof(char *));
     char(*nums)[4][24] = sl_malloc(n * sizeof(*nums));
     char(*times)[2][SL_TIME_STRLEN] = sl_malloc(n * sizeof(*times));
@@ -205,8 +203,8 @@ static int park(rt_store_t *s, PGconn *c, rt_op_t *op, char *err, size_t errsz)
     sl_buf_puts(&sql, "INSERT INTO sluice_parked (kafka_topic, kafka_partition, kafka_offset, "
                       "destination_id, user_key, job_id, message_id, job, attempts, "
                       "first_attempt_at, last_attempt_at, last_status, last_response) VALUES ");
-    size_t i = 0;
-    for (rt_job_t *j = op->jobs; j; j = j->next, i++) {
+    for (size_t i = 0; i < n; i++) {
+        const rt_job_t *j = jobs[i];
         const char **q = p + i * COLS;
         snprintf(nums[i][0], 24, "%d", (int)j->partition);
         snprintf(nums[i][1], 24, "%lld", (long long)j->offset);
@@ -239,17 +237,72 @@ static int park(rt_store_t *s, PGconn *c, rt_op_t *op, char *err, size_t errsz)
     free(p);
     free(nums);
     free(times);
-    if (rc)
-        return rc;
-    char part[24], due[SL_TIME_STRLEN];
-    snprintf(part, sizeof(part), "%d", (int)op->partition);
-    fmt_ms(op->next_ms, due);
-    const char *kp[] = {s->topic, op->dest_id, op->user_key, part, due};
-    return exec(c,
-                "INSERT INTO sluice_parked_keys (kafka_topic, destination_id, user_key, "
-                "kafka_partition, next_attempt_at) VALUES ($1, $2, $3, $4::int, "
-                "$5::timestamptz) ON CONFLICT DO NOTHING",
-                5, kp, NULL, err, errsz);
+    return rc;
+}
+
+/* One INSERT of n key rows (ops), each due at its op's next_ms unless already blocked. */
+static int park_keys(rt_store_t *s, PGconn *c, rt_op_t *const *ops, size_t n, char *err,
+                     size_t errsz)
+{
+    const char **p = sl_calloc(n * 4 + 1, sizeof(char *));
+    char(*part)[24] = sl_malloc(n * sizeof(*part));
+    char(*due)[SL_TIME_STRLEN] = sl_malloc(n * sizeof(*due));
+    sl_buf_t sql = SL_BUF_INIT;
+    sl_buf_puts(&sql, "INSERT INTO sluice_parked_keys (kafka_topic, destination_id, user_key, "
+                      "kafka_partition, next_attempt_at) VALUES ");
+    p[0] = s->topic;
+    for (size_t i = 0; i < n; i++) {
+        snprintf(part[i], sizeof(part[i]), "%d", (int)ops[i]->partition);
+        fmt_ms(ops[i]->next_ms, due[i]);
+        p[1 + i * 4] = ops[i]->dest_id;
+        p[2 + i * 4] = ops[i]->user_key;
+        p[3 + i * 4] = part[i];
+        p[4 + i * 4] = due[i];
+        sl_buf_printf(&sql, "%s($1,$%zu,$%zu,$%zu::int,$%zu::timestamptz)", i ? "," : "", 2 + i * 4,
+                      3 + i * 4, 4 + i * 4, 5 + i * 4);
+    }
+    sl_buf_puts(&sql, " ON CONFLICT DO NOTHING");
+    int rc = exec(c, sql.data, (int)(n * 4 + 1), p, NULL, err, errsz);
+    sl_buf_free(&sql);
+    free(p);
+    free(part);
+    free(due);
+    return rc;
+}
+
+/* Every PARK op of the transaction: their jobs in op order (so each key's rows keep their
+ * order), then their keys, a few big INSERTs instead of two statements per key. */
+static int park_all(rt_store_t *s, PGconn *c, rt_op_t *ops, char *err, size_t errsz)
+{
+    rt_job_t *jobs[PARK_CHUNK];
+    rt_op_t *keys[PARK_CHUNK];
+    size_t nj = 0, nk = 0;
+    int rc = 0;
+    for (rt_op_t *op = ops; op && !rc; op = op->next) {
+        if (op->kind != RT_OP_PARK)
+            continue;
+        for (rt_job_t *j = op->jobs; j && !rc; j = j->next) {
+            jobs[nj++] = j;
+            if (nj == PARK_CHUNK) {
+                rc = park_rows(s, c, jobs, nj, err, errsz);
+                nj = 0;
+            }
+        }
+    }
+    if (!rc && nj)
+        rc = park_rows(s, c, jobs, nj, err, errsz);
+    for (rt_op_t *op = ops; op && !rc; op = op->next) {
+        if (op->kind != RT_OP_PARK || !op->jobs)
+            continue;
+        keys[nk++] = op;
+        if (nk == PARK_CHUNK) {
+            rc = park_keys(s, c, keys, nk, err, errsz);
+            nk = 0;
+        }
+    }
+    if (!rc && nk)
+        rc = park_keys(s, c, keys, nk, err, errsz);
+    return rc;
 }
 
 static int set_due(rt_store_t *s, PGconn *c, const rt_op_t *op, char *err, size_t errsz)
@@ -370,11 +423,11 @@ static int run_ops(rt_store_t *s, PGconn *c, rt_op_t *ops, char *err, size_t err
         status_only &= op->kind == RT_OP_STATUS;
     if (!rc && status_only)
         rc = exec(c, "SET LOCAL synchronous_commit = off", 0, NULL, NULL, err, errsz);
+    /* Parking first: resolving a key's parked rows in the same transaction sees them. */
+    if (!rc)
+        rc = park_all(s, c, ops, err, errsz);
     for (rt_op_t *op = ops; op && !rc; op = op->next) {
         switch (op->kind) {
-        case RT_OP_PARK:
-            rc = park(s, c, op, err, errsz);
-            break;
         case RT_OP_PARKED_FAIL:
             rc = parked_fail(s, c, op, err, errsz);
             break;
