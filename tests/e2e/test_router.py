@@ -499,11 +499,14 @@ def case_restart(env):
         # Killed in the steady state (the router keeping up with the feed), not while it
         # catches up with what was produced before its consumer got its partitions.
         wait(env, "1000 deliveries, keeping up with the producer",
-             lambda: (lambda n: n >= 1000 and n >= fed[0] - 100)(len(arrivals(s))),
+             lambda: (lambda n: n >= 1000 and n >= fed[0] - 250)(len(arrivals(s))),
              timeout=30, interval=0.05)
         sigkill(rt)
         before = arrivals(s)
-        h.log(f"SIGKILL the router after {len(before)} deliveries of {len(jobs)}")
+        h.log(f"SIGKILL the router after {len(before)} deliveries of {len(jobs)}, "
+              f"{fed[0]} produced")
+        if len(before) >= len(jobs) - 100:
+            h.fail("the router was not killed mid-stream")
     finally:
         feeder.join(60)
     if kc.wait(60) != 0:
