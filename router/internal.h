@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/json_scan.h"
 #include "common/pg.h"
 
 #define RT_RESPONSE_CAP 10240 /* bytes of a response kept with a job */
@@ -27,7 +28,7 @@ typedef struct rt_job {
     char *job_id, *message_id, *source_id, *dest_id, *dest_type, *user_key;
     char *method, *url, *body;
     size_t body_len;
-    struct curl_slist *headers;
+    sl_json_span_t headers_json; /* request.headers, within raw */
     /* batching ("batch" in the request); batch_key NULL when not batchable */
     char *batch_key, *batch_prefix, *batch_sep, *batch_suffix;
     size_t batch_max_events, batch_max_bytes;

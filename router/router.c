@@ -17,6 +17,7 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/health.h"
+#include "common/json_scan.h"
 #include "common/kafka.h"
 #include "common/log.h"
 #include "common/mem.h"
@@ -31,7 +32,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <json-c/json.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -100,6 +100,7 @@ typedef struct rt_req {
     char errbuf[CURL_ERROR_SIZE];
     int64_t t0;
     struct rt_req *prev, *next; /* the destination's requests in flight */
+    struct curl_slist *headers;
 } rt_req_t;
 
 struct rt_router {
@@ -365,14 +366,6 @@ static void key_append(rt_key_t *k, rt_job_t *j)
 
 /* --- parsing jobs --- */
 
-static char *dup_field(json_object *o, const char *k)
-{
-    json_object *v;
-    if (o && json_object_object_get_ex(o, k, &v) && json_object_is_type(v, json_type_string))
-        return sl_strdup(json_object_get_string(v));
-    return NULL;
-}
-
 /* Why a job cannot be delivered, or NULL. */
 static const char *job_problem(const rt_job_t *j, bool parsed, sl_wsconf_t *ws)
 {
@@ -391,61 +384,90 @@ static const char *job_problem(const rt_job_t *j, bool parsed, sl_wsconf_t *ws)
     return known ? NULL : "unknown destination (not in the workspace config)";
 }
 
-/* Fills a job's fields from j->raw. Returns NULL, or why it can't be delivered. */
+/* A string member's value, decoded and malloc'ed (len in *n when n is set); NULL if the
+ * value is not a string. */
+static char *span_str(sl_json_span_t v, size_t *n)
+{
+    if (v.type != SL_JSON_STRING)
+        return NULL;
+    char *out = sl_malloc(v.len);
+    size_t len = sl_json_string_decode(v, out, v.len);
+    if (n)
+        *n = len;
+    return out;
+}
+
+static size_t span_size(sl_json_span_t v)
+{
+    return v.type == SL_JSON_NUMBER ? (size_t)strtoull(v.p, NULL, 10) : 0;
+}
+
+/* Fills a job's fields from j->raw with the byte scanner (the router's hot path: no tree).
+ * Returns NULL, or why it can't be delivered. */
 static const char *parse_job(rt_router_t *rt, rt_job_t *j)
 {
-    json_tokener *tok = json_tokener_new();
-    json_object *o = json_tokener_parse_ex(tok, j->raw, (int)j->raw_len);
-    bool ok = o && json_tokener_get_error(tok) == json_tokener_success &&
-              json_object_is_type(o, json_type_object);
-    json_tokener_free(tok);
-    json_object *req = NULL, *hdrs, *batch;
-    /* Fields the store may have set (parked rows) are kept. */
+    sl_json_span_t doc, req = {0}, batch = {0};
+    sl_json_error_t jerr;
+    bool ok = sl_json_scan_document(j->raw, j->raw_len, &doc, &jerr) && doc.type == SL_JSON_OBJECT;
     if (ok) {
-        j->job_id = dup_field(o, "jobId");
-        j->message_id = dup_field(o, "messageId");
-        j->source_id = dup_field(o, "sourceId");
-        if (!j->dest_id)
-            j->dest_id = dup_field(o, "destinationId");
-        j->dest_type = dup_field(o, "destinationType");
-        if (!j->user_key)
-            j->user_key = dup_field(o, "userKey");
-        json_object_object_get_ex(o, "request", &req);
-        j->method = dup_field(req, "method");
-        j->url = dup_field(req, "url");
-        j->body = dup_field(req, "body");
-        j->body_len = j->body ? strlen(j->body) : 0;
-        if (req && json_object_object_get_ex(req, "headers", &hdrs) &&
-            json_object_is_type(hdrs, json_type_object)) {
-            json_object_object_foreach(hdrs, k, v)
-            {
-                char *h = sl_asprintf("%s: %s", k, json_object_get_string(v));
-                j->headers = curl_slist_append(j->headers, h);
-                free(h);
-            }
-        }
-        /* Bodies over 1 MB would otherwise wait for a 100-continue most servers never send. */
-        j->headers = curl_slist_append(j->headers, "Expect:");
-        if (req && json_object_object_get_ex(req, "batch", &batch) &&
-            json_object_is_type(batch, json_type_object)) {
-            json_object *v;
-            j->batch_key = dup_field(batch, "key");
-            j->batch_prefix = dup_field(batch, "prefix");
-            j->batch_sep = dup_field(batch, "separator");
-            j->batch_suffix = dup_field(batch, "suffix");
-            if (json_object_object_get_ex(batch, "maxEvents", &v))
-                j->batch_max_events = (size_t)json_object_get_int64(v);
-            if (json_object_object_get_ex(batch, "maxBytes", &v))
-                j->batch_max_bytes = (size_t)json_object_get_int64(v);
-            if (!j->batch_key || !j->batch_prefix || !j->batch_sep || !j->batch_suffix ||
-                j->batch_max_events < 2) {
-                free(j->batch_key);
-                j->batch_key = NULL;
-            }
+        sl_json_members_t it;
+        sl_json_members_init(&it, doc);
+        while (sl_json_members_next(&it)) {
+            if (sl_json_key_is(it.key, "jobId"))
+                j->job_id = span_str(it.value, NULL);
+            else if (sl_json_key_is(it.key, "messageId"))
+                j->message_id = span_str(it.value, NULL);
+            else if (sl_json_key_is(it.key, "sourceId"))
+                j->source_id = span_str(it.value, NULL);
+            else if (sl_json_key_is(it.key, "destinationId") && !j->dest_id)
+                j->dest_id = span_str(it.value, NULL);
+            else if (sl_json_key_is(it.key, "destinationType"))
+                j->dest_type = span_str(it.value, NULL);
+            else if (sl_json_key_is(it.key, "userKey") && !j->user_key)
+                j->user_key = span_str(it.value, NULL);
+            else if (sl_json_key_is(it.key, "request") && it.value.type == SL_JSON_OBJECT)
+                req = it.value;
         }
     }
-    if (o)
-        json_object_put(o);
+    if (ok && req.p) {
+        sl_json_members_t it;
+        sl_json_members_init(&it, req);
+        while (sl_json_members_next(&it)) {
+            if (sl_json_key_is(it.key, "method"))
+                j->method = span_str(it.value, NULL);
+            else if (sl_json_key_is(it.key, "url"))
+                j->url = span_str(it.value, NULL);
+            else if (sl_json_key_is(it.key, "body"))
+                j->body = span_str(it.value, &j->body_len);
+            else if (sl_json_key_is(it.key, "headers") && it.value.type == SL_JSON_OBJECT)
+                j->headers_json = it.value; /* points into j->raw; made a list when sent */
+            else if (sl_json_key_is(it.key, "batch") && it.value.type == SL_JSON_OBJECT)
+                batch = it.value;
+        }
+    }
+    if (batch.p) {
+        sl_json_members_t it;
+        sl_json_members_init(&it, batch);
+        while (sl_json_members_next(&it)) {
+            if (sl_json_key_is(it.key, "key"))
+                j->batch_key = span_str(it.value, NULL);
+            else if (sl_json_key_is(it.key, "prefix"))
+                j->batch_prefix = span_str(it.value, NULL);
+            else if (sl_json_key_is(it.key, "separator"))
+                j->batch_sep = span_str(it.value, NULL);
+            else if (sl_json_key_is(it.key, "suffix"))
+                j->batch_suffix = span_str(it.value, NULL);
+            else if (sl_json_key_is(it.key, "maxEvents"))
+                j->batch_max_events = span_size(it.value);
+            else if (sl_json_key_is(it.key, "maxBytes"))
+                j->batch_max_bytes = span_size(it.value);
+        }
+        if (!j->batch_key || !j->batch_prefix || !j->batch_sep || !j->batch_suffix ||
+            j->batch_max_events < 2) {
+            free(j->batch_key);
+            j->batch_key = NULL;
+        }
+    }
     const char *problem = job_problem(j, ok, rt->ws);
     if (!j->message_id)
         j->message_id = sl_strdup("");
@@ -459,6 +481,32 @@ static const char *parse_job(rt_router_t *rt, rt_job_t *j)
         j->method = sl_strdup("POST");
     j->topic = rt->topic;
     return problem;
+}
+
+/* The request headers of job j as a curl list ("Name: value"), plus "Expect:" (bodies over
+ * 1 MB would otherwise wait for a 100-continue most servers never send). */
+static struct curl_slist *job_headers(const rt_job_t *j)
+{
+    struct curl_slist *l = NULL;
+    if (j->headers_json.p) {
+        sl_json_members_t it;
+        sl_json_members_init(&it, j->headers_json);
+        sl_buf_t h = SL_BUF_INIT;
+        while (sl_json_members_next(&it)) {
+            char *name = span_str(it.key, NULL), *val = span_str(it.value, NULL);
+            sl_buf_reset(&h);
+            sl_buf_printf(&h, "%s: ", name);
+            if (val)
+                sl_buf_puts(&h, val);
+            else
+                sl_buf_append(&h, it.value.p, it.value.len);
+            l = curl_slist_append(l, h.data);
+            free(name);
+            free(val);
+        }
+        sl_buf_free(&h);
+    }
+    return curl_slist_append(l, "Expect:");
 }
 
 /* --- recording outcomes --- */
@@ -559,13 +607,9 @@ static void dead_letter(rt_router_t *rt, rt_job_t *j, const char *reason)
     }
     sl_buf_printf(&b, ",\"eventPartition\":%d,\"eventOffset\":%lld,\"event\":", (int)j->partition,
                   (long long)j->offset);
-    json_tokener *tok = json_tokener_new();
-    json_object *o = json_tokener_parse_ex(tok, j->raw, (int)j->raw_len);
-    bool is_json = o && json_tokener_get_error(tok) == json_tokener_success;
-    json_tokener_free(tok);
-    if (o)
-        json_object_put(o);
-    if (is_json)
+    sl_json_span_t doc;
+    sl_json_error_t jerr;
+    if (sl_json_scan_document(j->raw, j->raw_len, &doc, &jerr))
         sl_buf_append(&b, j->raw, j->raw_len);
     else
         sl_buf_json_str(&b, j->raw, j->raw_len);
@@ -747,7 +791,8 @@ static void start_request(rt_router_t *rt, rt_req_t *r)
     }
     curl_easy_setopt(c, CURLOPT_URL, j->url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, j->method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, j->headers);
+    r->headers = job_headers(j);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, r->headers);
     if (strcmp(j->method, "HEAD") == 0) {
         curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
     } else if (strcmp(j->method, "GET") != 0 && strcmp(j->method, "DELETE") != 0) {
@@ -994,6 +1039,7 @@ static void outcome(rt_router_t *rt, rt_req_t *r, bool ok, bool retryable, long 
     }
     sl_buf_free(&r->body);
     sl_buf_free(&r->resp);
+    curl_slist_free_all(r->headers);
     free(r);
 }
 

@@ -62,7 +62,6 @@ void rt_job_free(rt_job_t *j)
     free(j->batch_sep);
     free(j->batch_suffix);
     free(j->last_response);
-    curl_slist_free_all(j->headers);
     free(j);
 }
 
