@@ -52,8 +52,9 @@ int wh_pg_ping(wh_pg_t *w, char *errstr, size_t errstr_size);
 void wh_pg_close(wh_pg_t *w);
 
 /* Loads the staging file at staging_path (warehouse/staging.h) into table `table` of namespace
- * `ns`, as described at the top, in one transaction. ns, table and the file's column names are
- * warehouse identifiers (wh_identifier(): at most 63 bytes); any other is refused. Returns the
+ * `ns`, as described at the top, in one transaction. ns, table and the file's column names
+ * must have 1 to 63 bytes (Postgres would truncate longer ones); their content may be anything,
+ * as they are always quoted (wh_identifier() makes them readable). Returns the
  * rows written to the table (0 when every id was already loaded; for `users`, the users
  * inserted or updated) or a negative sl_err_t with errstr: SL_ERR_TRANSIENT when the server
  * could not be reached or the transaction may succeed when retried (lost connection,
