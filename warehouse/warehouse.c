@@ -160,6 +160,16 @@ static void buffer_unlink(wh_warehouse_t *wh, wh_buffer_t *b)
     wh->buffered -= b->nmsgs;
 }
 
+/* b's messages are durable downstream (or need nothing): their offsets may be committed. Frees
+ * b. */
+static void buffer_done(wh_warehouse_t *wh, wh_buffer_t *b)
+{
+    for (size_t i = 0; i < b->nmsgs; i++)
+        sl_kafka_offsets_done(wh->offsets, wh->topic, b->msgs[i].partition, b->msgs[i].offset);
+    buffer_unlink(wh, b);
+    buffer_free(b);
+}
+
 /* Indexes rows [from, rows.n) under their tables. */
 static void buffer_index(wh_buffer_t *b, size_t from)
 {
@@ -377,6 +387,10 @@ static int flush(wh_warehouse_t *wh, wh_buffer_t *b)
 {
     char err[1024], dest[200], dir[PATH_MAX], ns[WH_NAME_MAX + 1];
     int64_t id = 0;
+    if (b->ntables == 0) { /* its events made no rows (skipped tables): nothing to load */
+        buffer_done(wh, b);
+        return 0;
+    }
     int rc = wh_uploads_next_id(wh->pg, &id, err, sizeof(err));
     if (rc)
         goto fail;
@@ -459,10 +473,7 @@ static int flush(wh_warehouse_t *wh, wh_buffer_t *b)
     sl_metrics_add(dest_counter("sluice_warehouse_staging_bytes_total",
                                 "Bytes of staging files written", b->dest_id),
                    (double)total_bytes);
-    for (size_t i = 0; i < b->nmsgs; i++)
-        sl_kafka_offsets_done(wh->offsets, wh->topic, b->msgs[i].partition, b->msgs[i].offset);
-    buffer_unlink(wh, b);
-    buffer_free(b);
+    buffer_done(wh, b);
     pthread_mutex_lock(&wh->mu);
     wh->recorded++;
     pthread_cond_broadcast(&wh->cond);

@@ -318,7 +318,8 @@ def case_evolve(env):
     us = uploads(env, p, "--destination", "d-pg2")
     if not us or {u["destinationId"] for u in us} != {"d-pg2"} or us[0]["namespace"] != ns2:
         h.fail(f"uploads --destination d-pg2: {us}")
-    p.stop()
+    if p.stop() != 0:
+        h.fail("sluice all did not stop cleanly")
 
 
 def ids_in(wh, ns, table):
@@ -443,7 +444,8 @@ def case_commands(env):
     tables = uploads(env, p)[-1]["tables"]
     if not tables or any(t["state"] != "exported_data" for t in tables):
         h.fail(f"table uploads: {tables}")
-    p.stop()
+    if p.stop() != 0:
+        h.fail("sluice all did not stop cleanly")
 
 
 CASES = {"types": case_types, "evolve": case_evolve, "crash": case_crash,
