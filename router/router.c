@@ -112,6 +112,7 @@ struct rt_router {
     CURL *free_easy[RT_EASY_POOL];
     size_t nfree_easy;
     bool hold;          /* a quick destination is full: stop taking jobs until it drains */
+    bool consumer_more; /* the last poll left messages in the consumer queue */
     rt_op_t *status_op; /* outcomes of this turn, for the store */
     rt_job_t *status_tail;
     sl_pg_t *pg; /* the loop's own connection, for rebalances */
@@ -1210,11 +1211,16 @@ static void on_message(rt_router_t *rt, const rd_kafka_message_t *m)
 static void poll_consumer(rt_router_t *rt)
 {
     if (rt_store_backlog(rt->store) >= RT_STORE_BACKLOG)
-        return; /* Postgres is behind or away: wait for it */
+        return; /* Postgres is behind or away: wait for it (its progress wakes the loop) */
+    /* The consumer's wake-up only comes when its queue turns non-empty: while messages are
+     * left in it, the loop must not sleep (wait_ms). */
+    rt->consumer_more = true;
     for (int i = 0; i < RT_POLL_MAX && !rt->hold; i++) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rt->consumer, 0);
-        if (!m)
+        if (!m) {
+            rt->consumer_more = false;
             break;
+        }
         if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
             sl_health_set("kafka", true, NULL);
             on_message(rt, m);
@@ -1230,6 +1236,8 @@ static void poll_consumer(rt_router_t *rt)
 static int wait_ms(rt_router_t *rt)
 {
     int64_t now = sl_time_mono_ms(), wait = RT_IDLE_WAIT_MS;
+    if (rt->consumer_more && !rt->hold && rt_store_backlog(rt->store) < RT_STORE_BACKLOG)
+        return 0;
     for (rt_dest_t *d = rt->dests; d; d = d->next) {
         if (!d->ready_head)
             continue;
@@ -1243,7 +1251,7 @@ static int wait_ms(rt_router_t *rt)
     }
     if (rt->kdest && rt_kdest_inflight(rt->kdest) && wait > 5)
         wait = 5; /* delivery reports of KAFKA destinations do not wake the poll */
-    return wait < 1 ? 1 : (int)wait;
+    return wait < 0 ? 0 : (int)wait;
 }
 
 /* One turn of the loop; consume says whether to take new jobs. */
