@@ -240,16 +240,16 @@ def job_rows(env, dest):
     """sluice_jobs rows of a destination: (message_id, state, attempts, last_status,
     last_response) ordered by attempts."""
     rows = sql(env, "SELECT message_id, state, attempts, coalesce(last_status, 0), "
-                           "translate(coalesce(last_response, ''), E'\\n\\t', '  ') "
-                           f"FROM sluice_jobs WHERE destination_id = {q(dest)} "
-                           "ORDER BY attempts, last_attempt_at")
+                    "translate(coalesce(last_response, ''), E'\\n\\t', '  ') "
+                    f"FROM sluice_jobs WHERE destination_id = {q(dest)} "
+                    "ORDER BY attempts, last_attempt_at")
     return [(r[0], r[1], int(r[2]), int(r[3]), r[4] if len(r) > 4 else "") for r in rows]
 
 
 def parked(env, dest):
     """(rows in sluice_parked, distinct users) of a destination."""
     r = sql(env, "SELECT count(*), count(DISTINCT user_key) FROM sluice_parked "
-                        f"WHERE destination_id = {q(dest)}")
+                 f"WHERE destination_id = {q(dest)}")
     return int(r[0][0]), int(r[0][1])
 
 
@@ -350,7 +350,7 @@ def case_retry(env):
     # Dead letters: stage "router", the last response, the job unchanged; in Postgres too.
     def letters():
         r = sql(env, "SELECT destination_id, message_id, reason, event "
-                            "FROM sluice_failed_events WHERE stage = 'router'")
+                     "FROM sluice_failed_events WHERE stage = 'router'")
         return r if {x[0] for x in r} >= {"d400", "dgu"} else None
     rows = wait(env, "router dead letters in sluice_failed_events", letters, timeout=20)
     h.log("dead letters: " + "; ".join(f"{r[0]}: {r[2][:80]}" for r in rows))
@@ -446,7 +446,7 @@ def case_isolation(env):
                        lambda: (lambda r: r if r[1] == len(users) else None)(parked(env, dest)),
                        timeout=20)
         keys = sql(env, "SELECT count(*) FROM sluice_parked_keys "
-                               f"WHERE destination_id = {q(dest)}")[0][0]
+                        f"WHERE destination_id = {q(dest)}")[0][0]
         h.log(f"{dest}: {n[0]} jobs parked for {n[1]} users, {keys} parked keys")
     time.sleep(0.5)
     h.log("gauges sluice_router_parked (refreshed every few seconds): "
@@ -465,7 +465,7 @@ def case_isolation(env):
         wait(env, f"{dest}'s events delivered and unparked after recovery", done, timeout=30)
         check_user_order(dest, last_arrival_order(arrivals(sink)), sent)
         rows = sql(env, "SELECT count(DISTINCT job_id) FROM sluice_jobs WHERE "
-                               f"destination_id = {q(dest)} AND state = 'succeeded'")
+                        f"destination_id = {q(dest)} AND state = 'succeeded'")
         if int(rows[0][0]) != len(want):
             h.fail(f"{dest}: {rows[0][0]} jobs with a succeeded row, want {len(want)}")
     h.log(f"B and C drained {time.time() - t1:.1f} s after they recovered")
@@ -581,20 +581,35 @@ def case_throttle(env):
     time.sleep(1.0)
     recs = arrivals(sink)
     ts = sorted(r["t"] for r in recs)
-    # Any 1 s window: at most 20, plus 1 for the window's edges (times are the sink's, in ms).
-    worst = max(sum(1 for x in ts[i:] if x < t + 1000) for i, t in enumerate(ts))
+    # When the router sent each job: its succeeded row's last_attempt_at (the attempt's start).
+    sends = wait(env, "a succeeded row per throttled job", lambda: (lambda r: sorted(
+        float(x[0]) for x in r) if len(r) >= len(want) else None)(sql(
+            env, "SELECT extract(epoch FROM last_attempt_at) * 1000 FROM sluice_jobs "
+                 "WHERE destination_id = 'dT' AND state = 'succeeded'")), timeout=20)
+
+    def worst(times):
+        """The most times within any 1 s, and where that window starts."""
+        return max((sum(1 for x in times[i:] if x < t + 1000), i) for i, t in enumerate(times))
+    sent_worst, si = worst(sends)
+    got_worst, gi = worst(ts)
     per_second = collections.Counter(t // 1000 for t in ts)
     from_first = collections.Counter((t - ts[0]) // 1000 for t in ts)
     h.log(f"throttle: {len(ts)} requests over {(ts[-1] - ts[0]) / 1000:.1f} s "
-          f"({time.time() - t0:.1f} s from producing); most in any 1 s window: {worst}; "
-          f"per wall-clock second: {sorted(per_second.values(), reverse=True)[:6]}; per "
-          f"second from the first: {[from_first[k] for k in sorted(from_first)]}; "
+          f"({time.time() - t0:.1f} s from producing); most in any 1 s: {sent_worst} sent "
+          f"(router's attempt times), {got_worst} received (sink's times); received per "
+          f"wall-clock second: {sorted(per_second.values(), reverse=True)[:6]}, per second "
+          f"from the first: {[from_first[k] for k in sorted(from_first)]}; "
           f"throttled_total {metric(rt, 'sluice_router_throttled_total', 'dT')}")
-    if worst > 21:
-        i = max(range(len(ts)), key=lambda i: sum(1 for x in ts[i:] if x < ts[i] + 1000))
-        h.log("arrivals (ms after the first) around the worst window: " +
-              str([x - ts[0] for x in ts[max(0, i - 3):i + worst + 3]]))
-        h.fail(f"{worst} requests reached the sink within 1 s; the throttle is 20/1s")
+    # At most the limit per window, +1 for the window's edges. At the sink, +1 more: a
+    # request's trip may be a few ms late (the first ones open connections), which can bring
+    # one more into a window. A throttle by fixed windows lets up to twice the limit through.
+    if sent_worst > 21 or got_worst > 22:
+        h.log("send times (ms after the first) from the worst window: " +
+              str([round(x - sends[0]) for x in sends[si:si + sent_worst + 2]]))
+        h.log("arrival times (ms after the first) from the worst window: " +
+              str([x - ts[0] for x in ts[gi:gi + got_worst + 2]]))
+        h.fail(f"{sent_worst} jobs sent and {got_worst} received within 1 s; the throttle "
+               "is 20/1s")
     if len(set(mids(recs))) != len(want) or len(recs) != len(want):
         h.fail(f"{len(recs)} requests for {len(want)} jobs (lost or duplicated)")
     check_user_order("throttled", mids(recs), sent)
@@ -638,7 +653,7 @@ def case_status(env):
     h.log(f"gateway -> processor -> router -> sink in {(time.time() - t0) * 1000:.0f} ms")
     rows = wait(env, "its succeeded row", lambda: [
         r for r in sql(env, "SELECT destination_id, state, attempts FROM sluice_jobs "
-                                   f"WHERE message_id = {q(mid)}") if r[1] == "succeeded"],
+                            f"WHERE message_id = {q(mid)}") if r[1] == "succeeded"],
         timeout=30)
     if rows[0][0] != "dst-webhook":
         h.fail(f"status row: {rows}")
