@@ -42,11 +42,26 @@
 #define WH_FLUSH_RETRY_MS  1000 /* first wait after a failed flush; doubles up to 30 s */
 #define WH_DRAIN_MS        10000
 
-/* The rows of one table in a buffer: indexes into the buffer's rows. */
+/* One value of a buffered row: its column, its type and its text in the table's arena. */
+typedef struct wh_cell {
+    uint32_t col;
+    uint32_t type; /* wh_type_t */
+    size_t off;    /* into arena, or WH_NULL_VALUE */
+} wh_cell_t;
+
+#define WH_NULL_VALUE SIZE_MAX
+
+/* The rows of one table in a buffer, compact: column names once per table, values in one
+ * arena (a few times smaller than the rows wh_event_rows makes, which are per event). */
 typedef struct wh_tbuf {
     char *table;
-    size_t *idx;
+    char **cols; /* names */
+    size_t ncols, ccap;
+    wh_cell_t *cells;
+    size_t ncells, cellcap;
+    size_t *rows; /* index of each row's first cell */
     size_t n, cap;
+    sl_buf_t arena;
 } wh_tbuf_t;
 
 typedef struct wh_msg {
@@ -58,7 +73,6 @@ typedef struct wh_msg {
  * consumer thread. */
 typedef struct wh_buffer {
     char *source_id, *dest_id, *dest_type;
-    wh_rows_t rows;
     wh_tbuf_t *tables;
     size_t ntables, tcap;
     wh_msg_t *msgs; /* the messages whose rows these are, marked done once recorded */
@@ -80,6 +94,7 @@ struct wh_warehouse {
     /* consumer thread */
     rd_kafka_t *consumer;
     sl_kafka_offsets_t *offsets;
+    wh_rows_t scratch; /* one event's rows, before they go into a buffer */
     sl_pg_t *pg;
     wh_buffer_t *buffers;
     size_t buffered; /* events in buffers */
@@ -137,10 +152,15 @@ static wh_buffer_t *buffer_get(wh_warehouse_t *wh, const char *source_id, const 
 
 static void buffer_free(wh_buffer_t *b)
 {
-    wh_rows_free(&b->rows);
     for (size_t i = 0; i < b->ntables; i++) {
-        free(b->tables[i].table);
-        free(b->tables[i].idx);
+        wh_tbuf_t *t = &b->tables[i];
+        free(t->table);
+        for (size_t c = 0; c < t->ncols; c++)
+            free(t->cols[c]);
+        free(t->cols);
+        free(t->cells);
+        free(t->rows);
+        sl_buf_free(&t->arena);
     }
     free(b->tables);
     free(b->msgs);
@@ -170,28 +190,85 @@ static void buffer_done(wh_warehouse_t *wh, wh_buffer_t *b)
     buffer_free(b);
 }
 
-/* Indexes rows [from, rows.n) under their tables. */
-static void buffer_index(wh_buffer_t *b, size_t from)
+static wh_tbuf_t *table_get(wh_buffer_t *b, const char *table)
 {
-    for (size_t i = from; i < b->rows.n; i++) {
-        const char *table = b->rows.rows[i].table;
-        wh_tbuf_t *t = NULL;
-        for (size_t k = 0; k < b->ntables && !t; k++)
-            if (strcmp(b->tables[k].table, table) == 0)
-                t = &b->tables[k];
-        if (!t) {
-            if (b->ntables == b->tcap) {
-                b->tcap = b->tcap ? b->tcap * 2 : 8;
-                b->tables = sl_realloc(b->tables, b->tcap * sizeof(*b->tables));
-            }
-            t = &b->tables[b->ntables++];
-            *t = (wh_tbuf_t){.table = sl_strdup(table)};
-        }
+    for (size_t k = 0; k < b->ntables; k++)
+        if (strcmp(b->tables[k].table, table) == 0)
+            return &b->tables[k];
+    if (b->ntables == b->tcap) {
+        b->tcap = b->tcap ? b->tcap * 2 : 8;
+        b->tables = sl_realloc(b->tables, b->tcap * sizeof(*b->tables));
+    }
+    wh_tbuf_t *t = &b->tables[b->ntables++];
+    *t = (wh_tbuf_t){.table = sl_strdup(table), .arena = SL_BUF_INIT};
+    return t;
+}
+
+/* The index of column name in t; guess is where the previous row had its column at the same
+ * position (rows of a table mostly have the same columns in the same order). */
+static uint32_t column_index(wh_tbuf_t *t, const char *name, const wh_cell_t *guess)
+{
+    if (guess && strcmp(t->cols[guess->col], name) == 0)
+        return guess->col;
+    for (size_t c = 0; c < t->ncols; c++)
+        if (strcmp(t->cols[c], name) == 0)
+            return (uint32_t)c;
+    if (t->ncols == t->ccap) {
+        t->ccap = t->ccap ? t->ccap * 2 : 32;
+        t->cols = sl_realloc(t->cols, t->ccap * sizeof(*t->cols));
+    }
+    t->cols[t->ncols] = sl_strdup(name);
+    return (uint32_t)t->ncols++;
+}
+
+/* Copies rows into b under their tables. */
+static void buffer_add(wh_buffer_t *b, const wh_rows_t *rows)
+{
+    for (size_t i = 0; i < rows->n; i++) {
+        const wh_row_t *r = &rows->rows[i];
+        wh_tbuf_t *t = table_get(b, r->table);
+        size_t prev = t->n ? t->rows[t->n - 1] : 0, prev_n = t->n ? t->ncells - prev : 0;
         if (t->n == t->cap) {
             t->cap = t->cap ? t->cap * 2 : 64;
-            t->idx = sl_realloc(t->idx, t->cap * sizeof(*t->idx));
+            t->rows = sl_realloc(t->rows, t->cap * sizeof(*t->rows));
         }
-        t->idx[t->n++] = i;
+        t->rows[t->n++] = t->ncells;
+        if (t->ncells + r->ncols > t->cellcap) {
+            t->cellcap =
+                t->cellcap * 2 > t->ncells + r->ncols ? t->cellcap * 2 : t->ncells + r->ncols + 64;
+            t->cells = sl_realloc(t->cells, t->cellcap * sizeof(*t->cells));
+        }
+        for (size_t k = 0; k < r->ncols; k++) {
+            const wh_col_t *c = &r->cols[k];
+            wh_cell_t *cell = &t->cells[t->ncells];
+            cell->col = column_index(t, c->name, k < prev_n ? &t->cells[prev + k] : NULL);
+            cell->type = (uint32_t)c->type;
+            cell->off = WH_NULL_VALUE;
+            if (c->value) {
+                cell->off = t->arena.len;
+                sl_buf_append(&t->arena, c->value, strlen(c->value) + 1);
+            }
+            t->ncells++;
+        }
+    }
+}
+
+/* t's rows as wh_row_t, for the staging writer: *rows and *cols are the caller's to free,
+ * the strings stay t's. */
+static void table_rows(const wh_tbuf_t *t, wh_row_t **rows, wh_col_t **cols)
+{
+    *rows = sl_malloc((t->n ? t->n : 1) * sizeof(**rows));
+    *cols = sl_malloc((t->ncells ? t->ncells : 1) * sizeof(**cols));
+    for (size_t j = 0; j < t->ncells; j++) {
+        const wh_cell_t *c = &t->cells[j];
+        (*cols)[j] = (wh_col_t){.name = t->cols[c->col],
+                                .type = (wh_type_t)c->type,
+                                .value = c->off == WH_NULL_VALUE ? NULL : t->arena.data + c->off};
+    }
+    for (size_t i = 0; i < t->n; i++) {
+        size_t end = i + 1 < t->n ? t->rows[i + 1] : t->ncells;
+        (*rows)[i] =
+            (wh_row_t){.table = t->table, .cols = *cols + t->rows[i], .ncols = end - t->rows[i]};
     }
 }
 
@@ -222,9 +299,8 @@ static void on_message(wh_warehouse_t *wh, const rd_kafka_message_t *m)
     }
     const char *received_at = sl_jsonc_str(job, "receivedAt");
     wh_buffer_t *b = buffer_get(wh, src, dst, sl_jsonc_str(job, "destinationType"));
-    size_t before = b->rows.n;
     char err[512];
-    if (wh_event_rows(body, strlen(body), received_at, &b->rows, err, sizeof(err)) != 0) {
+    if (wh_event_rows(body, strlen(body), received_at, &wh->scratch, err, sizeof(err)) != 0) {
         char why[600];
         snprintf(why, sizeof(why), "event of destination %s: %s", dst, err);
         bad_event(wh, m, why);
@@ -235,7 +311,8 @@ static void on_message(wh_warehouse_t *wh, const rd_kafka_message_t *m)
         json_object_put(job);
         return;
     }
-    buffer_index(b, before);
+    buffer_add(b, &wh->scratch);
+    wh_rows_free(&wh->scratch);
     if (b->nmsgs == b->mcap) {
         b->mcap = b->mcap ? b->mcap * 2 : 256;
         b->msgs = sl_realloc(b->msgs, b->mcap * sizeof(*b->msgs));
@@ -402,6 +479,8 @@ static int flush(wh_warehouse_t *wh, wh_buffer_t *b)
     wh_staged_t *files = sl_calloc(b->ntables, sizeof(*files));
     const wh_row_t **rows = NULL;
     size_t nrows_cap = 0, written = 0;
+    wh_row_t *trows;
+    wh_col_t *tcols;
     int64_t total_rows = 0, total_bytes = 0;
     for (size_t t = 0; t < b->ntables; t++) {
         wh_tbuf_t *tb = &b->tables[t];
@@ -409,16 +488,19 @@ static int flush(wh_warehouse_t *wh, wh_buffer_t *b)
             nrows_cap = tb->n;
             rows = sl_realloc(rows, nrows_cap * sizeof(*rows));
         }
-        for (size_t i = 0; i < tb->n; i++)
-            rows[i] = &b->rows.rows[tb->idx[i]];
         char file[WH_NAME_MAX + 8];
         safe_component(tb->table, file, sizeof(file) - 6);
         if (snprintf(paths[t], PATH_MAX, "%s/%s.avro", dir, file) >= PATH_MAX) {
             rc = sl_err_set(err, sizeof(err), SL_ERR_INVALID, "staging path too long: %s", dir);
             break;
         }
+        table_rows(tb, &trows, &tcols);
+        for (size_t i = 0; i < tb->n; i++)
+            rows[i] = &trows[i];
         rc = wh_staging_write(paths[t], tb->table, (const wh_row_t *const *)rows, tb->n, err,
                               sizeof(err));
+        free(trows);
+        free(tcols);
         if (rc)
             break;
         written++;
@@ -883,6 +965,7 @@ static void warehouse_free(wh_warehouse_t *wh)
     sl_pg_destroy(wh->keeper_pg);
     sl_pg_destroy(wh->pg);
     sl_kafka_offsets_destroy(wh->offsets);
+    wh_rows_free(&wh->scratch);
     pthread_mutex_destroy(&wh->mu);
     pthread_cond_destroy(&wh->cond);
     free(wh->topic);
