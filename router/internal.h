@@ -85,6 +85,8 @@ rt_op_t *rt_store_take(rt_store_t *s);
 size_t rt_store_backlog(rt_store_t *s);
 /* The partitions whose parked jobs this router drains (copied). */
 void rt_store_set_partitions(rt_store_t *s, const int32_t *parts, size_t n);
+/* The destinations whose parked jobs are not to be loaded for now (their queues are full). */
+void rt_store_set_full(rt_store_t *s, const char *const *dest_ids, size_t n);
 /* Asks for a drain pass now. */
 void rt_store_drain_soon(rt_store_t *s);
 /* Finishes queued operations (as far as Postgres allows), then stops. */

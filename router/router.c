@@ -42,7 +42,7 @@
 
 #define RT_POLL_MAX        2000 /* messages taken from the consumer per loop */
 #define RT_COMMIT_EVERY_MS 500
-#define RT_IDLE_WAIT_MS    100
+#define RT_IDLE_WAIT_MS    10    /* the longest sleep: the consumer's wake-up is not always given */
 #define RT_STORE_BACKLOG   20000 /* operations queued for Postgres before consuming pauses */
 #define RT_HEADERS_MAX     64
 #define RT_EASY_POOL       1024 /* idle curl handles kept for reuse */
@@ -72,6 +72,7 @@ typedef struct rt_dest {
     double latency_ms;              /* moving average of request durations */
     struct rt_req *oldest, *newest; /* requests in flight, in the order started */
     bool throttled;                 /* held back since the last request */
+    bool full; /* half its share of memory used: its parked jobs are not loaded */
     sl_metric_t *m_delivered, *m_retried, *m_aborted, *m_throttled, *m_latency;
     struct rt_dest *next;
 } rt_dest_t;
@@ -120,7 +121,7 @@ struct rt_router {
     char *dest_settings;
     int max_conns, inflight;
     size_t memory_jobs;
-    int64_t batch_timeout_ms;
+    int64_t batch_timeout_ms, park_poll_ms;
     bool job_status;
     CURLM *multi;
     rt_kdest_t *kdest; /* KAFKA destinations */
@@ -908,11 +909,26 @@ static void schedule(rt_router_t *rt)
 {
     int64_t now = sl_time_mono_ms();
     rt->hold = false;
+    size_t nfull = 0;
+    bool changed = false;
     for (rt_dest_t *d = rt->dests; d; d = d->next) {
+        bool full = d->queued >= rt->memory_jobs / 2;
+        changed |= full != d->full;
+        d->full = full;
+        nfull += full;
         while (schedule_one(rt, d, now))
             ;
         if (d->queued >= rt->memory_jobs && !dest_slow(d, now))
             rt->hold = true;
+    }
+    if (changed) { /* the drainer leaves full destinations' parked jobs where they are */
+        const char **ids = sl_malloc((nfull + 1) * sizeof(*ids));
+        size_t n = 0;
+        for (rt_dest_t *d = rt->dests; d; d = d->next)
+            if (d->full)
+                ids[n++] = d->id;
+        rt_store_set_full(rt->store, ids, n);
+        free(ids);
     }
 }
 
@@ -1119,9 +1135,10 @@ static void take_store(rt_router_t *rt)
             for (size_t i = 0; i < rt->nparts; i++)
                 ours |= rt->parts[i] == op->partition;
             if (!ours || k->loading || k->busy || k->head || k->dest->queued >= rt->memory_jobs) {
-                /* Revoked meanwhile, or already in hand: the rows stay parked, due now. */
+                /* Revoked meanwhile, in hand already or no room: the rows stay parked, due
+                 * again after a park poll. */
                 rt_op_t *rel = op_new(RT_OP_RELEASE, k);
-                rel->next_ms = sl_time_now_ms();
+                rel->next_ms = sl_time_now_ms() + rt->park_poll_ms;
                 rt_store_push(rt->store, rel);
                 key_maybe_free(rt, k);
                 break;
@@ -1552,6 +1569,7 @@ rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errst
     rt->max_conns = (int)sl_conf_int(conf, "router.max_connections");
     rt->memory_jobs = (size_t)sl_conf_int(conf, "router.memory_jobs");
     rt->batch_timeout_ms = sl_conf_duration_ms(conf, "router.batch_timeout");
+    rt->park_poll_ms = sl_conf_duration_ms(conf, "router.park_poll");
     rt->job_status = sl_conf_bool(conf, "router.job_status");
     rt->multi = curl_multi_init();
     rt->kdest = rt_kdest_new(conf);

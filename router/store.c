@@ -37,6 +37,7 @@ struct rt_store {
     size_t backlog;
     int32_t *parts;
     size_t nparts;
+    char *full; /* destinations not to load for now, as a Postgres array literal */
     bool drain_now, stop;
     int64_t last_maintain, last_gauge;
     char **gauged; /* destinations with a parked gauge */
@@ -131,6 +132,26 @@ void rt_store_set_partitions(rt_store_t *s, const int32_t *parts, size_t n)
     s->nparts = n;
     s->drain_now = true;
     pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void rt_store_set_full(rt_store_t *s, const char *const *dest_ids, size_t n)
+{
+    sl_buf_t b = SL_BUF_INIT;
+    sl_buf_putc(&b, '{');
+    for (size_t i = 0; i < n; i++) {
+        sl_buf_puts(&b, i ? ",\"" : "\"");
+        for (const char *c = dest_ids[i]; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                sl_buf_putc(&b, '\\');
+            sl_buf_putc(&b, *c);
+        }
+        sl_buf_putc(&b, '"');
+    }
+    sl_buf_putc(&b, '}');
+    pthread_mutex_lock(&s->lock);
+    free(s->full);
+    s->full = sl_buf_steal(&b);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -528,17 +549,22 @@ static int drain(rt_store_t *s, PGconn *c, char *err, size_t errsz)
     }
     char limit[24];
     snprintf(limit, sizeof(limit), "%zu", s->c.load_keys);
-    const char *p[] = {s->topic, parts.data, limit};
+    pthread_mutex_lock(&s->lock);
+    char *full = sl_strdup(s->full ? s->full : "{}");
+    pthread_mutex_unlock(&s->lock);
+    const char *p[] = {s->topic, parts.data, limit, full};
     PGresult *keys;
     int rc = exec(c,
                   "UPDATE sluice_parked_keys k SET next_attempt_at = 'infinity' FROM ("
                   "SELECT destination_id, user_key FROM sluice_parked_keys WHERE kafka_topic = "
-                  "$1 AND kafka_partition = ANY($2::int[]) AND next_attempt_at <= now() ORDER "
-                  "BY next_attempt_at LIMIT $3::int FOR UPDATE SKIP LOCKED) d WHERE "
-                  "k.kafka_topic = $1 AND k.destination_id = d.destination_id AND k.user_key = "
-                  "d.user_key RETURNING k.destination_id, k.user_key, k.kafka_partition",
-                  3, p, &keys, err, errsz);
+                  "$1 AND kafka_partition = ANY($2::int[]) AND next_attempt_at <= now() AND NOT "
+                  "destination_id = ANY($4::text[]) ORDER BY next_attempt_at LIMIT $3::int FOR "
+                  "UPDATE SKIP LOCKED) d WHERE k.kafka_topic = $1 AND k.destination_id = "
+                  "d.destination_id AND k.user_key = d.user_key RETURNING k.destination_id, "
+                  "k.user_key, k.kafka_partition",
+                  4, p, &keys, err, errsz);
     sl_buf_free(&parts);
+    free(full);
     if (rc)
         return rc;
     rt_op_t *loaded = NULL, *tail = NULL;
@@ -721,6 +747,7 @@ void rt_store_stop(rt_store_t *s)
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
     free(s->parts);
+    free(s->full);
     for (size_t i = 0; i < s->ngauged; i++)
         free(s->gauged[i]);
     free(s->gauged);
