@@ -7,6 +7,9 @@ a Postgres warehouse (a second database on the test Postgres), checked with SQL.
   --case evolve    a new property adds a column, a new event adds a table, a value of the
                    wrong type goes to rudder_discards; two namespaces load side by side
   --case crash     SIGKILL of the warehouse during uploads, restart: no row lost or doubled
+  --case takeover  two warehouse instances; the one loading an upload is SIGKILLed while its
+                   load waits on a lock: the other takes the upload over when the lease
+                   lapses and loads it, every row once
   --case commands  `sluice warehouse uploads` (text and --json); an upload that fails is
                    retried with backoff, aborted, and `sluice warehouse retry` loads it
 """
@@ -382,6 +385,70 @@ def case_crash(env):
         h.fail("the warehouse did not stop cleanly")
 
 
+def case_takeover(env):
+    wh = Warehouse(env)
+    env.write_workspace(config([pg_dest("d-pg", wh, namespace="tk")]))
+    create_topics(env)
+    kafka = {k: v for k, v in wh_env(env).items() if k.startswith("SLUICE_KAFKA")}
+    gw = env.start("gateway", name="gateway")
+    pr = env.start("processor", name="processor", **kafka)
+    ws = {i: env.start("warehouse", name=f"warehouse-{i}",
+                       **wh_env(env, SLUICE_WAREHOUSE_INSTANCE_ID=f"e2e-wh-{i}"))
+          for i in ("a", "b")}
+    for proc in [gw, pr] + list(ws.values()):
+        env.wait_healthy(proc)
+    send(gw, "/v1/track", {"userId": "u0", "event": "Item Viewed", "messageId": "t-0"})
+    wh.wait_count("tk", "tracks", 1)
+    # Hold tracks locked, so the next upload's load waits inside an instance.
+    locker = subprocess.Popen(["psql", wh.dsn, "-X", "-q", "-c",
+                               "BEGIN; LOCK TABLE tk.tracks IN ACCESS EXCLUSIVE MODE; "
+                               "SELECT pg_sleep(60)"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        h.wait_for("the lock", lambda: wh.one(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE "
+            "c.relname = 'tracks' AND l.mode = 'AccessExclusiveLock' AND l.granted") == "1", 10)
+        ids = [f"t-{i}" for i in range(1, 201)]
+        send(gw, "/v1/batch", {"batch": [{"type": "track", "userId": f"u{i % 7}",
+                                          "event": "Item Viewed", "messageId": m}
+                                         for i, m in enumerate(ids)]})
+
+        def stuck():
+            r = h.psql(env.dsn, "SELECT id, claimed_by FROM sluice_wh_uploads WHERE state = "
+                       "'exporting_data' AND claimed_by IS NOT NULL")
+            waiting = wh.one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                             "'Lock' AND datname = current_database()")
+            return r[0] if r and waiting != "0" else None
+        upload, claim = h.wait_for("an upload waiting on the lock", stuck, 20, interval=0.2)
+        owner = claim.split("#")[0].rsplit("-", 1)[1]
+        other = "b" if owner == "a" else "a"
+        h.log(f"upload {upload} is loading in warehouse-{owner} ({claim}); killing it")
+        ws[owner].p.send_signal(signal.SIGKILL)
+        ws[owner].p.wait()
+        killed_at = time.time()
+    finally:
+        # The server ends the lock's transaction (a killed psql leaves its backend asleep).
+        wh.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE "
+               "'%pg_sleep(60)%' AND pid <> pg_backend_pid()")
+        locker.kill()
+        locker.wait()
+    wh.wait_count("tk", "tracks", 201, timeout=35)
+    wh.wait_count("tk", "item_viewed", 201, timeout=5)
+    took = time.time() - killed_at
+    hist = h.psql(env.dsn, f"SELECT state, instance FROM sluice_wh_upload_events WHERE "
+                  f"upload_id = {upload} ORDER BY at")
+    h.log(f"taken over and loaded {took:.1f}s after the kill; history: {hist}")
+    if ["exported_data", f"e2e-wh-{other}#0"] not in hist and \
+            ["exported_data", f"e2e-wh-{other}#1"] not in hist:
+        h.fail(f"warehouse-{other} should have finished upload {upload}: {hist}")
+    for t in ("tracks", "item_viewed"):
+        got = ids_in(wh, "tk", t)
+        if len(got) != len(set(got)) or set(got) != set(ids + ["t-0"]):
+            h.fail(f"{t}: {len(got)} rows, {len(set(got))} distinct, 201 sent")
+    if ws[other].stop() != 0:
+        h.fail(f"warehouse-{other} did not stop cleanly")
+
+
 def case_commands(env):
     wh = Warehouse(env)
     good = pg_dest("d-pg", wh, namespace="cmds")
@@ -449,7 +516,7 @@ def case_commands(env):
 
 
 CASES = {"types": case_types, "evolve": case_evolve, "crash": case_crash,
-         "commands": case_commands}
+         "takeover": case_takeover, "commands": case_commands}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
