@@ -286,10 +286,12 @@ static void on_message(wh_warehouse_t *wh, const rd_kafka_message_t *m)
     json_tokener *tok = json_tokener_new();
     json_object *job = m->payload ? json_tokener_parse_ex(tok, m->payload, (int)m->len) : NULL;
     json_tokener_free(tok);
-    json_object *req = NULL;
+    json_object *req = NULL, *body_o = NULL;
     const char *src = sl_jsonc_str(job, "sourceId"), *dst = sl_jsonc_str(job, "destinationId");
     const char *body =
         json_object_object_get_ex(job, "request", &req) ? sl_jsonc_str(req, "body") : NULL;
+    if (body)
+        json_object_object_get_ex(req, "body", &body_o);
     if (!src || !dst || !body) {
         bad_event(wh, m,
                   !job ? "not a JSON job"
@@ -300,7 +302,8 @@ static void on_message(wh_warehouse_t *wh, const rd_kafka_message_t *m)
     const char *received_at = sl_jsonc_str(job, "receivedAt");
     wh_buffer_t *b = buffer_get(wh, src, dst, sl_jsonc_str(job, "destinationType"));
     char err[512];
-    if (wh_event_rows(body, strlen(body), received_at, &wh->scratch, err, sizeof(err)) != 0) {
+    if (wh_event_rows(body, (size_t)json_object_get_string_len(body_o), received_at, &wh->scratch,
+                      err, sizeof(err)) != 0) {
         char why[600];
         snprintf(why, sizeof(why), "event of destination %s: %s", dst, err);
         bad_event(wh, m, why);
