@@ -827,10 +827,7 @@ static bool schedule_one(rt_router_t *rt, rt_dest_t *d, int64_t now)
         /* GCRA: job slots spaced window/limit apart, so no window of that length ever holds
          * more than the limit (+1 for a slot caught up after a late wake-up). */
         if (d->tat > (double)now) {
-            if (!d->throttled) { /* the jobs held back this time */
-                sl_metrics_add(d->m_throttled, (double)d->queued);
-                d->throttled = true;
-            }
+            d->throttled = true;
             return false;
         }
         budget = d->set.throttle_limit;
@@ -887,6 +884,8 @@ static bool schedule_one(rt_router_t *rt, rt_dest_t *d, int64_t now)
         if (d->tat < (double)now - slot)
             d->tat = (double)now - slot;
         d->tat += slot * (double)r->njobs;
+        if (d->throttled) /* these jobs waited for the throttle */
+            sl_metrics_add(d->m_throttled, (double)r->njobs);
         d->throttled = false;
     }
     start_request(rt, r);

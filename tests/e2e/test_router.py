@@ -12,7 +12,7 @@ instances are the destinations.
   --case isolation  destination B down (503) and C stalled: A's events all arrive; B's and C's
                     are parked in sluice_parked and delivered in order once they recover
   --case restart    SIGKILL the router while it delivers thousands of jobs: nothing lost,
-                    duplicates counted (<= 1%); SIGKILL while jobs are parked: all delivered
+                    duplicates counted (only the unrecorded last moment may repeat); SIGKILL while jobs are parked: all delivered
   --case throttle   destination_settings throttle=20/1s: never more than 20 (+1) requests in
                     any 1 s, nothing lost
   --case status     gateway -> processor -> router, then `sluice status <messageId>` (and
@@ -537,8 +537,14 @@ def case_restart(env):
     check_user_order("after the SIGKILL", got, sent)
     if twice:
         h.fail(f"{twice} jobs recorded succeeded before the SIGKILL were delivered again")
-    if dups > len(want) // 100:
-        h.fail(f"{dups} duplicate deliveries after one SIGKILL: more than 1% of {len(want)}")
+    # The rest can only be the tail the killed router had delivered but not yet recorded
+    # (its record follows each delivery by a few ms): nothing older may come again.
+    late = [m for m in again if m not in first]
+    if late:
+        h.fail(f"{len(late)} jobs delivered twice after the restart, e.g. {late[:3]}")
+    if ages and ages[-1] > 1000:
+        h.fail(f"a job first delivered {ages[-1]} ms before the SIGKILL was delivered again: "
+               f"it should have been recorded by then")
 
     # Part 2: a SIGKILL while the jobs of a broken destination are parked.
     pk.set_mode(status=503)
