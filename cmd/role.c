@@ -273,6 +273,12 @@ int cmd_role(int argc, char **argv, const char *config_file)
             } else {
                 if (gw)
                     gw_gateway_set_wsconf(gw, ws);
+                /* Consumers subscribe once the topics exist: one that joins while they are
+                 * being created can be given no partitions and keep none (librdkafka 2.0.2). */
+                if (topics_started && (run_pr || run_rt || run_wh)) {
+                    pthread_join(topics_thread, NULL);
+                    topics_started = false;
+                }
                 if (run_pr && !(pr = pr_processor_start(conf, ws, err, sizeof(err)))) {
                     fprintf(stderr, "sluice %s: could not start the processor: %s\n", role, err);
                     goto drain;
