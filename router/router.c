@@ -1284,6 +1284,10 @@ static void turn(rt_router_t *rt, bool consume, int64_t *last_commit)
     int running;
     curl_multi_perform(rt->multi, &running);
     read_done(rt);
+    if (consume) { /* the keys those outcomes freed send their next jobs now, not a turn late */
+        schedule(rt);
+        curl_multi_perform(rt->multi, &running);
+    }
     flush_status(rt);
     struct curl_waitfd wfd = {.fd = rt->wake_pipe[0], .events = CURL_WAIT_POLLIN};
     curl_multi_poll(rt->multi, &wfd, 1, wait_ms(rt), NULL);
