@@ -47,6 +47,7 @@
 #define RT_HEADERS_MAX     64
 #define RT_EASY_POOL       1024 /* idle curl handles kept for reuse */
 #define RT_SLOW_MS         1000 /* a destination whose requests take longer is slow */
+#define RT_BREAKER         50   /* failures in a row after which new jobs are parked untried */
 
 /* --- settings per destination (router.* options, overridden by type, then by id) --- */
 
@@ -72,7 +73,9 @@ typedef struct rt_dest {
     double latency_ms;              /* moving average of request durations */
     struct rt_req *oldest, *newest; /* requests in flight, in the order started */
     bool throttled;                 /* held back since the last request */
-    bool full; /* half its share of memory used: its parked jobs are not loaded */
+    bool full;         /* half its share of memory used: its parked jobs are not loaded */
+    long failures;     /* retryable failures in a row */
+    int64_t logged_ms; /* when a failed attempt was last logged */
     sl_metric_t *m_delivered, *m_retried, *m_aborted, *m_throttled, *m_latency;
     struct rt_dest *next;
 } rt_dest_t;
@@ -1003,6 +1006,8 @@ static void outcome(rt_router_t *rt, rt_req_t *r, bool ok, bool retryable, long 
         }
         bool give_up = !ok && (!retryable || (now - run->first_ms > d->set.give_up_ms &&
                                               run->attempts >= d->set.min_attempts));
+        if (ok)
+            d->failures = 0;
         if (ok) {
             for (rt_job_t *x = run, *next; x; x = next) {
                 next = x->next;
@@ -1028,8 +1033,17 @@ static void outcome(rt_router_t *rt, rt_req_t *r, bool ok, bool retryable, long 
         } else {
             int64_t due = now + backoff_ms(&d->set, run->attempts);
             sl_metrics_add(d->m_retried, 1);
-            sl_info("router", "job %s attempt %d failed (%s); retrying in %lld ms", run->job_id,
-                    run->attempts, reason, (long long)(due - now));
+            d->failures++;
+            /* At most one line a second per destination: a destination that is down fails
+             * every job. */
+            if (sl_time_mono_ms() - d->logged_ms >= 1000) {
+                sl_info("router",
+                        "job %s attempt %d failed (%s); retrying in %lld ms (%ld failed "
+                        "requests to %s in a row)",
+                        run->job_id, run->attempts, reason, (long long)(due - now), d->failures,
+                        d->id);
+                d->logged_ms = sl_time_mono_ms();
+            }
             for (rt_job_t *x = run; x; x = x->next)
                 x->state = "failed";
             if (run->parked_id) {
@@ -1212,6 +1226,12 @@ static void on_message(rt_router_t *rt, const rd_kafka_message_t *m)
         return;
     }
     rt_key_t *k = key_find(rt, j->dest_id, j->user_key, true, m->partition, j->dest_type);
+    if (!k->blocked && !k->head && !k->busy && k->dest->failures >= RT_BREAKER) {
+        /* The destination fails every request: park the job for its first retry instead of
+         * trying it now; the parked jobs that come due are the probes. */
+        park(rt, k, j, sl_time_now_ms() + backoff_ms(&k->dest->set, 1));
+        return;
+    }
     if (!k->blocked && k->dest->queued >= rt->memory_jobs &&
         !dest_slow(k->dest, sl_time_mono_ms())) {
         rt->hold = true; /* it drains soon: take no more jobs until it has */
