@@ -351,16 +351,33 @@ def case_crash(env):
                  for i in range(per)]
         send(gw, "/v1/batch", {"batch": batch})
         sent += [e["messageId"] for e in batch]
-        # Kill the warehouse while an upload is generating or exporting, twice.
+        # Kill the warehouse while an upload is exporting, twice. A load takes milliseconds,
+        # so a lock on the event's table holds the next one in exporting_data for a moment.
         if b in (5, 14):
+            h.wait_for("the table crash.item_viewed", lambda: "item_viewed" in wh.tables("crash"),
+                       30, interval=0.25)
+            locker = subprocess.Popen(["psql", wh.dsn, "-X", "-q", "-c",
+                                       "BEGIN; LOCK TABLE crash.item_viewed IN ACCESS "
+                                       "EXCLUSIVE MODE; SELECT pg_sleep(30)"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      env=dict(os.environ, PGAPPNAME="e2e-wh-locker"))
+
+            # Events for the next upload, which the lock holds up.
+            extra = [{"type": "track", "userId": f"u{i % 50}", "event": "Item Viewed",
+                      "messageId": f"c-{b}-x{i}", "properties": {"i": i, "b": b}}
+                     for i in range(per)]
+            send(gw, "/v1/batch", {"batch": extra})
+            sent += [e["messageId"] for e in extra]
+
             def busy():
-                st = h.psql(env.dsn, "SELECT count(*) FROM sluice_wh_uploads WHERE state IN "
-                            "('generating_load_files', 'exporting_data')")
+                st = h.psql(env.dsn, "SELECT count(*) FROM sluice_wh_uploads WHERE state = "
+                            "'exporting_data'")
                 return st[0][0] != "0"
-            deadline = time.time() + 6
-            while time.time() < deadline and not busy():
-                time.sleep(0.02)
+            h.wait_for("an upload held in exporting_data by the lock", busy, 25, interval=0.05)
             w.p.send_signal(signal.SIGKILL)
+            h.psql(wh.dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                   "application_name = 'e2e-wh-locker'")
+            locker.wait(30)
             w.p.wait()
             kills += 1
             state = h.psql(env.dsn, "SELECT id, state FROM sluice_wh_uploads ORDER BY id")
