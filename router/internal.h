@@ -81,7 +81,7 @@ rt_store_t *rt_store_start(const rt_store_conf_t *c);
 void rt_store_push(rt_store_t *s, rt_op_t *op);
 /* Operations done (or loaded), in order; NULL when none. */
 rt_op_t *rt_store_take(rt_store_t *s);
-/* Operations queued or in progress (not yet taken back). */
+/* Jobs in operations queued or in progress (not yet taken back). */
 size_t rt_store_backlog(rt_store_t *s);
 /* The partitions whose parked jobs this router drains (copied). */
 void rt_store_set_partitions(rt_store_t *s, const int32_t *parts, size_t n);

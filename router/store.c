@@ -93,11 +93,20 @@ static void queue_append(rt_op_t **head, rt_op_t **tail, rt_op_t *op)
     *tail = op;
 }
 
+/* What an op weighs in the backlog: its jobs (one at least). */
+static size_t op_weight(const rt_op_t *op)
+{
+    size_t n = 0;
+    for (const rt_job_t *j = op->jobs; j; j = j->next)
+        n++;
+    return n ? n : 1;
+}
+
 void rt_store_push(rt_store_t *s, rt_op_t *op)
 {
     pthread_mutex_lock(&s->lock);
     queue_append(&s->in_head, &s->in_tail, op);
-    s->backlog++;
+    s->backlog += op_weight(op);
     pthread_cond_signal(&s->cond);
     pthread_mutex_unlock(&s->lock);
 }
@@ -108,7 +117,7 @@ rt_op_t *rt_store_take(rt_store_t *s)
     rt_op_t *ops = s->out_head;
     for (rt_op_t *op = ops; op; op = op->next)
         if (op->kind != RT_OP_LOADED)
-            s->backlog--;
+            s->backlog -= op_weight(op);
     s->out_head = s->out_tail = NULL;
     pthread_mutex_unlock(&s->lock);
     return ops;
