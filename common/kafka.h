@@ -15,9 +15,9 @@
 #include "common/conf.h"
 
 /* Topic suffixes: the full name is kafka.topic_prefix + suffix (default "sluice.events"). */
-#define SL_TOPIC_EVENTS   "events"   /* gateway -> processor, keyed by rudderId */
-#define SL_TOPIC_DELIVERY "delivery" /* processor -> router, keyed by rudderId */
-#define SL_TOPIC_FAILED   "failed"   /* processor's dead letters, keyed by rudderId */
+#define SL_TOPIC_EVENTS    "events"    /* gateway -> processor, keyed by rudderId */
+#define SL_TOPIC_DELIVERY  "delivery"  /* processor -> router, keyed by rudderId */
+#define SL_TOPIC_FAILED    "failed"    /* processor's dead letters, keyed by rudderId */
 #define SL_TOPIC_WAREHOUSE "warehouse" /* processor -> warehouse, keyed by rudderId */
 
 /* Every topic of the pipeline, for the dev broker and `sluice topics create`. NULL-terminated. */

@@ -2154,8 +2154,8 @@ static bool build_req(rt_t *rt, const reqdef_t *r, const char *event_text, size_
     sl_buf_free(&v);
     /* A streaming destination (method KAFKA, a kafka:// url) and a warehouse one (method
      * WAREHOUSE) have no HTTP headers. */
-    bool streaming = strcasecmp(b->method.data, "KAFKA") == 0 ||
-                     strcasecmp(b->method.data, "WAREHOUSE") == 0;
+    bool streaming =
+        strcasecmp(b->method.data, "KAFKA") == 0 || strcasecmp(b->method.data, "WAREHOUSE") == 0;
     if (!has_ctype && !streaming)
         put_header(&b->headers, "Content-Type", ctype, strlen(ctype));
     if (r->has_hlist) {

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/pg.h"
+
 /* Reads the first line of the file named by env var file_var, or the value of env var
  * direct_var if that is set. Returns a static buffer, or NULL if neither is available. */
 static inline const char *sl_test_service(const char *direct_var, const char *file_var)
@@ -38,6 +40,31 @@ static inline const char *sl_test_service(const char *direct_var, const char *fi
 static inline const char *sl_test_pg_dsn(void)
 {
     return sl_test_service("SLUICE_TEST_PG_DSN", "SLUICE_TEST_PG_DSN_FILE");
+}
+
+/* Makes an empty database `name` (UTF-8) on the test Postgres, dropping it first if it exists,
+ * and writes its DSN to dsn. Returns 0, or -1 with the reason on stderr. */
+static inline int sl_test_fresh_db(const char *name, char *dsn, size_t dsn_size)
+{
+    const char *base = sl_test_pg_dsn();
+    if (!base) {
+        fprintf(stderr, "no test Postgres: run under ctest (fixture `postgres`) or set "
+                        "SLUICE_TEST_PG_DSN\n");
+        return -1;
+    }
+    char sql[256], err[512];
+    sl_pg_t *admin = sl_pg_new(base);
+    snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s", name);
+    sl_pg_exec(admin, sql, 0, NULL, NULL, err, sizeof(err));
+    snprintf(sql, sizeof(sql), "CREATE DATABASE %s ENCODING 'UTF8' TEMPLATE template0", name);
+    int rc = sl_pg_exec(admin, sql, 0, NULL, NULL, err, sizeof(err));
+    sl_pg_destroy(admin);
+    if (rc) {
+        fprintf(stderr, "could not create database %s: %s\n", name, err);
+        return -1;
+    }
+    snprintf(dsn, dsn_size, "%s dbname=%s", base, name);
+    return 0;
 }
 
 /* The real Kafka bootstrap servers (fixture `kafka`), or NULL. */

@@ -325,6 +325,28 @@ def kafka_messages(brokers, topic, timeout=60):
     return out
 
 
+def create_topics(env, suffixes=("events", "delivery", "failed", "warehouse")):
+    """Creates the pipeline's topics on the real Kafka before any role subscribes
+    (auto-created by a metadata request, the broker's default partition count), and waits
+    until each has a leader for every partition, so the test does not depend on the roles'
+    own creation of them."""
+    topics = [env.prefix + t for t in suffixes]
+    for t in topics:
+        subprocess.run(["kcat", "-L", "-b", env.brokers, "-t", t,
+                        "-X", "allow.auto.create.topics=true"],
+                       capture_output=True, text=True, timeout=30)
+
+    def ready():
+        r = subprocess.run(["kcat", "-L", "-J", "-b", env.brokers], capture_output=True,
+                           text=True, timeout=30)
+        if r.returncode != 0:
+            return False
+        md = {t.get("topic"): t for t in json.loads(r.stdout).get("topics", [])}
+        return all(t in md and not md[t].get("error") and md[t].get("partitions") and
+                   all(p.get("leader", -1) >= 0 for p in md[t]["partitions"]) for t in topics)
+    wait_for("the pipeline's topics", ready, timeout=30, interval=0.2)
+
+
 def kafka_events(brokers, topic, timeout=60):
     """The JSON events in `topic` (see kafka_messages), each with "_kafka" = the message
     without its value (partition, offset, key, headers)."""

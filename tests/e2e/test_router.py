@@ -122,29 +122,6 @@ def produce(env, jobs):
         h.fail(f"kcat could not produce {len(jobs)} jobs: {r.stderr[-800:]}")
 
 
-def create_topics(env):
-    """Creates the pipeline's topics before any role subscribes (auto-created by a metadata
-    request, the broker's default partition count). A consumer that joins its group while its
-    own role creates the topic in the background can be assigned 0 partitions and not rejoin
-    when the topic appears (seen with librdkafka 2.0.2, cf. librdkafka issue #3008); the
-    router's behaviour, not that race, is under test here."""
-    topics = [env.prefix + t for t in ("events", "delivery", "failed")]
-    for t in topics:
-        subprocess.run(["kcat", "-L", "-b", env.brokers, "-t", t,
-                        "-X", "allow.auto.create.topics=true"],
-                       capture_output=True, text=True, timeout=30)
-
-    def ready():
-        r = subprocess.run(["kcat", "-L", "-J", "-b", env.brokers], capture_output=True,
-                           text=True, timeout=30)
-        if r.returncode != 0:
-            return False
-        md = {t.get("topic"): t for t in json.loads(r.stdout).get("topics", [])}
-        return all(t in md and not md[t].get("error") and md[t].get("partitions") and
-                   all(p.get("leader", -1) >= 0 for p in md[t]["partitions"]) for t in topics)
-    wait(env, "the pipeline's topics", ready, timeout=30, interval=0.2)
-
-
 def start_router(env, name="router", **over):
     o = dict(FAST)
     o.update(over)
@@ -767,7 +744,7 @@ if __name__ == "__main__":
 
     def run(env):
         t0 = time.time()
-        create_topics(env)
+        h.create_topics(env)
         CASES[a.case](env)
         h.log(f"case {a.case}: {time.time() - t0:.1f} s")
     h.run(run, "router-" + a.case, kafka="real")

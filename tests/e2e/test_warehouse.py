@@ -91,27 +91,6 @@ def config(dests, extra_sources=()):
     return cfg
 
 
-def create_topics(env):
-    """Creates the pipeline's topics before any role subscribes: a consumer that joins while
-    its role creates the topic can be assigned 0 partitions and not rejoin (librdkafka 2.0.2,
-    see tests/e2e/test_router.py)."""
-    topics = [env.prefix + t for t in ("events", "delivery", "failed", "warehouse")]
-    for t in topics:
-        subprocess.run(["kcat", "-L", "-b", env.brokers, "-t", t,
-                        "-X", "allow.auto.create.topics=true"],
-                       capture_output=True, text=True, timeout=30)
-
-    def ready():
-        r = subprocess.run(["kcat", "-L", "-J", "-b", env.brokers], capture_output=True,
-                           text=True, timeout=30)
-        if r.returncode != 0:
-            return False
-        md = {t.get("topic"): t for t in json.loads(r.stdout).get("topics", [])}
-        return all(t in md and not md[t].get("error") and md[t].get("partitions") and
-                   all(p.get("leader", -1) >= 0 for p in md[t]["partitions"]) for t in topics)
-    h.wait_for("the pipeline's topics", ready, timeout=30, interval=0.2)
-
-
 def wh_env(env, **over):
     out = {"SLUICE_WAREHOUSE_SYNC_INTERVAL": "1s",
            # A SIGKILLed member leaves no LeaveGroup: a short session lets its successor in
@@ -167,7 +146,7 @@ def wait_uploads_settled(env, p, timeout=30):
 def case_types(env):
     wh = Warehouse(env)
     env.write_workspace(config([pg_dest("d-pg", wh)]))
-    create_topics(env)
+    h.create_topics(env)
     p = env.start("all", **wh_env(env))
     env.wait_healthy(p)
     ns = "web_app"  # the source's name, snake_cased (no namespace in the config)
@@ -284,7 +263,7 @@ def case_evolve(env):
              "destinations": [pg_dest("d-pg2", wh)]}  # namespace: the source name
     env.write_workspace(config([pg_dest("d-pg1", wh, namespace="Analytics One")],
                                extra_sources=[other]))
-    create_topics(env)
+    h.create_topics(env)
     p = env.start("all", **wh_env(env))
     env.wait_healthy(p)
     ns1, ns2 = "analytics_one", "second_source"
@@ -332,7 +311,7 @@ def ids_in(wh, ns, table):
 def case_crash(env):
     wh = Warehouse(env)
     env.write_workspace(config([pg_dest("d-pg", wh, namespace="crash")]))
-    create_topics(env)
+    h.create_topics(env)
     # Gateway, processor and warehouse as their own processes, so the warehouse can be killed.
     wenv = wh_env(env)
     gw = env.start("gateway", name="gateway")
@@ -405,7 +384,7 @@ def case_crash(env):
 def case_takeover(env):
     wh = Warehouse(env)
     env.write_workspace(config([pg_dest("d-pg", wh, namespace="tk")]))
-    create_topics(env)
+    h.create_topics(env)
     kafka = {k: v for k, v in wh_env(env).items() if k.startswith("SLUICE_KAFKA")}
     gw = env.start("gateway", name="gateway")
     pr = env.start("processor", name="processor", **kafka)
@@ -472,7 +451,7 @@ def case_commands(env):
     bad = pg_dest("d-pg", wh, namespace="cmds")
     bad["config"]["database"] = "no_such_database"
     env.write_workspace(config([bad]))
-    create_topics(env)
+    h.create_topics(env)
     p = env.start("all", **wh_env(env))
     env.wait_healthy(p)
     send(p, "/v1/track", {"userId": "u1", "event": "Signed Up", "messageId": "k1"})

@@ -20,8 +20,8 @@
 
 static const char *const types[] = {"track", "identify", "page", "screen", "group", "alias"};
 static const size_t sizes[] = {32768, 256, 1024, 64 << 20};
-#define RECEIVED_AT "2024-05-06T07:08:09.123Z"
-#define CLIENT_IP "2001:db8::7"
+#define RECEIVED_AT   "2024-05-06T07:08:09.123Z"
+#define CLIENT_IP     "2001:db8::7"
 #define WEBHOOK_EVENT "fuzz \"webhook\"\n"
 
 enum { BATCH = 6, WEBHOOK = 7 };
@@ -34,9 +34,9 @@ enum { BATCH = 6, WEBHOOK = 7 };
  */
 static bool long_field_key(sl_json_span_t v)
 {
-    static const char *const fields[] = {"type",   "userId",     "anonymousId", "messageId",
-                                         "event",  "groupId",    "previousId",  "context",
-                                         "sentAt"};
+    static const char *const fields[] = {"type",       "userId",  "anonymousId",
+                                         "messageId",  "event",   "groupId",
+                                         "previousId", "context", "sentAt"};
     if (v.type == SL_JSON_ARRAY) {
         sl_json_elems_t it;
         sl_json_elems_init(&it, v);
@@ -79,8 +79,8 @@ static const char *str_member(json_object *o, const char *name)
 /* Members the gateway writes itself (or may replace): not compared with the client's. */
 static bool owned(const char *key)
 {
-    static const char *const names[] = {"type", "messageId", "receivedAt", "rudderId",
-                                        "request_ip", "context"};
+    static const char *const names[] = {"type",     "messageId",  "receivedAt",
+                                        "rudderId", "request_ip", "context"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcmp(key, names[i]) == 0)
             return true;
@@ -137,8 +137,9 @@ static json_object *input_event(json_object *doc, int call, long i)
     if (call != BATCH)
         return doc;
     json_object *arr;
-    if (!json_object_object_get_ex(doc, "batch", &arr) || !json_object_is_type(arr, json_type_array) ||
-        i < 0 || (size_t)i >= json_object_array_length(arr))
+    if (!json_object_object_get_ex(doc, "batch", &arr) ||
+        !json_object_is_type(arr, json_type_array) || i < 0 ||
+        (size_t)i >= json_object_array_length(arr))
         return NULL;
     return json_object_array_get_idx(arr, (size_t)i);
 }
@@ -177,8 +178,8 @@ static void check_event(const gw_batch_t *b, size_t i, int call, json_object *in
     if (!fuzz_jsonc_parse(p, e->len, 0, 0, &o, &jerr)) {
         bool known_gap = fuzz_known("depth33") && jerr == json_tokener_error_depth &&
                          fuzz_value_depth(span) > SL_JSON_MAX_DEPTH;
-        FUZZ_CHECK(known_gap, "json-c (as the processor reads events) rejects event %zu: %s%s",
-                   i, json_tokener_error_desc(jerr),
+        FUZZ_CHECK(known_gap, "json-c (as the processor reads events) rejects event %zu: %s%s", i,
+                   json_tokener_error_desc(jerr),
                    jerr == json_tokener_error_depth
                        ? " (the scanner accepts a value nested 33 deep; json-c doesn't)"
                        : "");
@@ -196,8 +197,8 @@ static void check_event(const gw_batch_t *b, size_t i, int call, json_object *in
                "event %zu: \"messageId\" isn't a non-empty string", i);
     FUZZ_CHECK(rat && strcmp(rat, RECEIVED_AT) == 0, "event %zu: \"receivedAt\" is %s", i,
                rat ? rat : "not a string");
-    FUZZ_CHECK(rid && strcmp(rid, e->rudder_id) == 0, "event %zu: \"rudderId\" is %s, not %s",
-               i, rid ? rid : "not a string", e->rudder_id);
+    FUZZ_CHECK(rid && strcmp(rid, e->rudder_id) == 0, "event %zu: \"rudderId\" is %s, not %s", i,
+               rid ? rid : "not a string", e->rudder_id);
     if (ctx->ip) {
         const char *rip = str_member(o, "request_ip");
         FUZZ_CHECK(rip && strcmp(rip, ctx->ip) == 0, "event %zu: \"request_ip\" is %s", i,
@@ -242,8 +243,7 @@ static void check(const gw_batch_t *b, int st, int call, const char *body, size_
         FUZZ_CHECK(st == b->status && (st == 400 || st == 413), "status %d (batch %d)", st,
                    b->status);
         FUZZ_CHECK(b->error[0] && b->reason && b->reason[0], "rejection without error/reason");
-        FUZZ_CHECK(st != 413 || strcmp(b->reason, "event_too_large") == 0, "413 for %s",
-                   b->reason);
+        FUZZ_CHECK(st != 413 || strcmp(b->reason, "event_too_large") == 0, "413 for %s", b->reason);
         FUZZ_CHECK(b->index >= -1 && (call == BATCH || b->index == -1), "index %ld", b->index);
         if (have_in && call != WEBHOOK && !g_tolerate_longkey &&
             strcmp(b->reason, "no_user") == 0) {

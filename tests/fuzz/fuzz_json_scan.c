@@ -11,8 +11,9 @@
  * Differential check against json-c 0.16 (JSON_TOKENER_STRICT, default depth 32):
  *   - what the scanner accepts, json-c accepts, with the same tree: types, array lengths,
  *     object keys (json-c keeps the last of duplicate keys and cuts a key at an escaped NUL)
- *     and string contents byte for byte (but for a json-c 0.16 bug: see ref_decode()). json-c's depth counts every value (a scalar inside 32
- *     nested containers is too deep for it); the scanner must not accept more.
+ *     and string contents byte for byte (but for a json-c 0.16 bug: see ref_decode()). json-c's
+ * depth counts every value (a scalar inside 32 nested containers is too deep for it); the scanner
+ * must not accept more.
  *   - what json-c accepts and the scanner rejects must be something json-c doesn't check:
  *     invalid UTF-8, unpaired UTF-16 surrogates, raw control characters in strings, and
  *     json-c's lax grammar (NaN, Infinity, "1.", "00", single-quoted keys); see lax_jsonc().
@@ -53,8 +54,8 @@ static void check_reparse(sl_json_span_t v)
     sl_json_span_t again;
     sl_json_error_t err;
     FUZZ_CHECK(sl_json_scan_document(v.p, v.len, &again, &err),
-               "a value span the iterator gave doesn't scan on its own: %s at %zu",
-               err.msg, err.offset);
+               "a value span the iterator gave doesn't scan on its own: %s at %zu", err.msg,
+               err.offset);
     FUZZ_CHECK(again.p == v.p && again.len == v.len && again.type == v.type,
                "value span rescans differently: len %zu type %d, then len %zu type %d", v.len,
                (int)v.type, again.len, (int)again.type);
@@ -296,7 +297,8 @@ static bool lax_jsonc(const char *buf, size_t len, const sl_json_error_t *err)
     const char *m = err->msg;
     if (strcmp(m, "invalid number") == 0)
         return true;
-    if (strcmp(m, "unexpected data after the JSON value") == 0 || strncmp(m, "expected ','", 12) == 0)
+    if (strcmp(m, "unexpected data after the JSON value") == 0 ||
+        strncmp(m, "expected ','", 12) == 0)
         return c >= '0' && c <= '9';
     if (strcmp(m, "expected a string key in object") == 0)
         return c == '\'';
@@ -333,11 +335,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                            : "");
         walk(v, buf, buf + size, jc, theirs);
     } else if (theirs && !memchr(buf, '\0', size)) {
-        bool json_c_unchecked =
-            strcmp(err.msg, "invalid UTF-8 in string") == 0 ||
-            strcmp(err.msg, "unpaired UTF-16 surrogate in string") == 0 ||
-            strcmp(err.msg, "control character in string (escape it)") == 0 ||
-            lax_jsonc(buf, size, &err);
+        bool json_c_unchecked = strcmp(err.msg, "invalid UTF-8 in string") == 0 ||
+                                strcmp(err.msg, "unpaired UTF-16 surrogate in string") == 0 ||
+                                strcmp(err.msg, "control character in string (escape it)") == 0 ||
+                                lax_jsonc(buf, size, &err);
         FUZZ_CHECK(json_c_unchecked, "json-c (strict) accepts what the scanner rejects: %s at %zu",
                    err.msg, err.offset);
     }

@@ -51,7 +51,8 @@ static void run(char **names, char **values, size_t n, const char *const *skip)
             continue;
         json_object *v;
         const char *want = values[i] ? values[i] : "";
-        FUZZ_CHECK(json_object_object_get_ex(o, name, &v) && json_object_is_type(v, json_type_string) &&
+        FUZZ_CHECK(json_object_object_get_ex(o, name, &v) &&
+                       json_object_is_type(v, json_type_string) &&
                        strcmp(json_object_get_string(v), want) == 0,
                    "parameter \"%s\" isn't the string \"%s\" in %s", name, want, out.data);
     }

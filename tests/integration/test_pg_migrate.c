@@ -25,16 +25,7 @@ static char dsn[1024];
 static int setup(void **state)
 {
     (void)state;
-    const char *base = sl_test_pg_dsn();
-    if (!base)
-        return -1;
-    char err[512];
-    sl_pg_t *pg = sl_pg_new(base);
-    sl_pg_exec(pg, "DROP DATABASE IF EXISTS itest_migrate", 0, NULL, NULL, err, sizeof(err));
-    int rc = sl_pg_exec(pg, "CREATE DATABASE itest_migrate", 0, NULL, NULL, err, sizeof(err));
-    sl_pg_destroy(pg);
-    snprintf(dsn, sizeof(dsn), "%s dbname=itest_migrate", base);
-    return rc;
+    return sl_test_fresh_db("itest_migrate", dsn, sizeof(dsn));
 }
 
 static void *migrate_thread(void *arg)

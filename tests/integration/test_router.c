@@ -132,21 +132,8 @@ static int setup(void **state)
 {
     (void)state;
     char err[512];
-    const char *base = sl_test_pg_dsn();
-    if (!base) {
-        fprintf(stderr, "no test Postgres: run under ctest (fixture `postgres`) or set "
-                        "SLUICE_TEST_PG_DSN\n");
+    if (sl_test_fresh_db("itest_router", dsn, sizeof(dsn)) != 0)
         return -1;
-    }
-    sl_pg_t *admin = sl_pg_new(base);
-    sl_pg_exec(admin, "DROP DATABASE IF EXISTS itest_router", 0, NULL, NULL, err, sizeof(err));
-    int rc = sl_pg_exec(admin, "CREATE DATABASE itest_router", 0, NULL, NULL, err, sizeof(err));
-    sl_pg_destroy(admin);
-    if (rc) {
-        fprintf(stderr, "%s\n", err);
-        return -1;
-    }
-    snprintf(dsn, sizeof(dsn), "%s dbname=itest_router", base);
     pg = sl_pg_new(dsn);
     PGconn *c = sl_pg_conn(pg, err, sizeof(err));
     if (!c || sl_migrate_run(c, NULL, err, sizeof(err)) != 0) {

@@ -27,18 +27,9 @@ static PGconn *conn;
 static int setup(void **state)
 {
     (void)state;
-    const char *base = sl_test_pg_dsn();
-    if (!base)
-        return -1;
     char err[512], dsn[1024];
-    sl_pg_t *admin = sl_pg_new(base);
-    sl_pg_exec(admin, "DROP DATABASE IF EXISTS itest_status", 0, NULL, NULL, err, sizeof(err));
-    int rc = sl_pg_exec(admin, "CREATE DATABASE itest_status ENCODING 'UTF8' TEMPLATE template0", 0,
-                        NULL, NULL, err, sizeof(err));
-    sl_pg_destroy(admin);
-    if (rc)
+    if (sl_test_fresh_db("itest_status", dsn, sizeof(dsn)) != 0)
         return -1;
-    snprintf(dsn, sizeof(dsn), "%s dbname=itest_status", base);
     pg = sl_pg_new(dsn);
     conn = sl_pg_conn(pg, err, sizeof(err));
     if (!conn || sl_migrate_run(conn, NULL, err, sizeof(err)) != 0) {

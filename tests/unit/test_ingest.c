@@ -25,12 +25,33 @@ static bool scans(const char *s)
 static void test_scan_grammar(void **state)
 {
     (void)state;
-    const char *good[] = {"{}", " [ ] ", "0", "-0.5e+10", "\"\\u00e9\\ud83d\\ude00\"",
-                          "{\"a\":[1,true,false,null,{\"b\":\"\xc3\xa9\"}]}", "\"\xf0\x9f\x98\x80\""};
-    const char *bad[] = {"",          "{",        "{\"a\"}",    "{\"a\":1,}", "[1,]",
-                         "01",        "1.",       "-",          "+1",         "tru",
-                         "\"\\x\"",   "\"\\ud83d\"", "\"\\ude00\"", "\"\xff\"", "\"\xc0\xaf\"",
-                         "\"\xed\xa0\x80\"", "\"a\nb\"", "{} {}",   "{'a':1}",    "NaN"};
+    const char *good[] = {"{}",
+                          " [ ] ",
+                          "0",
+                          "-0.5e+10",
+                          "\"\\u00e9\\ud83d\\ude00\"",
+                          "{\"a\":[1,true,false,null,{\"b\":\"\xc3\xa9\"}]}",
+                          "\"\xf0\x9f\x98\x80\""};
+    const char *bad[] = {"",
+                         "{",
+                         "{\"a\"}",
+                         "{\"a\":1,}",
+                         "[1,]",
+                         "01",
+                         "1.",
+                         "-",
+                         "+1",
+                         "tru",
+                         "\"\\x\"",
+                         "\"\\ud83d\"",
+                         "\"\\ude00\"",
+                         "\"\xff\"",
+                         "\"\xc0\xaf\"",
+                         "\"\xed\xa0\x80\"",
+                         "\"a\nb\"",
+                         "{} {}",
+                         "{'a':1}",
+                         "NaN"};
     for (size_t i = 0; i < sizeof(good) / sizeof(*good); i++)
         assert_true(scans(good[i]));
     for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++)
@@ -118,11 +139,12 @@ static void test_enrich(void **state)
 
     /* A context that has an ip keeps it; a non-object context is replaced. */
     gw_batch_reset(&b);
-    const char *batch = "{\"sentAt\":\"2026-01-01T00:00:00Z\",\"batch\":["
-                        "{\"type\":\"page\",\"anonymousId\":\"a\",\"context\":{\"ip\":\"9.9.9.9\"}},"
-                        "{\"type\":\"screen\",\"anonymousId\":\"a\",\"context\":\"junk\","
-                        "\"sentAt\":\"own\"},"
-                        "{\"type\":\"alias\",\"userId\":\"u\",\"previousId\":7,\"context\":{}}]}";
+    const char *batch =
+        "{\"sentAt\":\"2026-01-01T00:00:00Z\",\"batch\":["
+        "{\"type\":\"page\",\"anonymousId\":\"a\",\"context\":{\"ip\":\"9.9.9.9\"}},"
+        "{\"type\":\"screen\",\"anonymousId\":\"a\",\"context\":\"junk\","
+        "\"sentAt\":\"own\"},"
+        "{\"type\":\"alias\",\"userId\":\"u\",\"previousId\":7,\"context\":{}}]}";
     assert_int_equal(gw_ingest_batch(&b, batch, strlen(batch), &ctx), 0);
     assert_int_equal(b.n, 3);
     o = event_at(&b, 0);
@@ -165,8 +187,7 @@ static void test_reject(void **state)
         {"{\"batch\":[{\"type\":\"track\",\"userId\":\"u\"}]}", 400, 0, "no_event_name"},
         {"{\"batch\":[{\"type\":\"group\",\"userId\":\"u\"}]}", 400, 0, "no_group_id"},
         {"{\"batch\":[{\"type\":\"alias\",\"userId\":\"u\"}]}", 400, 0, "no_previous_id"},
-        {"{\"batch\":[{\"type\":\"Track\",\"userId\":\"u\",\"event\":\"e\"}]}", 400, 0,
-         "bad_type"},
+        {"{\"batch\":[{\"type\":\"Track\",\"userId\":\"u\",\"event\":\"e\"}]}", 400, 0, "bad_type"},
         {"{\"batch\":[{\"userId\":\"u\",\"event\":\"e\"}]}", 400, 0, "no_type"},
         {"{\"batch\":[]}", 400, -1, "empty_batch"},
         {"{\"batch\":{}}", 400, -1, "no_batch"},
@@ -218,8 +239,8 @@ static void test_params_and_ip(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_scan_grammar), cmocka_unit_test(test_string_decode),
-        cmocka_unit_test(test_enrich),       cmocka_unit_test(test_reject),
+        cmocka_unit_test(test_scan_grammar),  cmocka_unit_test(test_string_decode),
+        cmocka_unit_test(test_enrich),        cmocka_unit_test(test_reject),
         cmocka_unit_test(test_params_and_ip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
