@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 const char *const sl_kafka_pipeline_topics[] = {SL_TOPIC_EVENTS, SL_TOPIC_DELIVERY, SL_TOPIC_FAILED,
                                                 SL_TOPIC_WAREHOUSE, NULL};
@@ -195,7 +196,11 @@ typedef struct consumer_ctx {
     void (*revoke_cb)(rd_kafka_t *, const rd_kafka_topic_partition_list_t *, void *);
     void (*assign_cb)(rd_kafka_t *, const rd_kafka_topic_partition_list_t *, void *);
     void *opaque;
+    int empty_rejoins; /* rejoins after an empty assignment since the last non-empty one */
 } consumer_ctx_t;
+
+/* How often a member that was assigned nothing rejoins before accepting it (see below). */
+#define EMPTY_REJOINS_MAX 3
 
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
@@ -206,6 +211,32 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         rd_kafka_assign(rk, parts);
         if (c->assign_cb)
             c->assign_cb(rk, parts, c->opaque);
+        if (parts->cnt > 0) {
+            c->empty_rejoins = 0;
+        } else if (c->empty_rejoins < EMPTY_REJOINS_MAX) {
+            /* librdkafka 2.0.2's group leader assigns from a fresh metadata request to the
+             * group coordinator. When a topic was just created, that broker may not know it
+             * yet: every member then gets nothing, and as the members' own view of the topic
+             * doesn't change afterwards, nobody ever rejoins. So a member that was assigned
+             * nothing subscribes again after 0.5, 1 and 2 s. A member that rightly has nothing
+             * (more members than partitions) costs its group three extra rebalances. */
+            long pause_ms = 500L << c->empty_rejoins;
+            c->empty_rejoins++;
+            sl_info("kafka",
+                    "%s: rejoining in %ld ms in case the leader's metadata was stale "
+                    "(%d of %d)",
+                    rd_kafka_name(rk), pause_ms, c->empty_rejoins, EMPTY_REJOINS_MAX);
+            struct timespec pause = {pause_ms / 1000, (pause_ms % 1000) * 1000000L};
+            nanosleep(&pause, NULL);
+            rd_kafka_topic_partition_list_t *subs = NULL;
+            if (!rd_kafka_subscription(rk, &subs) && subs) {
+                rd_kafka_resp_err_t err2 = rd_kafka_subscribe(rk, subs);
+                if (err2)
+                    sl_warn("kafka", "%s: could not subscribe again: %s", rd_kafka_name(rk),
+                            rd_kafka_err2str(err2));
+                rd_kafka_topic_partition_list_destroy(subs);
+            }
+        }
     } else {
         sl_info("kafka", "%s: %d partitions revoked", rd_kafka_name(rk), parts->cnt);
         if (c->revoke_cb)

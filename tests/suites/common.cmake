@@ -7,3 +7,5 @@ sluice_test(NAME integration.kafka_offsets.real TARGET integration_kafka_offsets
             ARGS --real LABEL integration FIXTURES kafka)
 sluice_test(NAME integration.pg_migrate SOURCES integration/test_pg_migrate.c LABEL integration
             FIXTURES postgres)
+sluice_test(NAME integration.kafka_join SOURCES integration/test_kafka_join.c LABEL integration
+            FIXTURES kafka)
