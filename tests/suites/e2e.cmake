@@ -12,3 +12,4 @@ foreach(case url sighup lastgood)
   sluice_py_test(NAME e2e.workspace_config.${case} SCRIPT e2e/test_workspace_config.py
                  ARGS --case ${case} FIXTURES postgres)
 endforeach()
+sluice_py_test(NAME e2e.ops.rolling_restart SCRIPT e2e/test_rolling.py FIXTURES "postgres;kafka")
