@@ -1,8 +1,9 @@
 /*
- * `sluice failed list` and `sluice failed retry`: the dead letters of the processor and the
- * router, as recorded in Postgres (sluice_failed_events). Retry sends a processor's event back
- * to the events topic for its destination only, skipping dedup, and a router's delivery job
- * (stage "router") back to the delivery topic unchanged; then it marks the row retried.
+ * `sluice failed list` and `sluice failed retry`: the dead letters of the processor, the router
+ * and the warehouse, as recorded in Postgres (sluice_failed_events). Retry sends a processor's
+ * event back to the events topic for its destination only, skipping dedup, a router's delivery
+ * job (stage "router") back to the delivery topic unchanged, and a warehouse's job (stage
+ * "warehouse") back to the warehouse topic; then it marks the row retried.
  */
 #include "cmd/cmd.h"
 #include "common/buf.h"
@@ -22,11 +23,12 @@ static const char usage_text[] =
     "       sluice failed retry (--id N [--id N ...] | --destination ID | --source ID |\n"
     "                            --all) [--dry-run]\n\n"
     "Dead letters: events a user transformation or a destination transformation could not\n"
-    "take, and delivery jobs the router aborted (stage \"router\": a 4xx answer, or retries\n"
-    "given up), with the stage and the reason. `list` shows those not retried yet (--all: every\n"
+    "take, delivery jobs the router aborted (stage \"router\": a 4xx answer, or retries\n"
+    "given up), and events the warehouse could not load (stage \"warehouse\"), with the stage\n"
+    "and the reason. `list` shows those not retried yet (--all: every\n"
     "one). `retry` sends the chosen ones again once you fixed the cause, each to the\n"
-    "destination it failed for: an event through the processor (past dedup), a router's job\n"
-    "unchanged to the delivery topic. They are then marked retried.\n"
+    "destination it failed for: an event through the processor (past dedup), a router's or\n"
+    "the warehouse's job unchanged to its topic. They are then marked retried.\n"
     "Reads postgres.dsn (SLUICE_POSTGRES_DSN); retry also produces to kafka.brokers.\n";
 
 typedef struct filter {
@@ -144,15 +146,17 @@ static int retry(const sl_conf_t *conf, sl_pg_t *pg, const filter_t *f)
     }
     char *events_topic = sl_kafka_topic(conf, SL_TOPIC_EVENTS);
     char *delivery_topic = sl_kafka_topic(conf, SL_TOPIC_DELIVERY);
+    char *warehouse_topic = sl_kafka_topic(conf, SL_TOPIC_WAREHOUSE);
     for (int i = 0; i < n; i++) {
         const char *src = PQgetvalue(r, i, 1), *dst = PQgetvalue(r, i, 2),
                    *recv = PQgetvalue(r, i, 3), *ev = PQgetvalue(r, i, 4),
                    *key = PQgetvalue(r, i, 5), *topic = events_topic;
         rd_kafka_headers_t *h = rd_kafka_headers_new(3);
         json_object *job = NULL;
-        if (strcmp(PQgetvalue(r, i, 6), "router") == 0) {
+        bool router = strcmp(PQgetvalue(r, i, 6), "router") == 0;
+        if (router || strcmp(PQgetvalue(r, i, 6), "warehouse") == 0) {
             /* The delivery job as the processor produced it, keyed by its user (order) */
-            topic = delivery_topic;
+            topic = router ? delivery_topic : warehouse_topic;
             job = json_tokener_parse(ev);
             if (sl_jsonc_str(job, "userKey"))
                 key = sl_jsonc_str(job, "userKey");
@@ -185,6 +189,7 @@ static int retry(const sl_conf_t *conf, sl_pg_t *pg, const filter_t *f)
     rd_kafka_destroy(rk);
     free(events_topic);
     free(delivery_topic);
+    free(warehouse_topic);
     int rc = 0;
     if (atomic_load(&delivery_errors) || unsent) {
         fprintf(stderr, "sluice failed retry: not every event reached kafka; nothing is marked "

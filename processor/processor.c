@@ -7,6 +7,7 @@
 #include "processor/processor.h"
 #include "common/jsonc.h"
 #include "common/buf.h"
+#include "common/deadletter.h"
 #include "common/err.h"
 #include "common/health.h"
 #include "common/json_scan.h"
@@ -155,42 +156,20 @@ static bool dead_letter(pr_processor_t *pr, const rd_kafka_message_t *m, const c
                         const char *reason, const char *source_id, const sl_destination_t *d,
                         const char *message_id, const char *received_at, bool event_is_json)
 {
-    char now[SL_TIME_STRLEN];
-    sl_time_format_ms(sl_time_now_ms(), now);
+    sl_dead_letter_t dl = {.stage = stage,
+                           .reason = reason,
+                           .source_id = source_id,
+                           .destination_id = d ? d->id : NULL,
+                           .destination_type = d ? d->def_name : NULL,
+                           .message_id = message_id,
+                           .received_at = received_at,
+                           .partition = m->partition,
+                           .offset = m->offset,
+                           .event = m->payload,
+                           .event_len = m->payload ? m->len : 0,
+                           .event_as = event_is_json ? SL_DL_EVENT_JSON : SL_DL_EVENT_STRING};
     sl_buf_t b = SL_BUF_INIT;
-    sl_buf_puts(&b, "{\"failedAt\":");
-    sl_buf_json_str(&b, now, strlen(now));
-    sl_buf_puts(&b, ",\"stage\":");
-    sl_buf_json_str(&b, stage, strlen(stage));
-    sl_buf_puts(&b, ",\"reason\":");
-    sl_buf_json_str(&b, reason, strlen(reason));
-    const char *fields[][2] = {{"sourceId", source_id},
-                               {"destinationId", d ? d->id : NULL},
-                               {"destinationType", d ? d->def_name : NULL},
-                               {"messageId", message_id},
-                               {"receivedAt", received_at}};
-    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
-        if (!fields[i][1])
-            continue;
-        sl_buf_printf(&b, ",\"%s\":", fields[i][0]);
-        sl_buf_json_str(&b, fields[i][1], strlen(fields[i][1]));
-    }
-    sl_buf_printf(&b, ",\"eventPartition\":%d,\"eventOffset\":%lld,\"event\":", (int)m->partition,
-                  (long long)m->offset);
-    if (event_is_json)
-        sl_buf_append(&b, m->payload, m->len);
-    else
-        sl_buf_json_str(&b, m->payload ? m->payload : "", m->payload ? m->len : 0);
-    sl_buf_putc(&b, '}');
-
-    rd_kafka_headers_t *h = rd_kafka_headers_new(4);
-    rd_kafka_header_add(h, HDR_FAILED_STAGE, -1, stage, -1);
-    if (source_id)
-        rd_kafka_header_add(h, HDR_SOURCE_ID, -1, source_id, -1);
-    if (d)
-        rd_kafka_header_add(h, HDR_DESTINATION_ID, -1, d->id, -1);
-    if (message_id)
-        rd_kafka_header_add(h, HDR_MESSAGE_ID, -1, message_id, -1);
+    rd_kafka_headers_t *h = sl_dead_letter_format(&dl, &b);
     bool ok = produce(pr, pr->failed_topic, m->key, m->key_len, &b, h);
     rd_kafka_headers_destroy(h);
     sl_buf_free(&b);

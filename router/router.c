@@ -15,6 +15,7 @@
  */
 #include "router/router.h"
 #include "common/buf.h"
+#include "common/deadletter.h"
 #include "common/err.h"
 #include "common/health.h"
 #include "common/json_scan.h"
@@ -593,36 +594,18 @@ static rt_job_t *key_take_all(rt_key_t *k)
  * it (dl_report). */
 static void dead_letter(rt_router_t *rt, rt_job_t *j, const char *reason)
 {
-    char now[SL_TIME_STRLEN];
-    sl_time_format_ms(sl_time_now_ms(), now);
+    sl_dead_letter_t dl = {.stage = "router",
+                           .reason = reason,
+                           .source_id = j->source_id,
+                           .destination_id = j->dest_id,
+                           .destination_type = j->dest_type,
+                           .message_id = j->message_id,
+                           .partition = j->partition,
+                           .offset = j->offset,
+                           .event = j->raw,
+                           .event_len = j->raw_len};
     sl_buf_t b = SL_BUF_INIT;
-    sl_buf_puts(&b, "{\"failedAt\":");
-    sl_buf_json_str(&b, now, strlen(now));
-    sl_buf_puts(&b, ",\"stage\":\"router\",\"reason\":");
-    sl_buf_json_str(&b, reason, strlen(reason));
-    const char *fields[][2] = {{"sourceId", j->source_id},
-                               {"destinationId", j->dest_id},
-                               {"destinationType", j->dest_type},
-                               {"messageId", j->message_id}};
-    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
-        if (!fields[i][1])
-            continue;
-        sl_buf_printf(&b, ",\"%s\":", fields[i][0]);
-        sl_buf_json_str(&b, fields[i][1], strlen(fields[i][1]));
-    }
-    sl_buf_printf(&b, ",\"eventPartition\":%d,\"eventOffset\":%lld,\"event\":", (int)j->partition,
-                  (long long)j->offset);
-    sl_json_span_t doc;
-    sl_json_error_t jerr;
-    if (sl_json_scan_document(j->raw, j->raw_len, &doc, &jerr))
-        sl_buf_append(&b, j->raw, j->raw_len);
-    else
-        sl_buf_json_str(&b, j->raw, j->raw_len);
-    sl_buf_putc(&b, '}');
-    rd_kafka_headers_t *h = rd_kafka_headers_new(3);
-    rd_kafka_header_add(h, "sluice-failed-stage", -1, "router", -1);
-    rd_kafka_header_add(h, "sluice-destination-id", -1, j->dest_id, -1);
-    rd_kafka_header_add(h, "sluice-message-id", -1, j->message_id, -1);
+    rd_kafka_headers_t *h = sl_dead_letter_format(&dl, &b);
     for (;;) {
         rd_kafka_resp_err_t err = rd_kafka_producev(
             rt->producer, RD_KAFKA_V_TOPIC(rt->failed_topic),

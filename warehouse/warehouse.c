@@ -7,6 +7,7 @@
 #include "warehouse/warehouse.h"
 
 #include "common/buf.h"
+#include "common/deadletter.h"
 #include "common/err.h"
 #include "common/health.h"
 #include "common/jsonc.h"
@@ -93,6 +94,8 @@ struct wh_warehouse {
 
     /* consumer thread */
     rd_kafka_t *consumer;
+    rd_kafka_t *producer; /* dead letters, to failed_topic */
+    char *failed_topic;
     sl_kafka_offsets_t *offsets;
     wh_rows_t scratch; /* one event's rows, before they go into a buffer */
     sl_pg_t *pg;
@@ -272,12 +275,69 @@ static void table_rows(const wh_tbuf_t *t, wh_row_t **rows, wh_col_t **cols)
     }
 }
 
-static void bad_event(wh_warehouse_t *wh, const rd_kafka_message_t *m, const char *why)
+static void dl_report(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
-    sl_warn("warehouse", "skipped the message at %s [%d] offset %lld: %s", wh->topic,
-            (int)m->partition, (long long)m->offset, why);
+    (void)rk;
+    (void)opaque;
+    *(int *)m->_private = m->err ? -1 : 1;
+}
+
+/*
+ * An event the warehouse can't load: a log line and a dead letter (stage "warehouse") in the
+ * failed topic, where `sluice failed list` shows it and `retry` sends it again once fixed.
+ * Its offset counts as done only once Kafka has the dead letter; bad events are rare, so this
+ * waits for it.
+ */
+static void bad_event(wh_warehouse_t *wh, const rd_kafka_message_t *m, json_object *job,
+                      const char *why)
+{
+    sl_warn("warehouse", "event at %s [%d] offset %lld not loaded: %s; it is in the failed events",
+            wh->topic, (int)m->partition, (long long)m->offset, why);
     sl_metrics_add(wh->m_bad, 1);
-    sl_kafka_offsets_done(wh->offsets, wh->topic, m->partition, m->offset);
+    sl_dead_letter_t dl = {.stage = "warehouse",
+                           .reason = why,
+                           .source_id = sl_jsonc_str(job, "sourceId"),
+                           .destination_id = sl_jsonc_str(job, "destinationId"),
+                           .destination_type = sl_jsonc_str(job, "destinationType"),
+                           .message_id = sl_jsonc_str(job, "messageId"),
+                           .received_at = sl_jsonc_str(job, "receivedAt"),
+                           .partition = m->partition,
+                           .offset = m->offset,
+                           .event = m->payload,
+                           .event_len = m->payload ? m->len : 0,
+                           .event_as = job ? SL_DL_EVENT_JSON : SL_DL_EVENT_STRING};
+    sl_buf_t b = SL_BUF_INIT;
+    rd_kafka_headers_t *h = sl_dead_letter_format(&dl, &b);
+    int delivered = 0;
+    rd_kafka_resp_err_t err;
+    while ((err = rd_kafka_producev(
+                wh->producer, RD_KAFKA_V_TOPIC(wh->failed_topic),
+                RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_VALUE(b.data, b.len),
+                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+                RD_KAFKA_V_OPAQUE(&delivered), RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+        rd_kafka_poll(wh->producer, 100);
+    sl_buf_free(&b);
+    if (err) {
+        rd_kafka_headers_destroy(h);
+    } else {
+        /* After a stop, give Kafka 30 s more: an event left undone is read again next time. */
+        for (int64_t deadline = INT64_MAX; !delivered && sl_time_mono_ms() < deadline;) {
+            rd_kafka_poll(wh->producer, 100);
+            if (deadline == INT64_MAX && atomic_load(&wh->stop))
+                deadline = sl_time_mono_ms() + 30000;
+        }
+    }
+    if (delivered == 1) {
+        sl_kafka_offsets_done(wh->offsets, wh->topic, m->partition, m->offset);
+        return;
+    }
+    sl_error("warehouse",
+             "the dead letter of %s [%d] offset %lld was not stored (%s): the event "
+             "stays unconsumed and is read again after a restart",
+             wh->topic, (int)m->partition, (long long)m->offset,
+             err         ? rd_kafka_err2str(err)
+             : delivered ? "delivery failed"
+                         : "stopping");
 }
 
 static void on_message(wh_warehouse_t *wh, const rd_kafka_message_t *m)
@@ -293,7 +353,7 @@ static void on_message(wh_warehouse_t *wh, const rd_kafka_message_t *m)
     if (body)
         json_object_object_get_ex(req, "body", &body_o);
     if (!src || !dst || !body) {
-        bad_event(wh, m,
+        bad_event(wh, m, job,
                   !job ? "not a JSON job"
                        : "the job has no sourceId, destinationId or request.body string");
         json_object_put(job);
@@ -306,7 +366,7 @@ static void on_message(wh_warehouse_t *wh, const rd_kafka_message_t *m)
                       err, sizeof(err)) != 0) {
         char why[600];
         snprintf(why, sizeof(why), "event of destination %s: %s", dst, err);
-        bad_event(wh, m, why);
+        bad_event(wh, m, job, why);
         if (b->nmsgs == 0) { /* nothing else in it yet */
             buffer_unlink(wh, b);
             buffer_free(b);
@@ -971,6 +1031,11 @@ static void warehouse_free(wh_warehouse_t *wh)
     wh_rows_free(&wh->scratch);
     pthread_mutex_destroy(&wh->mu);
     pthread_cond_destroy(&wh->cond);
+    if (wh->producer) {
+        rd_kafka_flush(wh->producer, 10000);
+        rd_kafka_destroy(wh->producer);
+    }
+    free(wh->failed_topic);
     free(wh->topic);
     free(wh->group);
     free(wh->staging_dir);
@@ -1046,6 +1111,10 @@ wh_warehouse_t *wh_warehouse_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
         sl_warn("warehouse", "could not release the claims of an earlier run of %s: %s",
                 wh->instance, err);
 
+    wh->failed_topic = sl_kafka_topic(conf, SL_TOPIC_FAILED);
+    wh->producer = sl_kafka_producer_new(conf, dl_report, wh, errstr, errstr_size);
+    if (!wh->producer)
+        goto fail;
     const char *topics[] = {wh->topic, NULL};
     wh->consumer =
         sl_kafka_consumer_new(conf, wh->group, topics, on_revoke, wh, errstr, errstr_size);

@@ -511,8 +511,51 @@ def case_commands(env):
         h.fail("sluice all did not stop cleanly")
 
 
+def case_badevents(env):
+    """Jobs the warehouse can't load are dead letters (stage "warehouse") that `sluice failed`
+    lists and retries, and the good events around them load."""
+    wh = Warehouse(env)
+    env.write_workspace(config([pg_dest("d-pg", wh, namespace="bad")]))
+    h.create_topics(env)
+    p = env.start("all", **wh_env(env))
+    env.wait_healthy(p)
+    job = {"jobId": "bad-1:d-pg", "messageId": "bad-1", "sourceId": "src-1",
+           "destinationId": "d-pg", "destinationType": "POSTGRES", "userKey": "u9",
+           "receivedAt": "2026-11-26T10:00:00.000Z", "request": {"body": "[1, 2]"}}
+    for value in ("not json at all", json.dumps(job)):
+        r = subprocess.run(["kcat", "-P", "-b", env.brokers, "-t", env.prefix + "warehouse",
+                            "-k", "u9"], input=value, text=True, capture_output=True,
+                           timeout=30)
+        if r.returncode != 0:
+            h.fail(f"kcat: {r.stderr}")
+    send(p, "/v1/track", {"userId": "u1", "event": "Signed Up", "messageId": "good-1"})
+    wh.wait_count("bad", "signed_up", 1)
+
+    def dead():
+        return h.psql(env.dsn, "SELECT id, coalesce(destination_id, ''), reason, retried_at "
+                      "FROM sluice_failed_events WHERE stage = 'warehouse' ORDER BY id")
+    h.wait_for("two warehouse dead letters", lambda: len(dead()) >= 2, 20, interval=0.3)
+    rows = dead()
+    h.log("dead letters:", rows)
+    if len(rows) != 2 or "not a JSON job" not in rows[0][2] or rows[1][1] != "d-pg":
+        h.fail(f"dead letters: {rows}")
+    rc, out, err = sluice(env, p, "failed", "list")
+    if rc != 0 or out.count("warehouse") < 2:
+        h.fail(f"sluice failed list: {rc}\n{out}{err}")
+    # The job is still bad: retried, it comes back as a new dead letter.
+    rc, out, err = sluice(env, p, "failed", "retry", "--destination", "d-pg")
+    if rc != 0:
+        h.fail(f"sluice failed retry: {rc}\n{out}{err}")
+    h.wait_for("the retried job to be a dead letter again", lambda: len(dead()) == 3, 20,
+               interval=0.3)
+    if dead()[1][3] is None or dead()[1][3] == "":
+        h.fail(f"the retried dead letter is not marked retried: {dead()}")
+    if p.stop() != 0:
+        h.fail("sluice all did not stop cleanly")
+
+
 CASES = {"types": case_types, "evolve": case_evolve, "crash": case_crash,
-         "takeover": case_takeover, "commands": case_commands}
+         "takeover": case_takeover, "commands": case_commands, "badevents": case_badevents}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
