@@ -12,3 +12,6 @@ foreach(case url sighup lastgood)
   sluice_py_test(NAME e2e.workspace_config.${case} SCRIPT e2e/test_workspace_config.py
                  ARGS --case ${case} FIXTURES postgres)
 endforeach()
+# Operations: each role's /metrics by source, destination and reason; the dashboard's metrics.
+sluice_py_test(NAME e2e.ops.metrics SCRIPT e2e/test_ops_metrics.py FIXTURES "postgres;kafka"
+               TIMEOUT 120)
