@@ -34,6 +34,10 @@ static sl_metric_t *series; /* registration order */
 static const double default_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                          0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 
+const double sl_metrics_age_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                         2.5,   5,    10,    30,   60,  300,  900, 3600};
+const size_t sl_metrics_age_nbuckets = sizeof(sl_metrics_age_buckets) / sizeof(double);
+
 static double bits_to_d(uint64_t b)
 {
     double d;

@@ -23,6 +23,11 @@ sl_metric_t *sl_metrics_gauge(const char *name, const char *help, ...) __attribu
 sl_metric_t *sl_metrics_histogram(const char *name, const char *help, const double *buckets,
                                   size_t nbuckets, ...) __attribute__((sentinel));
 
+/* Buckets for an event's age since the gateway received it (end-to-end latency), in seconds:
+ * 5 ms to 1 h, for sl_metrics_histogram(). */
+extern const double sl_metrics_age_buckets[];
+extern const size_t sl_metrics_age_nbuckets;
+
 void sl_metrics_add(sl_metric_t *m, double v);     /* counter or gauge */
 void sl_metrics_set(sl_metric_t *m, double v);     /* gauge */
 void sl_metrics_observe(sl_metric_t *m, double v); /* histogram */

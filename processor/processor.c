@@ -19,6 +19,7 @@
 #include "processor/dedup.h"
 #include "processor/desttx.h"
 #include "processor/select.h"
+#include "processor/stats.h"
 #include "processor/usertx.h"
 
 #include <json-c/json.h>
@@ -77,8 +78,8 @@ struct pr_processor {
     int64_t dedup_window_ms;
     size_t dedup_max_ids;
 
-    sl_metric_t *m_events, *m_jobs, *m_filtered, *m_failed, *m_dups, *m_txn_commits, *m_txn_aborts,
-        *m_tx_dropped;
+    pr_stats_t *stats; /* per source and destination */
+    sl_metric_t *m_txn_commits, *m_txn_aborts;
 };
 
 static const char *header_value(const rd_kafka_message_t *m, const char *name, char *buf,
@@ -173,7 +174,11 @@ static bool dead_letter(pr_processor_t *pr, const rd_kafka_message_t *m, const c
     bool ok = produce(pr, pr->failed_topic, m->key, m->key_len, &b, h);
     rd_kafka_headers_destroy(h);
     sl_buf_free(&b);
-    sl_metrics_add(pr->m_failed, 1);
+    /* Labelled with the source only when the config has it: the header may say anything. */
+    sl_workspace_t *ws = sl_wsconf_get(pr->ws);
+    const char *label = source_id && sl_workspace_source_by_id(ws, source_id) ? source_id : NULL;
+    sl_metrics_add(pr_stats_get(pr->stats, pr_stats_failed(stage), label, d ? d->id : NULL), 1);
+    sl_workspace_unref(ws);
     sl_warn("processor", "event %s failed (%s%s%s): %s; it is in the failed events",
             message_id ? message_id : "(no messageId)", stage, d ? " for destination " : "",
             d ? d->id : "", reason);
@@ -345,7 +350,7 @@ static bool transformed(pr_processor_t *pr, const pending_t *p, pr_usertx_result
                            p->received_at, true);
     }
     if (res->kind == PR_USERTX_DROP) {
-        sl_metrics_add(pr->m_tx_dropped, 1);
+        sl_metrics_add(pr_stats_get(pr->stats, PR_STAT_DROPPED, p->source_id, p->d->id), 1);
         return true;
     }
     bool ok = true;
@@ -485,7 +490,7 @@ static bool deliver(pr_processor_t *pr, const rd_kafka_message_t *m, const sl_de
     if (rc) {
         sl_debug("processor", "event %s not for destination %s: %s", message_id, d->id,
                  out->reason);
-        sl_metrics_add(pr->m_filtered, 1);
+        sl_metrics_add(pr_stats_get(pr->stats, PR_STAT_FILTERED, source_id, d->id), 1);
         return true;
     }
     rd_kafka_headers_t *h = rd_kafka_headers_new(3);
@@ -501,9 +506,15 @@ static bool deliver(pr_processor_t *pr, const rd_kafka_message_t *m, const sl_de
                                                                           : pr->delivery_topic;
         ok = produce(pr, topic, m->key, m->key_len, job, h);
         if (ok)
-            sl_metrics_add(pr->m_jobs, 1);
+            sl_metrics_add(pr_stats_get(pr->stats, PR_STAT_JOBS, source_id, d->id), 1);
     }
     rd_kafka_headers_destroy(h);
+    int64_t received_ms;
+    if (ok && sl_time_parse_ms(received_at, &received_ms) == 0) {
+        int64_t age = sl_time_now_ms() - received_ms;
+        sl_metrics_observe(pr_stats_get(pr->stats, PR_STAT_LATENCY, source_id, d->id),
+                           age > 0 ? (double)age / 1e3 : 0);
+    }
     return ok;
 }
 
@@ -579,15 +590,17 @@ static json_object *full_event(const char *text, size_t len)
 static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
 {
     char source_id[256], received_at[64], retry_dest[256];
-    sl_workspace_t *ws = NULL;
     bool ok = true;
-    sl_metrics_add(pr->m_events, 1);
 
     json_object *ev = slim_event(m->payload, m->len, &pr->scan_idx), *full = NULL;
     bool parsed = ev != NULL;
     const char *message_id = parsed ? sl_jsonc_str(ev, "messageId") : NULL;
     const char *type = parsed ? sl_jsonc_str(ev, "type") : NULL;
     bool has_source = header_value(m, HDR_SOURCE_ID, source_id, sizeof(source_id)) != NULL;
+    sl_workspace_t *ws = sl_wsconf_get(pr->ws);
+    const sl_source_t *src = has_source ? sl_workspace_source_by_id(ws, source_id) : NULL;
+    const char *label = src ? src->id : NULL; /* metrics: only sources of the config */
+    sl_metrics_add(pr_stats_get(pr->stats, PR_STAT_EVENTS, label, NULL), 1);
     if (!message_id || !type || !m->key || !has_source) {
         char reason[200];
         snprintf(reason, sizeof(reason),
@@ -612,19 +625,17 @@ static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
             ts = sl_time_now_ms();
         if (pr_dedup_seen(pr->dedup, m->partition, message_id, strlen(message_id), ts)) {
             sl_debug("processor", "dropping duplicate event %s", message_id);
-            sl_metrics_add(pr->m_dups, 1);
+            sl_metrics_add(pr_stats_get(pr->stats, PR_STAT_DUPLICATES, label, NULL), 1);
             goto out;
         }
     }
 
     char user_key[128];
     snprintf(user_key, sizeof(user_key), "%.*s", (int)m->key_len, (const char *)m->key);
-    ws = sl_wsconf_get(pr->ws);
-    const sl_source_t *src = sl_workspace_source_by_id(ws, source_id);
     if (!src || !src->enabled) {
         sl_warn("processor", "dropping event %s: source \"%s\" is %s in the workspace config",
                 message_id, source_id, src ? "disabled" : "no longer");
-        sl_metrics_add(pr->m_filtered, 1);
+        sl_metrics_add(pr_stats_get(pr->stats, PR_STAT_FILTERED, label, NULL), 1);
         goto out;
     }
 
@@ -652,7 +663,7 @@ static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
         const char *why = pr_select_reason(ev, type, d);
         if (why) {
             sl_debug("processor", "event %s not for destination %s: %s", message_id, d->id, why);
-            sl_metrics_add(pr->m_filtered, 1);
+            sl_metrics_add(pr_stats_get(pr->stats, PR_STAT_FILTERED, src->id, d->id), 1);
             continue;
         }
         const char *version_id = NULL, *code = NULL;
@@ -1080,6 +1091,7 @@ static void processor_free(pr_processor_t *pr)
     free(pr->warehouse_topic);
     free(pr->group);
     free(pr->txn_id);
+    pr_stats_destroy(pr->stats);
     free(pr);
 }
 
@@ -1087,6 +1099,7 @@ pr_processor_t *pr_processor_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
                                    size_t errstr_size)
 {
     pr_processor_t *pr = sl_calloc(1, sizeof(*pr));
+    pr->stats = pr_stats_new();
     pr->ws = ws;
     pr->conf = conf;
     pr->events_topic = sl_kafka_topic(conf, SL_TOPIC_EVENTS);
@@ -1130,22 +1143,6 @@ pr_processor_t *pr_processor_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
         goto fail;
     sl_kafka_consumer_on_assign(pr->consumer, on_assign);
 
-    pr->m_events = sl_metrics_counter("sluice_processor_events_total", "Events consumed", NULL);
-    pr->m_jobs = sl_metrics_counter("sluice_processor_jobs_total",
-                                    "Delivery jobs produced to the delivery topic", NULL);
-    pr->m_filtered = sl_metrics_counter(
-        "sluice_processor_filtered_total",
-        "Event-destination pairs not delivered because of config, type, integrations, consent "
-        "or event filters",
-        NULL);
-    pr->m_failed = sl_metrics_counter("sluice_processor_failed_total",
-                                      "Dead letters written to the failed topic", NULL);
-    pr->m_tx_dropped = sl_metrics_counter(
-        "sluice_processor_transformation_dropped_total",
-        "Events a user transformation dropped (returned null, undefined or [])", NULL);
-    pr->m_dups =
-        sl_metrics_counter("sluice_processor_duplicates_total",
-                           "Events dropped as duplicates of a messageId in the window", NULL);
     pr->m_txn_commits =
         sl_metrics_counter("sluice_processor_transactions_total", "Kafka transactions, by outcome",
                            "outcome", "commit", NULL);

@@ -38,6 +38,7 @@ typedef struct rt_job {
     int64_t parked_id; /* row in sluice_parked, 0 for a job from Kafka */
     int attempts;
     int64_t first_ms, last_ms; /* attempt times, 0 before the first */
+    int64_t received_ms;       /* the gateway's receivedAt, 0 if unknown */
     long last_status;          /* HTTP status of the last attempt, 0 for none or an error */
     char *last_response;
     const char *state; /* outcome to record: succeeded, failed, aborted */

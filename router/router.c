@@ -62,6 +62,25 @@ typedef struct rt_settings {
 
 typedef struct rt_key rt_key_t;
 
+/* Why an attempt failed: the reason label of the retried and aborted counters (a fixed set,
+ * so the series stay bounded). */
+typedef enum rt_why {
+    RT_WHY_HTTP_4XX,
+    RT_WHY_HTTP_408,
+    RT_WHY_HTTP_429,
+    RT_WHY_HTTP_5XX,
+    RT_WHY_HTTP_OTHER,
+    RT_WHY_TIMEOUT,
+    RT_WHY_NETWORK,
+    RT_WHY_KAFKA,
+    RT_WHY_MALFORMED,
+    RT_NWHY
+} rt_why_t;
+
+static const char *const why_names[RT_NWHY] = {"http_4xx", "http_408",   "http_429",
+                                               "http_5xx", "http_other", "timeout",
+                                               "network",  "kafka",      "malformed"};
+
 typedef struct rt_dest {
     char *id, *type;
     rt_settings_t set;
@@ -77,7 +96,8 @@ typedef struct rt_dest {
     bool full;         /* half its share of memory used: its parked jobs are not loaded */
     long failures;     /* retryable failures in a row */
     int64_t logged_ms; /* when a failed attempt was last logged */
-    sl_metric_t *m_delivered, *m_retried, *m_aborted, *m_throttled, *m_latency;
+    sl_metric_t *m_delivered, *m_throttled, *m_latency, *m_age;
+    sl_metric_t *m_retried[RT_NWHY], *m_aborted[RT_NWHY]; /* registered on first use */
     struct rt_dest *next;
 } rt_dest_t;
 
@@ -246,20 +266,33 @@ static rt_dest_t *dest_get(rt_router_t *rt, const char *id, const char *type)
     const char *l = d->id;
     d->m_delivered = sl_metrics_counter("sluice_router_delivered_total", "Jobs delivered",
                                         "destination", l, NULL);
-    d->m_retried =
-        sl_metrics_counter("sluice_router_retried_total", "Failed attempts that will be retried",
-                           "destination", l, NULL);
-    d->m_aborted = sl_metrics_counter("sluice_router_aborted_total", "Jobs aborted (dead letters)",
-                                      "destination", l, NULL);
     d->m_throttled =
         sl_metrics_counter("sluice_router_throttled_total",
                            "Jobs held back by the destination's throttle", "destination", l, NULL);
     d->m_latency =
         sl_metrics_histogram("sluice_router_delivery_seconds", "Duration of one delivery request",
                              NULL, 0, "destination", l, NULL);
+    d->m_age = sl_metrics_histogram(
+        "sluice_router_latency_seconds",
+        "Time from the gateway's receivedAt to the job's delivery, by destination",
+        sl_metrics_age_buckets, sl_metrics_age_nbuckets, "destination", l, NULL);
     d->next = rt->dests;
     rt->dests = d;
     return d;
+}
+
+/* Counts a failed attempt that will be retried, or an aborted job, by reason. */
+static void count_failure(rt_dest_t *d, bool aborted, rt_why_t why)
+{
+    sl_metric_t **m = aborted ? &d->m_aborted[why] : &d->m_retried[why];
+    if (!*m)
+        *m = aborted ? sl_metrics_counter("sluice_router_aborted_total",
+                                          "Jobs aborted (dead letters), by the last failure",
+                                          "destination", d->id, "reason", why_names[why], NULL)
+                     : sl_metrics_counter("sluice_router_retried_total",
+                                          "Failed attempts that will be retried, by reason",
+                                          "destination", d->id, "reason", why_names[why], NULL);
+    sl_metrics_add(*m, 1);
 }
 
 static uint64_t key_hash(const char *a, const char *b)
@@ -431,7 +464,11 @@ static const char *parse_job(rt_router_t *rt, rt_job_t *j)
                 j->dest_type = span_str(it.value, NULL);
             else if (sl_json_key_is(it.key, "userKey") && !j->user_key)
                 j->user_key = span_str(it.value, NULL);
-            else if (sl_json_key_is(it.key, "request") && it.value.type == SL_JSON_OBJECT)
+            else if (sl_json_key_is(it.key, "receivedAt") && it.value.type == SL_JSON_STRING) {
+                char ts[64];
+                if (sl_json_string_decode(it.value, ts, sizeof(ts)) < sizeof(ts))
+                    sl_time_parse_ms(ts, &j->received_ms);
+            } else if (sl_json_key_is(it.key, "request") && it.value.type == SL_JSON_OBJECT)
                 req = it.value;
         }
     }
@@ -945,8 +982,10 @@ static void finish_parked(rt_router_t *rt, rt_key_t *k, rt_job_t *j, bool delive
     }
 }
 
-/* A request's outcome: ok, or a failure that is retryable or not; status 0 for none. */
-static void outcome(rt_router_t *rt, rt_req_t *r, bool ok, bool retryable, long status)
+/* A request's outcome: ok, or a failure that is retryable or not, and why; status 0 for
+ * none. */
+static void outcome(rt_router_t *rt, rt_req_t *r, bool ok, bool retryable, long status,
+                    rt_why_t why)
 {
     rt_dest_t *d = r->dest;
     sl_metrics_observe(d->m_latency, (double)(sl_time_mono_ms() - r->t0) / 1e3);
@@ -996,6 +1035,9 @@ static void outcome(rt_router_t *rt, rt_req_t *r, bool ok, bool retryable, long 
                 next = x->next;
                 x->state = "succeeded";
                 sl_metrics_add(d->m_delivered, 1);
+                if (x->received_ms > 0)
+                    sl_metrics_observe(
+                        d->m_age, now > x->received_ms ? (double)(now - x->received_ms) / 1e3 : 0);
                 if (x->parked_id)
                     finish_parked(rt, k, x, true, NULL); /* reads x->next: before unlinking */
                 else
@@ -1005,7 +1047,7 @@ static void outcome(rt_router_t *rt, rt_req_t *r, bool ok, bool retryable, long 
             for (rt_job_t *x = run, *next; x; x = next) {
                 next = x->next;
                 x->state = "aborted";
-                sl_metrics_add(d->m_aborted, 1);
+                count_failure(d, true, why);
                 sl_warn("router", "aborted job %s to %s after %d attempts: %s", x->job_id, x->url,
                         x->attempts, reason);
                 if (x->parked_id)
@@ -1015,7 +1057,7 @@ static void outcome(rt_router_t *rt, rt_req_t *r, bool ok, bool retryable, long 
             }
         } else {
             int64_t due = now + backoff_ms(&d->set, run->attempts);
-            sl_metrics_add(d->m_retried, 1);
+            count_failure(d, false, why);
             d->failures++;
             /* At most one line a second per destination: a destination that is down fails
              * every job. */
@@ -1073,8 +1115,15 @@ static void on_done(rt_router_t *rt, rt_req_t *r, CURLcode rc)
         curl_easy_cleanup(r->easy);
     }
     bool ok = status >= 200 && status < 300;
+    rt_why_t why = rc == CURLE_OPERATION_TIMEDOUT ? RT_WHY_TIMEOUT
+                   : status == 0                  ? RT_WHY_NETWORK
+                   : status == 408                ? RT_WHY_HTTP_408
+                   : status == 429                ? RT_WHY_HTTP_429
+                   : status >= 500                ? RT_WHY_HTTP_5XX
+                   : status >= 400                ? RT_WHY_HTTP_4XX
+                                                  : RT_WHY_HTTP_OTHER;
     outcome(rt, r, ok, !ok && (status == 0 || status == 429 || status == 408 || status >= 500),
-            status);
+            status, why);
 }
 
 static void on_kafka_done(void *opaque, rt_kdest_result_t result, const char *detail, void *ctx)
@@ -1082,7 +1131,7 @@ static void on_kafka_done(void *opaque, rt_kdest_result_t result, const char *de
     rt_req_t *r = opaque;
     sl_buf_reset(&r->resp);
     sl_buf_puts(&r->resp, detail ? detail : "");
-    outcome(ctx, r, result == RT_KDEST_OK, result == RT_KDEST_RETRY, 0);
+    outcome(ctx, r, result == RT_KDEST_OK, result == RT_KDEST_RETRY, 0, RT_WHY_KAFKA);
 }
 
 static void read_done(rt_router_t *rt)
@@ -1201,8 +1250,8 @@ static void on_message(rt_router_t *rt, const rd_kafka_message_t *m)
         snprintf(reason, sizeof(reason), "malformed delivery job at %s [%d] offset %lld: %s",
                  rt->topic, (int)m->partition, (long long)m->offset, problem);
         sl_error("router", "aborted job %s: %s", j->job_id, reason);
-        sl_metrics_add(dest_get(rt, *j->dest_id ? j->dest_id : "unknown", j->dest_type)->m_aborted,
-                       1);
+        count_failure(dest_get(rt, *j->dest_id ? j->dest_id : "unknown", j->dest_type), true,
+                      RT_WHY_MALFORMED);
         j->state = "aborted";
         j->last_response = sl_strdup(reason);
         dead_letter(rt, j, reason);

@@ -288,8 +288,9 @@ def case_transform(env):
     if not any(w in dl["tx-Bomb"]["reason"] for w in ("memory", "timed out")):
         h.fail(f"memory bomb: {dl['tx-Bomb']}")
     h.log("dead letters: " + "; ".join(f"{k}: {v['reason']}" for k, v in sorted(dl.items())))
-    if 'sluice_processor_transformation_dropped_total 1' not in \
-            h.http("GET", p.url + "/metrics")[1].decode():
+    dropped = ('sluice_processor_transformation_dropped_total'
+               '{source="src-e2e",destination="d-code"} 1')
+    if dropped not in h.http("GET", p.url + "/metrics")[1].decode():
         h.fail("the dropped event is not counted")
 
 
@@ -326,7 +327,7 @@ def case_dedup(env):
     if "rebuilt the window" not in q.output():
         h.fail("the processor did not rebuild its dedup window at start")
     st, body, _ = h.http("GET", q.url + "/metrics")
-    if "sluice_processor_duplicates_total 1" not in body.decode():
+    if 'sluice_processor_duplicates_total{source="src-e2e"} 1' not in body.decode():
         h.fail("the duplicate after the restart is not counted")
 
 

@@ -369,6 +369,18 @@ static double metric(const char *name, const char *l1, const char *v1, const cha
     return sl_metrics_value(sl_metrics_counter(name, "", l1, v1, l2, v2, NULL));
 }
 
+/* A router counter of one destination, summed over its reasons. */
+static double by_reason(const char *name, const char *dest)
+{
+    static const char *const reasons[] = {"http_4xx", "http_408",   "http_429",
+                                          "http_5xx", "http_other", "timeout",
+                                          "network",  "kafka",      "malformed"};
+    double sum = 0;
+    for (size_t i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++)
+        sum += metric(name, "destination", dest, "reason", reasons[i]);
+    return sum;
+}
+
 /* Outcomes by status class, per-user order across a retry, malformed jobs, commits. */
 static void test_outcomes(void **state)
 {
@@ -451,9 +463,16 @@ static void test_outcomes(void **state)
     assert_int_equal(wait_committed(conf, 10, 10000), 10);
 
     assert_true(metric("sluice_router_delivered_total", "destination", "dst-a", NULL, NULL) == 4);
-    assert_true(metric("sluice_router_aborted_total", "destination", "dst-a", NULL, NULL) == 4);
-    assert_true(metric("sluice_router_aborted_total", "destination", "dst-gone", NULL, NULL) == 1);
-    assert_true(metric("sluice_router_retried_total", "destination", "dst-a", NULL, NULL) == 6);
+    assert_true(by_reason("sluice_router_aborted_total", "dst-a") == 4);
+    assert_true(
+        metric("sluice_router_aborted_total", "destination", "dst-a", "reason", "http_4xx") == 1);
+    assert_true(
+        metric("sluice_router_aborted_total", "destination", "dst-a", "reason", "malformed") == 1);
+    assert_true(metric("sluice_router_aborted_total", "destination", "dst-gone", "reason",
+                       "malformed") == 1);
+    assert_true(by_reason("sluice_router_retried_total", "dst-a") == 6);
+    assert_true(
+        metric("sluice_router_retried_total", "destination", "dst-a", "reason", "http_429") == 1);
     sl_buf_t b = SL_BUF_INIT;
     sl_metrics_render(&b);
     assert_non_null(strstr(b.data, "sluice_router_delivery_seconds_bucket{destination=\"dst-a\""));

@@ -13,3 +13,6 @@ foreach(case url sighup lastgood)
                  ARGS --case ${case} FIXTURES postgres)
 endforeach()
 sluice_py_test(NAME e2e.ops.rolling_restart SCRIPT e2e/test_rolling.py FIXTURES "postgres;kafka")
+# Operations: each role's /metrics by source, destination and reason; the dashboard's metrics.
+sluice_py_test(NAME e2e.ops.metrics SCRIPT e2e/test_ops_metrics.py FIXTURES "postgres;kafka"
+               TIMEOUT 120)
