@@ -286,9 +286,8 @@ static int plan_store(sl_pg_t *pg, const plan_t *p, const char *topic, char *err
 
 typedef struct progress {
     const char *name;
-    bool tty;
+    bool tty, open_line; /* a bar is on the terminal's last line */
     int64_t t0, last, first_done;
-    int width;
 } progress_t;
 
 static void format_left(char *out, size_t n, double s)
@@ -326,6 +325,7 @@ static void on_progress(void *opaque, int64_t done, int64_t total)
         bar[40] = '\0';
         fprintf(stderr, "\r[%s] %3d%% %lld/%lld events  %.0f/s  left %s \033[K", bar, pct,
                 (long long)done, (long long)total, rate, left);
+        p->open_line = !end;
         if (end)
             fputc('\n', stderr);
     } else {
@@ -460,8 +460,9 @@ static int plan_new(const sl_conf_t *conf, const args_t *a, sl_workspace_t *ws, 
                         a->from && sl_time_parse_ms(a->from, &from) != 0 ? a->from : a->to);
                 goto out;
             }
-            if (to <= from) {
-                fprintf(stderr, "sluice replay: --to must be after --from\n");
+            if ((to == INT64_MAX ? sl_time_now_ms() : to) <= from) {
+                fprintf(stderr, "sluice replay: the window is empty: --from must be before %s\n",
+                        a->to ? "--to" : "now");
                 goto out;
             }
             sl_buf_printf(&spec, " from=%lld to=%lld", (long long)from, (long long)to);
@@ -583,6 +584,16 @@ static int run(const sl_conf_t *conf, const args_t *a, sl_pg_t *pg)
             plan_free(&old);
         }
     }
+    /* The spec starts with "topic=<events topic> ". */
+    size_t tlen = found ? strcspn(p.spec + 6, " ") : 0;
+    if (found && (tlen != strlen(topic) || strncmp(p.spec + 6, topic, tlen) != 0)) {
+        fprintf(stderr,
+                "sluice replay: replay %s is of events topic %.*s, not %s; set "
+                "kafka.topic_prefix as it was\n",
+                p.name, (int)tlen, p.spec + 6, topic);
+        rc = 2;
+        goto out;
+    }
     if (a->resume && !found) {
         fprintf(stderr, "sluice replay: no replay named %s; `sluice replay --list` shows them\n",
                 a->resume);
@@ -659,7 +670,7 @@ static int run(const sl_conf_t *conf, const args_t *a, sl_pg_t *pg)
                           .stop = &stop_requested};
     int64_t done = 0;
     int r = pr_replay_run(conf, wsc, &o, &done, err, sizeof(err));
-    if (prog.tty)
+    if (prog.open_line)
         fputc('\n', stderr);
     if (r == 0) {
         const char *params[] = {p.name};

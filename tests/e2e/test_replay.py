@@ -3,7 +3,8 @@ delivered live to one WEBHOOK destination; a second destination is added and one
 them is replayed to it. Exactly the events of that minute arrive there, the live destination
 receives nothing twice (the live processor runs with dedup on, which must not swallow the
 replay), the dry run counts what the replay sends, and a replay killed part way (SIGKILL, then
-SIGTERM) resumes and delivers each event of its window exactly once.
+SIGTERM) resumes and delivers each event of its window exactly once. The live processor is
+not rebalanced by any of it.
 
 The events are the gateway's own output: a gateway writes them to a capture topic, and
 sluice-test-produce-at writes them (value, key, headers unchanged) to the pipeline's events
@@ -83,6 +84,9 @@ def test(env):
     h.wait_for("every event at the live destination", lambda: len(sink1.message_ids()) >= N,
                timeout=60)
     assert sorted(sink1.message_ids()) == sorted(ids)
+    # The live processor's assignments (with dedup on, each one rebuilds its window): a replay
+    # that joined its group would cause another.
+    assignments = p.output().count("dedup: rebuilt the window")
 
     ws["sources"][0]["destinations"] += [webhook("dst-new", sink2.url),
                                           webhook("dst-resume", sink3.url)]
@@ -155,6 +159,8 @@ def test(env):
     assert sorted(got1) == sorted(ids), f"the live destination got {len(got1)} events"
     h.log(f"window {iso(frm)}..{iso(to)}: {len(got2)} events at dst-new {sorted(got2)}; "
           f"dst-resume {len(got3)} distinct {len(set(got3))}; live {len(got1)}")
+    assert p.output().count("dedup: rebuilt the window") == assignments, \
+        "the live processor was rebalanced during the replays"
     assert p.stop() == 0
 
 
