@@ -77,6 +77,8 @@ struct pr_processor {
     pr_dedup_t *dedup; /* NULL when dedup is off */
     int64_t dedup_window_ms;
     size_t dedup_max_ids;
+    char **only; /* batch mode (pr_processor_new_batch): the destinations served */
+    size_t nonly;
 
     pr_stats_t *stats; /* per source and destination */
     sl_metric_t *m_txn_commits, *m_txn_aborts;
@@ -586,6 +588,17 @@ static json_object *full_event(const char *text, size_t len)
     return o;
 }
 
+/* False for a destination a batch-mode processor was not asked to serve. */
+static bool serves(const pr_processor_t *pr, const sl_destination_t *d)
+{
+    if (!pr->only)
+        return true;
+    for (size_t i = 0; i < pr->nonly; i++)
+        if (strcmp(pr->only[i], d->id) == 0)
+            return true;
+    return false;
+}
+
 /* Processes one event inside the open transaction. Returns false only when stopping. */
 static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
 {
@@ -658,7 +671,7 @@ static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
     sl_buf_t job = SL_BUF_INIT;
     for (size_t i = 0; i < src->ndestinations && ok; i++) {
         const sl_destination_t *d = src->destinations[i];
-        if (only_dest && strcmp(only_dest, d->id) != 0)
+        if ((only_dest && strcmp(only_dest, d->id) != 0) || !serves(pr, d))
             continue;
         const char *why = pr_select_reason(ev, type, d);
         if (why) {
@@ -1092,11 +1105,17 @@ static void processor_free(pr_processor_t *pr)
     free(pr->group);
     free(pr->txn_id);
     pr_stats_destroy(pr->stats);
+    for (size_t i = 0; i < pr->nonly; i++)
+        free(pr->only[i]);
+    free(pr->only);
     free(pr);
 }
 
-pr_processor_t *pr_processor_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errstr,
-                                   size_t errstr_size)
+/* What the processor role and a batch-mode processor share: topics, transaction settings,
+ * destination definitions, metrics and the transactional producer of txn_id. Returns NULL
+ * with errstr. */
+static pr_processor_t *processor_new(const sl_conf_t *conf, sl_wsconf_t *ws, const char *txn_id,
+                                     char *errstr, size_t errstr_size)
 {
     pr_processor_t *pr = sl_calloc(1, sizeof(*pr));
     pr->stats = pr_stats_new();
@@ -1109,39 +1128,10 @@ pr_processor_t *pr_processor_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
     pr->group = sl_kafka_topic(conf, "processor");
     pr->txn_interval_ms = sl_conf_duration_ms(conf, "processor.transaction_interval");
     pr->txn_max_events = (size_t)sl_conf_int(conf, "processor.transaction_max_events");
-    if (sl_conf_bool(conf, "processor.dedup")) {
-        pr->dedup_window_ms = sl_conf_duration_ms(conf, "processor.dedup_window");
-        pr->dedup_max_ids = (size_t)sl_conf_int(conf, "processor.dedup_max_ids");
-        pr->dedup = pr_dedup_new(pr->dedup_window_ms, pr->dedup_max_ids);
-    }
-
-    /* The transactional id must be stable across restarts (so a restarted instance fences
-     * its predecessor's open transaction at once) and unique per running instance. */
-    const char *instance = sl_conf_str(conf, "processor.instance_id");
-    char id[512];
-    if (*instance) {
-        snprintf(id, sizeof(id), "%s-%s", pr->group, instance);
-    } else {
-        char host[256] = "localhost";
-        gethostname(host, sizeof(host) - 1);
-        snprintf(id, sizeof(id), "%s-%s-%lld", pr->group, host,
-                 (long long)sl_conf_int(conf, "processor.port"));
-    }
-    pr->txn_id = sl_strdup(id);
+    pr->txn_id = sl_strdup(txn_id);
     pr->tx_dir = sl_strdup(sl_conf_str(conf, "processor.transformations_dir"));
     pr_desttx_out_t init = PR_DESTTX_OUT_INIT;
     pr->txout = init;
-    if (pr_desttx_load(&pr->desttx, errstr, errstr_size) != 0)
-        goto fail;
-
-    if (!init_producer(pr, errstr, errstr_size))
-        goto fail;
-    const char *topics[] = {pr->events_topic, NULL};
-    pr->consumer =
-        sl_kafka_consumer_new(conf, pr->group, topics, on_revoke, pr, errstr, errstr_size);
-    if (!pr->consumer)
-        goto fail;
-    sl_kafka_consumer_on_assign(pr->consumer, on_assign);
 
     pr->m_txn_commits =
         sl_metrics_counter("sluice_processor_transactions_total", "Kafka transactions, by outcome",
@@ -1150,6 +1140,45 @@ pr_processor_t *pr_processor_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
         sl_metrics_counter("sluice_processor_transactions_total", "Kafka transactions, by outcome",
                            "outcome", "abort", NULL);
 
+    if (pr_desttx_load(&pr->desttx, errstr, errstr_size) != 0 ||
+        !init_producer(pr, errstr, errstr_size)) {
+        processor_free(pr);
+        return NULL;
+    }
+    return pr;
+}
+
+pr_processor_t *pr_processor_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errstr,
+                                   size_t errstr_size)
+{
+    /* The transactional id must be stable across restarts (so a restarted instance fences
+     * its predecessor's open transaction at once) and unique per running instance. */
+    char *group = sl_kafka_topic(conf, "processor");
+    const char *instance = sl_conf_str(conf, "processor.instance_id");
+    char id[512];
+    if (*instance) {
+        snprintf(id, sizeof(id), "%s-%s", group, instance);
+    } else {
+        char host[256] = "localhost";
+        gethostname(host, sizeof(host) - 1);
+        snprintf(id, sizeof(id), "%s-%s-%lld", group, host,
+                 (long long)sl_conf_int(conf, "processor.port"));
+    }
+    free(group);
+    pr_processor_t *pr = processor_new(conf, ws, id, errstr, errstr_size);
+    if (!pr)
+        return NULL;
+    if (sl_conf_bool(conf, "processor.dedup")) {
+        pr->dedup_window_ms = sl_conf_duration_ms(conf, "processor.dedup_window");
+        pr->dedup_max_ids = (size_t)sl_conf_int(conf, "processor.dedup_max_ids");
+        pr->dedup = pr_dedup_new(pr->dedup_window_ms, pr->dedup_max_ids);
+    }
+    const char *topics[] = {pr->events_topic, NULL};
+    pr->consumer =
+        sl_kafka_consumer_new(conf, pr->group, topics, on_revoke, pr, errstr, errstr_size);
+    if (!pr->consumer)
+        goto fail;
+    sl_kafka_consumer_on_assign(pr->consumer, on_assign);
     if (pthread_create(&pr->thread, NULL, processor_main, pr) != 0) {
         sl_err_set(errstr, errstr_size, SL_ERR_FATAL, "could not start the processor thread");
         goto fail;
@@ -1169,5 +1198,86 @@ void pr_processor_stop(pr_processor_t *pr)
         return;
     atomic_store(&pr->stop, true);
     pthread_join(pr->thread, NULL);
+    processor_free(pr);
+}
+
+/* --- batch mode --- */
+
+pr_processor_t *pr_processor_new_batch(const sl_conf_t *conf, sl_wsconf_t *ws, rd_kafka_t *consumer,
+                                       const char *txn_id, const char *const *destinations,
+                                       size_t ndestinations, char *errstr, size_t errstr_size)
+{
+    pr_processor_t *pr = processor_new(conf, ws, txn_id, errstr, errstr_size);
+    if (!pr)
+        return NULL;
+    pr->consumer = consumer;
+    pr->only = sl_calloc(ndestinations ? ndestinations : 1, sizeof(char *));
+    for (size_t i = 0; i < ndestinations; i++)
+        pr->only[i] = sl_strdup(destinations[i]);
+    pr->nonly = ndestinations;
+    return pr;
+}
+
+int pr_processor_process_batch(pr_processor_t *pr, rd_kafka_message_t *const *msgs, size_t n,
+                               char *errstr, size_t errstr_size)
+{
+    if (!n)
+        return 0;
+    if (!pr->txn_open && !txn_begin(pr)) {
+        sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT,
+                   "could not begin a kafka transaction (transactional.id %s); see the log",
+                   pr->txn_id);
+        return -1;
+    }
+    bool ok = true;
+    for (size_t i = 0; i < n && ok; i++)
+        ok = process_event(pr, msgs[i]);
+    ok = ok && flush_pending(pr);
+    pending_clear(pr);
+    rd_kafka_poll(pr->producer, 0);
+    if (!ok) {
+        txn_abort(pr);
+        sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT, "interrupted");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        note_position(pr, msgs[i]->partition, msgs[i]->offset);
+    pr->txn_events += n;
+    return 0;
+}
+
+int pr_processor_commit_batch(pr_processor_t *pr, char *errstr, size_t errstr_size)
+{
+    int rc = txn_commit(pr);
+    if (rc == -2) {
+        /* The new producer fences the old one's transaction; then the offsets are stable. */
+        if (!init_producer(pr, errstr, errstr_size))
+            return -2;
+        rewind_to_committed(pr);
+        sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT,
+                   "the kafka producer failed and was made anew; its events are read again");
+        return -1;
+    }
+    if (rc == -1)
+        sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT,
+                   "the kafka transaction was aborted; its events are read again");
+    return rc;
+}
+
+void pr_processor_interrupt(pr_processor_t *pr)
+{
+    atomic_store(&pr->stop, true);
+}
+
+void pr_processor_free_batch(pr_processor_t *pr)
+{
+    if (!pr)
+        return;
+    if (pr->txn_open) {
+        rd_kafka_error_t *e = rd_kafka_abort_transaction(pr->producer, PR_TXN_TIMEOUT_MS);
+        if (e)
+            rd_kafka_error_destroy(e);
+    }
+    pr->consumer = NULL; /* the caller's */
     processor_free(pr);
 }

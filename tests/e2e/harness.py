@@ -306,7 +306,8 @@ def track(user, event="Signed Up", **fields):
 
 def kafka_messages(brokers, topic, timeout=60):
     """Every message of `topic` from the beginning, read with kcat (-J): a list of dicts with
-    partition, offset, key (str or None), value (str or None) and headers (dict of str)."""
+    partition, offset, ts (the Kafka timestamp, ms), key (str or None), value (str or None) and
+    headers (dict of str)."""
     r = subprocess.run(["kcat", "-C", "-b", brokers, "-t", topic, "-o", "beginning", "-e", "-q",
                         "-J", "-X", "topic.metadata.refresh.interval.ms=1000"],
                        capture_output=True, text=True, timeout=timeout)
@@ -320,7 +321,7 @@ def kafka_messages(brokers, topic, timeout=60):
         m = json.loads(line)
         hdrs = m.get("headers") or []
         out.append({"partition": m.get("partition"), "offset": m.get("offset"),
-                    "key": m.get("key"), "value": m.get("payload"),
+                    "ts": m.get("ts"), "key": m.get("key"), "value": m.get("payload"),
                     "headers": dict(zip(hdrs[0::2], hdrs[1::2]))})
     return out
 
