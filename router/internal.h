@@ -19,6 +19,7 @@
 
 #include "common/json_scan.h"
 #include "common/pg.h"
+#include "common/trace.h"
 
 #define RT_RESPONSE_CAP 10240 /* bytes of a response kept with a job */
 
@@ -42,6 +43,13 @@ typedef struct rt_job {
     char *last_response;
     const char *state; /* outcome to record: succeeded, failed, aborted */
     int64_t next_ms;   /* when a parked job is due */
+    /* tracing (common/trace.h), from the delivery message's headers */
+    char traceparent[SL_TRACEPARENT_LEN + 1]; /* the processor's span; a new trace if none */
+    char *tracestate;                         /* NULL for none */
+    char span_id[SL_SPAN_ID_LEN + 1];         /* the last attempt's span, "" before one */
+    /* stage times (wall clock ms, 0: unknown): received by the gateway, stored in the events
+     * topic, read and produced by the processor, read by the router, last attempt answered */
+    int64_t received_ms, enqueued_ms, picked_ms, processed_ms, routed_ms, done_ms;
     struct rt_job *next;
 } rt_job_t;
 
