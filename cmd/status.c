@@ -225,9 +225,12 @@ static void print_timeline(const PGresult *t, int row)
         sl_time_format_ms(ms, at);
         if (prev >= 0)
             snprintf(took, sizeof(took), "%lld ms", (long long)(ms - prev));
-        printf("  %-28s  %-24s  %-14s  %s\n",
-               points[p].label ? points[p].label : last_label(PQgetvalue(t, row, T_STATE)), at,
-               prev >= 0 ? points[p].stage : "", took);
+        const char *label =
+            points[p].label ? points[p].label : last_label(PQgetvalue(t, row, T_STATE));
+        if (prev >= 0)
+            printf("  %-28s  %-24s  %-14s  %s\n", label, at, points[p].stage, took);
+        else
+            printf("  %-28s  %s\n", label, at);
         if (first < 0)
             first = ms;
         prev = ms;
