@@ -1,11 +1,13 @@
 /*
  * `sluice status <messageId>`: an event's journey to each of its destinations, from the
  * router's job status rows (sluice_jobs), the jobs parked for a retry (sluice_parked) and the
- * dead letters of the processor and the router (sluice_failed_events).
+ * dead letters of the processor and the router (sluice_failed_events), with its trace and the
+ * time it spent in each stage (the tracing columns of sluice_jobs, migration 0008).
  */
 #include "cmd/cmd.h"
 #include "common/mem.h"
 #include "common/pg.h"
+#include "common/timeutil.h"
 
 #include <json-c/json.h>
 #include <stdbool.h>
@@ -19,6 +21,9 @@ static const char usage_text[] =
     "the router recorded (failed attempts, succeeded, aborted) with the attempt count, the\n"
     "HTTP status and the start of the response; jobs parked until their next attempt; and dead\n"
     "letters of the processor and the router (`sluice failed retry --id N` sends one again).\n"
+    "Then the event's W3C trace id and, per destination, when it passed each stage (received\n"
+    "by the gateway, stored in the events topic, read and produced by the processor, read by\n"
+    "the router, first attempt, delivered) and how long each stage took.\n"
     "--json prints the same as one JSON object for scripts. Exits 1 when nothing is recorded\n"
     "for the message (job status rows are kept for router.status_retention).\n"
     "Reads postgres.dsn (SLUICE_POSTGRES_DSN).\n";
@@ -60,6 +65,43 @@ static const char failed_sql[] =
                      "" TIME_SQL("retried_at") ", '') "
                                                "FROM sluice_failed_events WHERE message_id = $1 "
                                                "ORDER BY failed_at, id";
+
+/* The latest job status row of each destination, for the trace and the stage times (ms since
+ * the epoch, '' for none). */
+static const char timeline_sql[] =
+    "SELECT DISTINCT ON (destination_id) destination_id, state, coalesce(trace_id, ''), "
+    "coalesce(span_id, ''), coalesce(parent_span_id, ''), "
+    "coalesce((extract(epoch FROM received_at) * 1000)::bigint::text, ''), "
+    "coalesce((extract(epoch FROM enqueued_at) * 1000)::bigint::text, ''), "
+    "coalesce((extract(epoch FROM picked_at) * 1000)::bigint::text, ''), "
+    "coalesce((extract(epoch FROM processed_at) * 1000)::bigint::text, ''), "
+    "coalesce((extract(epoch FROM routed_at) * 1000)::bigint::text, ''), "
+    "coalesce((extract(epoch FROM first_attempt_at) * 1000)::bigint::text, ''), "
+    "coalesce((extract(epoch FROM completed_at) * 1000)::bigint::text, '') "
+    "FROM sluice_jobs WHERE message_id = $1 ORDER BY destination_id, created_at DESC, id DESC";
+
+enum { T_DEST, T_STATE, T_TRACE, T_SPAN, T_PARENT, T_TIMES };
+
+/* The points of an event's way, in order, and the stage that ends at each. */
+#define NPOINTS 7
+static const struct {
+    const char *key, *label, *stage;
+} points[NPOINTS] = {
+    {"receivedAt", "received by the gateway", NULL},
+    {"enqueuedAt", "stored in the events topic", "gateway"},
+    {"pickedAt", "read by the processor", "events topic"},
+    {"processedAt", "produced by the processor", "processor"},
+    {"routedAt", "read by the router", "delivery topic"},
+    {"firstAttemptAt", "first delivery attempt", "router queue"},
+    {"completedAt", NULL, "delivery"}, /* label by state, see last_label */
+};
+
+static const char *last_label(const char *state)
+{
+    return strcmp(state, "succeeded") == 0 ? "delivered"
+           : strcmp(state, "aborted") == 0 ? "aborted"
+                                           : "last attempt failed";
+}
 
 typedef enum { K_JOB, K_PARKED, K_FAILED } kind_t;
 
@@ -141,12 +183,70 @@ static void print_step(const step_t *s, const char *message_id)
         printf("  %-24s  %-11s  next attempt of its user's queue at %s\n", "", "", V(s, C_NOTE));
 }
 
-static void print_human(const char *message_id, step_t *steps, size_t n)
+/* The row of destination dest in the timeline result, or -1. */
+static int timeline_row(const PGresult *t, const char *dest)
+{
+    for (int i = 0; t && i < PQntuples(t); i++)
+        if (strcmp(PQgetvalue(t, i, T_DEST), dest) == 0)
+            return i;
+    return -1;
+}
+
+/* The event's trace id: the first row's that has one, "" for none. */
+static const char *trace_of(const PGresult *t)
+{
+    for (int i = 0; t && i < PQntuples(t); i++)
+        if (*PQgetvalue(t, i, T_TRACE))
+            return PQgetvalue(t, i, T_TRACE);
+    return "";
+}
+
+static int64_t point_ms(const PGresult *t, int row, int p)
+{
+    const char *v = PQgetvalue(t, row, T_TIMES + p);
+    return *v ? strtoll(v, NULL, 10) : -1;
+}
+
+static void print_timeline(const PGresult *t, int row)
+{
+    if (*PQgetvalue(t, row, T_SPAN))
+        printf("  trace %s  span %s  parent %s\n", PQgetvalue(t, row, T_TRACE),
+               PQgetvalue(t, row, T_SPAN), PQgetvalue(t, row, T_PARENT));
+    int64_t prev = -1, first = -1;
+    bool any = false;
+    for (int p = 0; p < NPOINTS; p++) {
+        int64_t ms = point_ms(t, row, p);
+        if (ms < 0)
+            continue;
+        if (!any)
+            printf("  %-28s  %-24s  %-14s  %s\n", "timeline", "at", "time in", "took");
+        any = true;
+        char at[SL_TIME_STRLEN], took[32] = "";
+        sl_time_format_ms(ms, at);
+        if (prev >= 0)
+            snprintf(took, sizeof(took), "%lld ms", (long long)(ms - prev));
+        const char *label =
+            points[p].label ? points[p].label : last_label(PQgetvalue(t, row, T_STATE));
+        if (prev >= 0)
+            printf("  %-28s  %-24s  %-14s  %s\n", label, at, points[p].stage, took);
+        else
+            printf("  %-28s  %s\n", label, at);
+        if (first < 0)
+            first = ms;
+        prev = ms;
+    }
+    if (any && prev > first)
+        printf("  %-28s  %-24s  %-14s  %lld ms\n", "total", "", "", (long long)(prev - first));
+}
+
+static void print_human(const char *message_id, step_t *steps, size_t n, const PGresult *t)
 {
     size_t ndest = 0;
     for (size_t i = 0; i < n; i++)
         ndest += i == 0 || strcmp(V(&steps[i], C_DEST), V(&steps[i - 1], C_DEST)) != 0;
     printf("message %s: %zu destination%s\n", message_id, ndest, ndest == 1 ? "" : "s");
+    if (*trace_of(t))
+        printf("trace %s\n", trace_of(t));
     for (size_t i = 0, end; i < n; i = end) {
         for (end = i + 1; end < n && strcmp(V(&steps[end], C_DEST), V(&steps[i], C_DEST)) == 0;)
             end++;
@@ -155,6 +255,9 @@ static void print_human(const char *message_id, step_t *steps, size_t n)
                *type ? ")" : "");
         for (size_t j = i; j < end; j++)
             print_step(&steps[j], message_id);
+        int row = timeline_row(t, dest);
+        if (row >= 0)
+            print_timeline(t, row);
     }
 }
 
@@ -195,10 +298,49 @@ static json_object *step_json(const step_t *s)
     return o;
 }
 
-static void print_json(const char *message_id, step_t *steps, size_t n)
+/* The trace and the stage times of one destination as JSON members of d. */
+static void timeline_json(json_object *d, const PGresult *t, int row)
+{
+    json_object *trace = json_object_new_object();
+    put_str(trace, "traceId", PQgetvalue(t, row, T_TRACE));
+    put_str(trace, "spanId", PQgetvalue(t, row, T_SPAN));
+    put_str(trace, "parentSpanId", PQgetvalue(t, row, T_PARENT));
+    json_object_object_add(d, "trace", trace);
+    json_object *tl = json_object_new_object(), *stages = json_object_new_array();
+    int64_t prev = -1, first = -1;
+    int prev_p = -1;
+    for (int p = 0; p < NPOINTS; p++) {
+        int64_t ms = point_ms(t, row, p);
+        if (ms < 0)
+            continue;
+        char at[SL_TIME_STRLEN];
+        sl_time_format_ms(ms, at);
+        json_object_object_add(tl, points[p].key, json_object_new_string(at));
+        if (prev >= 0) {
+            json_object *st = json_object_new_object();
+            json_object_object_add(st, "stage", json_object_new_string(points[p].stage));
+            json_object_object_add(st, "from", json_object_new_string(points[prev_p].key));
+            json_object_object_add(st, "to", json_object_new_string(points[p].key));
+            json_object_object_add(st, "ms", json_object_new_int64(ms - prev));
+            json_object_array_add(stages, st);
+        }
+        if (first < 0)
+            first = ms;
+        prev = ms;
+        prev_p = p;
+    }
+    json_object_object_add(tl, "stages", stages);
+    if (first >= 0)
+        json_object_object_add(tl, "totalMs", json_object_new_int64(prev - first));
+    json_object_object_add(d, "timeline", tl);
+}
+
+static void print_json(const char *message_id, step_t *steps, size_t n, const PGresult *t)
 {
     json_object *root = json_object_new_object(), *dests = json_object_new_array();
     json_object_object_add(root, "messageId", json_object_new_string(message_id));
+    if (*trace_of(t))
+        json_object_object_add(root, "traceId", json_object_new_string(trace_of(t)));
     json_object_object_add(root, "destinations", dests);
     for (size_t i = 0, end; i < n; i = end) {
         for (end = i + 1; end < n && strcmp(V(&steps[end], C_DEST), V(&steps[i], C_DEST)) == 0;)
@@ -210,6 +352,9 @@ static void print_json(const char *message_id, step_t *steps, size_t n)
         for (size_t j = i; j < end; j++)
             json_object_array_add(arr, step_json(&steps[j]));
         json_object_object_add(d, "steps", arr);
+        int row = timeline_row(t, dest);
+        if (row >= 0)
+            timeline_json(d, t, row);
         json_object_array_add(dests, d);
     }
     puts(json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
@@ -217,19 +362,25 @@ static void print_json(const char *message_id, step_t *steps, size_t n)
     json_object_put(root);
 }
 
-/* Runs the three queries into r[] (NULL for a table that does not exist yet). */
-static int query(sl_pg_t *pg, const char *message_id, PGresult *r[3])
+/* Runs the three queries into r[] (NULL for a table that does not exist yet), and the
+ * timeline's into *tl (NULL before migration 0008). */
+static int query(sl_pg_t *pg, const char *message_id, PGresult *r[3], PGresult **tl)
 {
     const char *params[] = {message_id};
     char err[1024], sql[2048];
     PGresult *t;
     if (sl_pg_exec(pg,
                    "SELECT to_regclass('sluice_parked') IS NOT NULL, "
-                   "to_regclass('sluice_parked_keys') IS NOT NULL",
+                   "to_regclass('sluice_parked_keys') IS NOT NULL, EXISTS (SELECT 1 FROM "
+                   "pg_attribute WHERE attrelid = to_regclass('sluice_jobs') AND attname = "
+                   "'trace_id' AND NOT attisdropped)",
                    0, NULL, &t, err, sizeof(err)) != 0)
         goto fail;
-    bool parked = PQgetvalue(t, 0, 0)[0] == 't', keys = PQgetvalue(t, 0, 1)[0] == 't';
+    bool parked = PQgetvalue(t, 0, 0)[0] == 't', keys = PQgetvalue(t, 0, 1)[0] == 't',
+         traced = PQgetvalue(t, 0, 2)[0] == 't';
     PQclear(t);
+    if (traced && sl_pg_exec(pg, timeline_sql, 1, params, tl, err, sizeof(err)) != 0)
+        goto fail;
     if (sl_pg_exec(pg, jobs_sql, 1, params, &r[K_JOB], err, sizeof(err)) != 0)
         goto fail;
     snprintf(sql, sizeof(sql), parked_sql, keys ? parked_next_sql : "''");
@@ -269,9 +420,9 @@ int cmd_status(int argc, char **argv, const char *config_file)
     int rc = cmd_load_pg("sluice status", config_file, &conf, &pg);
     if (rc)
         return rc;
-    PGresult *r[3] = {NULL, NULL, NULL};
+    PGresult *r[3] = {NULL, NULL, NULL}, *tl = NULL;
     step_t *steps = NULL;
-    rc = query(pg, message_id, r);
+    rc = query(pg, message_id, r, &tl);
     if (rc)
         goto out;
     size_t n = 0;
@@ -289,11 +440,12 @@ int cmd_status(int argc, char **argv, const char *config_file)
             steps[n] = (step_t){.kind = (kind_t)k, .r = r[k], .row = i, .seq = n};
     qsort(steps, n, sizeof(*steps), by_dest_time);
     if (json)
-        print_json(message_id, steps, n);
+        print_json(message_id, steps, n, tl);
     else
-        print_human(message_id, steps, n);
+        print_human(message_id, steps, n, tl);
 out:
     free(steps);
+    PQclear(tl);
     for (int k = 0; k < 3; k++)
         PQclear(r[k]);
     sl_pg_destroy(pg);

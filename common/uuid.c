@@ -24,7 +24,7 @@ static void format_uuid(const unsigned char b[16], char out[SL_UUID_STRLEN])
 
 /* Random bytes from the kernel CSPRNG, fetched a page at a time per thread (the ingest path
  * makes a UUID per event; a system call each would cost more than the rest of the event). */
-static void random_bytes(unsigned char *out, size_t len)
+void sl_uuid_random(unsigned char *out, size_t len)
 {
     static __thread unsigned char pool[4096];
     static __thread size_t avail;
@@ -51,7 +51,7 @@ static void random_bytes(unsigned char *out, size_t len)
 void sl_uuid_v4(char out[SL_UUID_STRLEN])
 {
     unsigned char b[16];
-    random_bytes(b, sizeof(b));
+    sl_uuid_random(b, sizeof(b));
     b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
     format_uuid(b, out);

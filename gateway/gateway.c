@@ -12,6 +12,7 @@
 #include "common/mem.h"
 #include "common/metrics.h"
 #include "common/timeutil.h"
+#include "common/trace.h"
 #include "common/uuid.h"
 #include "gateway/ingest.h"
 
@@ -554,6 +555,40 @@ static const char *webhook_event_name(const sl_source_t *src)
     return "webhook_source_event";
 }
 
+/* The request's trace headers, as sl_http_req_headers_foreach finds them. */
+typedef struct req_trace {
+    const char *parent; /* the traceparent field, NULL when absent or repeated */
+    int nparent;
+    sl_buf_t state; /* the tracestate fields joined with ',' */
+} req_trace_t;
+
+static void collect_trace(const char *name, const char *value, void *opaque)
+{
+    req_trace_t *t = opaque;
+    if (strcasecmp(name, SL_HDR_TRACEPARENT) == 0) {
+        t->parent = ++t->nparent == 1 ? value : NULL; /* two are one too many: restart */
+    } else if (strcasecmp(name, SL_HDR_TRACESTATE) == 0 && t->state.len <= 4 * SL_TRACESTATE_MAX) {
+        if (t->state.len)
+            sl_buf_putc(&t->state, ',');
+        sl_buf_puts(&t->state, value);
+    }
+}
+
+/* The gateway's span of a request: a child of the client's valid traceparent, with its
+ * tracestate cleaned (state[0] == '\0' for none), or a new trace. */
+static void request_trace(sl_http_req_t *req, char parent[SL_TRACEPARENT_LEN + 1],
+                          char state[SL_TRACESTATE_MAX + 1])
+{
+    req_trace_t t = {.state = SL_BUF_INIT};
+    sl_http_req_headers_foreach(req, collect_trace, &t);
+    sl_trace_t span;
+    *state = '\0';
+    if (sl_trace_continue(t.parent, t.parent ? strlen(t.parent) : 0, &span) && t.state.len)
+        sl_trace_state_clean(t.state.data, t.state.len, state, SL_TRACESTATE_MAX + 1);
+    sl_trace_format(&span, parent);
+    sl_buf_free(&t.state);
+}
+
 static endpoint_t endpoint_of(const char *path)
 {
     if (strncmp(path, "/pixel/v1/", 10) == 0)
@@ -695,6 +730,8 @@ static sl_http_result_t handle_ingest(sl_http_req_t *req, void *opaque)
     }
 
     /* Produce every event; the request is answered from the delivery reports. */
+    char traceparent[SL_TRACEPARENT_LEN + 1], tracestate[SL_TRACESTATE_MAX + 1];
+    request_trace(req, traceparent, tracestate);
     size_t n = r->batch.n;
     r->gw = gw;
     r->req = req;
@@ -713,13 +750,22 @@ static sl_http_result_t handle_ingest(sl_http_req_t *req, void *opaque)
     gw->rtail = r;
     pthread_mutex_unlock(&gw->rlock);
     for (size_t i = 0; i < n; i++) {
-        const gw_event_t *e = &r->batch.events[i];
-        rd_kafka_resp_err_t err = rd_kafka_producev(
-            gw->rk, RD_KAFKA_V_TOPIC(gw->topic), RD_KAFKA_V_KEY(e->rudder_id, SL_UUID_STRLEN - 1),
-            RD_KAFKA_V_VALUE(r->batch.out.data + e->off, e->len),
-            RD_KAFKA_V_HEADER(GW_HDR_SOURCE_ID, src->id, -1),
-            RD_KAFKA_V_HEADER(GW_HDR_RECEIVED_AT, received_at, -1), RD_KAFKA_V_OPAQUE(r),
-            RD_KAFKA_V_END);
+        gw_event_t *e = &r->batch.events[i];
+        rd_kafka_vu_t vu[] = {
+            {.vtype = RD_KAFKA_VTYPE_TOPIC, .u.cstr = gw->topic},
+            {.vtype = RD_KAFKA_VTYPE_KEY, .u.mem = {e->rudder_id, SL_UUID_STRLEN - 1}},
+            {.vtype = RD_KAFKA_VTYPE_VALUE, .u.mem = {r->batch.out.data + e->off, e->len}},
+            {.vtype = RD_KAFKA_VTYPE_OPAQUE, .u.ptr = r},
+            {.vtype = RD_KAFKA_VTYPE_HEADER, .u.header = {GW_HDR_SOURCE_ID, src->id, -1}},
+            {.vtype = RD_KAFKA_VTYPE_HEADER, .u.header = {GW_HDR_RECEIVED_AT, received_at, -1}},
+            {.vtype = RD_KAFKA_VTYPE_HEADER, .u.header = {SL_HDR_TRACEPARENT, traceparent, -1}},
+            {.vtype = RD_KAFKA_VTYPE_HEADER, .u.header = {SL_HDR_TRACESTATE, tracestate, -1}},
+        };
+        rd_kafka_error_t *kerr =
+            rd_kafka_produceva(gw->rk, vu, sizeof(vu) / sizeof(vu[0]) - !*tracestate);
+        rd_kafka_resp_err_t err = kerr ? rd_kafka_error_code(kerr) : RD_KAFKA_RESP_ERR_NO_ERROR;
+        if (kerr)
+            rd_kafka_error_destroy(kerr);
         if (err) {
             int expected = 0;
             atomic_compare_exchange_strong(&r->err, &expected, (int)err);

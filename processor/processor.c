@@ -16,6 +16,7 @@
 #include "common/mem.h"
 #include "common/metrics.h"
 #include "common/timeutil.h"
+#include "common/trace.h"
 #include "processor/dedup.h"
 #include "processor/desttx.h"
 #include "processor/select.h"
@@ -62,6 +63,7 @@ struct pr_processor {
     size_t txn_max_events;
 
     bool txn_open;
+    int64_t picked_ms; /* when the batch being processed was read (wall clock) */
     position_t *pos;
     size_t npos, cappos, txn_events;
 
@@ -98,6 +100,45 @@ static const char *header_value(const rd_kafka_message_t *m, const char *name, c
 }
 
 /* --- output --- */
+
+static void add_time_header(rd_kafka_headers_t *h, const char *name, int64_t ms)
+{
+    char t[SL_TIME_STRLEN];
+    sl_time_format_ms(ms, t);
+    rd_kafka_header_add(h, name, -1, t, -1);
+}
+
+/* Adds to h what tracing needs on an output of event m (common/trace.h): the processor's
+ * span (a child of the event's traceparent, or a new trace), the event's tracestate, and the
+ * times it was received by the gateway (received_at, may be NULL), stored in the events
+ * topic, read by this processor and produced now. */
+static void add_trace_headers(const pr_processor_t *pr, const rd_kafka_message_t *m,
+                              rd_kafka_headers_t *h, const char *received_at)
+{
+    rd_kafka_headers_t *in = NULL;
+    const void *val = NULL;
+    size_t len = 0;
+    if (rd_kafka_message_headers(m, &in) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        in = NULL;
+    if (in && rd_kafka_header_get_last(in, SL_HDR_TRACEPARENT, &val, &len))
+        val = NULL;
+    sl_trace_t span;
+    char tp[SL_TRACEPARENT_LEN + 1];
+    bool continued = sl_trace_continue(val, len, &span);
+    sl_trace_format(&span, tp);
+    rd_kafka_header_add(h, SL_HDR_TRACEPARENT, -1, tp, -1);
+    if (continued && !rd_kafka_header_get_last(in, SL_HDR_TRACESTATE, &val, &len) && val && len)
+        rd_kafka_header_add(h, SL_HDR_TRACESTATE, -1, val, (ssize_t)len);
+    if (received_at && *received_at)
+        rd_kafka_header_add(h, HDR_RECEIVED_AT, -1, received_at, -1);
+    rd_kafka_timestamp_type_t tstype;
+    int64_t ts = rd_kafka_message_timestamp(m, &tstype);
+    if (ts > 0)
+        add_time_header(h, SL_HDR_ENQUEUED_AT, ts);
+    if (pr->picked_ms)
+        add_time_header(h, SL_HDR_PICKED_AT, pr->picked_ms);
+    add_time_header(h, SL_HDR_PROCESSED_AT, sl_time_now_ms());
+}
 
 /* Produces one record in the open transaction, waiting for room in the producer queue.
  * Returns false only when stopping (the transaction is then aborted). */
@@ -173,6 +214,7 @@ static bool dead_letter(pr_processor_t *pr, const rd_kafka_message_t *m, const c
                            .event_as = event_is_json ? SL_DL_EVENT_JSON : SL_DL_EVENT_STRING};
     sl_buf_t b = SL_BUF_INIT;
     rd_kafka_headers_t *h = sl_dead_letter_format(&dl, &b);
+    add_trace_headers(pr, m, h, received_at);
     bool ok = produce(pr, pr->failed_topic, m->key, m->key_len, &b, h);
     rd_kafka_headers_destroy(h);
     sl_buf_free(&b);
@@ -495,10 +537,11 @@ static bool deliver(pr_processor_t *pr, const rd_kafka_message_t *m, const sl_de
         sl_metrics_add(pr_stats_get(pr->stats, PR_STAT_FILTERED, source_id, d->id), 1);
         return true;
     }
-    rd_kafka_headers_t *h = rd_kafka_headers_new(3);
+    rd_kafka_headers_t *h = rd_kafka_headers_new(10);
     rd_kafka_header_add(h, HDR_DESTINATION_ID, -1, d->id, -1);
     rd_kafka_header_add(h, HDR_MESSAGE_ID, -1, message_id, -1);
     rd_kafka_header_add(h, HDR_ATTEMPT, -1, "1", 1);
+    add_trace_headers(pr, m, h, received_at);
     for (size_t r = 0; r < out->nreqs && ok; r++) {
         sl_buf_reset(job);
         build_job(job, d, source_id, message_id, variant, r, out->nreqs, user_key, received_at,
@@ -979,6 +1022,7 @@ static void *processor_main(void *arg)
             m = nb < PR_BATCH ? rd_kafka_consumer_poll(pr->consumer, 0) : NULL;
         }
         if (nb) {
+            pr->picked_ms = sl_time_now_ms();
             if (!pr->txn_open) {
                 if (!txn_begin(pr)) {
                     /* The producer is unusable: make a new one, read the events again. */

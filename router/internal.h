@@ -19,6 +19,7 @@
 
 #include "common/json_scan.h"
 #include "common/pg.h"
+#include "common/trace.h"
 
 #define RT_RESPONSE_CAP 10240 /* bytes of a response kept with a job */
 
@@ -38,11 +39,17 @@ typedef struct rt_job {
     int64_t parked_id; /* row in sluice_parked, 0 for a job from Kafka */
     int attempts;
     int64_t first_ms, last_ms; /* attempt times, 0 before the first */
-    int64_t received_ms;       /* the gateway's receivedAt, 0 if unknown */
     long last_status;          /* HTTP status of the last attempt, 0 for none or an error */
     char *last_response;
     const char *state; /* outcome to record: succeeded, failed, aborted */
     int64_t next_ms;   /* when a parked job is due */
+    /* tracing (common/trace.h), from the delivery message's headers */
+    char traceparent[SL_TRACEPARENT_LEN + 1]; /* the processor's span; a new trace if none */
+    char *tracestate;                         /* NULL for none */
+    char span_id[SL_SPAN_ID_LEN + 1];         /* the last attempt's span, "" before one */
+    /* stage times (wall clock ms, 0: unknown): received by the gateway, stored in the events
+     * topic, read and produced by the processor, read by the router, last attempt answered */
+    int64_t received_ms, enqueued_ms, picked_ms, processed_ms, routed_ms, done_ms;
     struct rt_job *next;
 } rt_job_t;
 

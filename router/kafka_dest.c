@@ -396,7 +396,8 @@ static bool valid_topic(const char *t)
 
 rt_kdest_result_t rt_kdest_send(rt_kdest_t *k, const sl_destination_t *d, const char *topic,
                                 const void *key, size_t key_len, const void *value, size_t len,
-                                void *opaque, char *err, size_t errsz)
+                                const char *traceparent, const char *tracestate, void *opaque,
+                                char *err, size_t errsz)
 {
     if (!topic || !*topic)
         topic = cfg_required(d->config, "topic", "a kafka destination needs", err, errsz);
@@ -418,10 +419,22 @@ rt_kdest_result_t rt_kdest_send(rt_kdest_t *k, const sl_destination_t *d, const 
         snprintf(err, errsz, "%s", p->error);
         return RT_KDEST_ABORT;
     }
-    rd_kafka_resp_err_t e = rd_kafka_producev(
-        p->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-        RD_KAFKA_V_KEY(key_len ? key : NULL, key_len), RD_KAFKA_V_VALUE((void *)value, len),
-        RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+    rd_kafka_vu_t vu[] = {
+        {.vtype = RD_KAFKA_VTYPE_TOPIC, .u.cstr = topic},
+        {.vtype = RD_KAFKA_VTYPE_MSGFLAGS, .u.i = RD_KAFKA_MSG_F_COPY},
+        {.vtype = RD_KAFKA_VTYPE_KEY, .u.mem = {key_len ? (void *)key : NULL, key_len}},
+        {.vtype = RD_KAFKA_VTYPE_VALUE, .u.mem = {(void *)value, len}},
+        {.vtype = RD_KAFKA_VTYPE_OPAQUE, .u.ptr = opaque},
+        {.vtype = RD_KAFKA_VTYPE_HEADER, .u.header = {"traceparent", traceparent, -1}},
+        {.vtype = RD_KAFKA_VTYPE_HEADER, .u.header = {"tracestate", tracestate, -1}},
+    };
+    size_t nvu = sizeof(vu) / sizeof(vu[0]) - !tracestate - !traceparent;
+    if (!traceparent && tracestate) /* no tracestate without a traceparent */
+        nvu--;
+    rd_kafka_error_t *kerr = rd_kafka_produceva(p->rk, vu, nvu);
+    rd_kafka_resp_err_t e = kerr ? rd_kafka_error_code(kerr) : RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (kerr)
+        rd_kafka_error_destroy(kerr);
     if (e) {
         snprintf(err, errsz, "kafka: could not queue a message for topic \"%s\": %s (%s)", topic,
                  rd_kafka_err2str(e), rd_kafka_err2name(e));

@@ -40,14 +40,16 @@ const char *rt_kdest_url_topic(const char *url);
  * Queues one message for destination d (d is borrowed for the call; its config is read, and
  * a producer for it is made, or remade when the connection settings changed since the last
  * message). topic (may be NULL or "": the config's topic), key (the user key; may be NULL)
- * and value are copied. Returns RT_KDEST_OK when queued: the outcome comes later, once,
+ * and value are copied; traceparent and tracestate (each may be NULL) become the message's
+ * W3C Trace Context headers. Returns RT_KDEST_OK when queued: the outcome comes later, once,
  * through rt_kdest_poll or rt_kdest_free with opaque. Otherwise returns RETRY or ABORT now,
  * with the reason in err, and opaque is not reported: e.g. ABORT `destination config port is
  * "x", expected a port number` or `destination config has no topic`.
  */
 rt_kdest_result_t rt_kdest_send(rt_kdest_t *k, const sl_destination_t *d, const char *topic,
                                 const void *key, size_t key_len, const void *value, size_t len,
-                                void *opaque, char *err, size_t errsz);
+                                const char *traceparent, const char *tracestate, void *opaque,
+                                char *err, size_t errsz);
 
 /* Serves delivery reports without blocking: calls cb for each finished message. Also
  * releases producers that were replaced or left idle for 10 minutes once they are empty. */

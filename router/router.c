@@ -25,6 +25,7 @@
 #include "common/metrics.h"
 #include "common/pg.h"
 #include "common/timeutil.h"
+#include "common/trace.h"
 #include "router/internal.h"
 #include "router/kafka_dest.h"
 #include "router/status.h"
@@ -526,11 +527,60 @@ static const char *parse_job(rt_router_t *rt, rt_job_t *j)
     return problem;
 }
 
-/* The request headers of job j as a curl list ("Name: value"), plus "Expect:" (bodies over
- * 1 MB would otherwise wait for a 100-continue most servers never send). */
-static struct curl_slist *job_headers(const rt_job_t *j)
+/* The trace of a delivery message (common/trace.h): its traceparent (the processor's span;
+ * a new trace when it has none or an invalid one), tracestate and stage times. */
+static void read_trace(rt_job_t *j, const rd_kafka_message_t *m)
+{
+    static const char *const times[] = {"sluice-received-at", SL_HDR_ENQUEUED_AT, SL_HDR_PICKED_AT,
+                                        SL_HDR_PROCESSED_AT};
+    int64_t *dst[] = {&j->received_ms, &j->enqueued_ms, &j->picked_ms, &j->processed_ms};
+    rd_kafka_headers_t *h = NULL;
+    const void *v = NULL;
+    size_t len = 0;
+    sl_trace_t t;
+    j->routed_ms = sl_time_now_ms();
+    if (rd_kafka_message_headers(m, &h) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        h = NULL;
+    if (h && !rd_kafka_header_get_last(h, SL_HDR_TRACEPARENT, &v, &len) && v &&
+        sl_trace_parse(v, len, &t)) {
+        if (!rd_kafka_header_get_last(h, SL_HDR_TRACESTATE, &v, &len) && v && len &&
+            len <= SL_TRACESTATE_MAX)
+            j->tracestate = sl_strndup(v, len);
+    } else {
+        sl_trace_new(&t);
+    }
+    sl_trace_format(&t, j->traceparent);
+    for (size_t i = 0; h && i < sizeof(times) / sizeof(times[0]); i++) {
+        char buf[SL_TIME_STRLEN];
+        if (!rd_kafka_header_get_last(h, times[i], &v, &len) && v && len < sizeof(buf)) {
+            memcpy(buf, v, len);
+            buf[len] = '\0';
+            if (sl_time_parse_ms(buf, dst[i]) != 0)
+                *dst[i] = 0;
+        }
+    }
+}
+
+/* The span of an attempt to deliver r's jobs: a child of the first job's traceparent, noted
+ * on each job of that trace (a batch's request carries its first job's trace). */
+static void attempt_span(rt_req_t *r, char traceparent[SL_TRACEPARENT_LEN + 1])
+{
+    sl_trace_t span;
+    sl_trace_continue(r->jobs->traceparent, strlen(r->jobs->traceparent), &span);
+    sl_trace_format(&span, traceparent);
+    for (rt_job_t *x = r->jobs; x; x = x->next) {
+        bool same = strncmp(x->traceparent + 3, span.trace_id, SL_TRACE_ID_LEN) == 0;
+        snprintf(x->span_id, sizeof(x->span_id), "%s", same ? span.span_id : "");
+    }
+}
+
+/* The request headers of job j as a curl list ("Name: value"), plus the attempt's
+ * traceparent and j's tracestate unless the destination sets its own, and "Expect:" (bodies
+ * over 1 MB would otherwise wait for a 100-continue most servers never send). */
+static struct curl_slist *job_headers(const rt_job_t *j, const char *traceparent)
 {
     struct curl_slist *l = NULL;
+    bool own_trace = false;
     if (j->headers_json.p) {
         sl_json_members_t it;
         sl_json_members_init(&it, j->headers_json);
@@ -544,10 +594,20 @@ static struct curl_slist *job_headers(const rt_job_t *j)
             else
                 sl_buf_append(&h, it.value.p, it.value.len);
             l = curl_slist_append(l, h.data);
+            own_trace |= name && strcasecmp(name, SL_HDR_TRACEPARENT) == 0;
             free(name);
             free(val);
         }
         sl_buf_free(&h);
+    }
+    if (!own_trace) {
+        char line[SL_TRACESTATE_MAX + 32];
+        snprintf(line, sizeof(line), "%s: %s", SL_HDR_TRACEPARENT, traceparent);
+        l = curl_slist_append(l, line);
+        if (j->tracestate) {
+            snprintf(line, sizeof(line), "%s: %s", SL_HDR_TRACESTATE, j->tracestate);
+            l = curl_slist_append(l, line);
+        }
     }
     return curl_slist_append(l, "Expect:");
 }
@@ -643,6 +703,10 @@ static void dead_letter(rt_router_t *rt, rt_job_t *j, const char *reason)
                            .event_len = j->raw_len};
     sl_buf_t b = SL_BUF_INIT;
     rd_kafka_headers_t *h = sl_dead_letter_format(&dl, &b);
+    if (*j->traceparent)
+        rd_kafka_header_add(h, SL_HDR_TRACEPARENT, -1, j->traceparent, -1);
+    if (j->tracestate)
+        rd_kafka_header_add(h, SL_HDR_TRACESTATE, -1, j->tracestate, -1);
     for (;;) {
         rd_kafka_resp_err_t err = rd_kafka_producev(
             rt->producer, RD_KAFKA_V_TOPIC(rt->failed_topic),
@@ -770,14 +834,16 @@ static void start_kafka(rt_router_t *rt, rt_req_t *r)
 {
     rt_job_t *j = r->jobs;
     mark_attempt(rt, r);
+    char traceparent[SL_TRACEPARENT_LEN + 1];
+    attempt_span(r, traceparent);
     char err[512] = "";
     rt_kdest_result_t res = RT_KDEST_ABORT;
     sl_workspace_t *w = rt->ws ? sl_wsconf_get(rt->ws) : NULL;
     const sl_destination_t *d = w ? sl_workspace_destination_by_id(w, j->dest_id) : NULL;
     if (d)
         res = rt_kdest_send(rt->kdest, d, rt_kdest_url_topic(j->url), j->user_key,
-                            strlen(j->user_key), j->body ? j->body : "", j->body_len, r, err,
-                            sizeof(err));
+                            strlen(j->user_key), j->body ? j->body : "", j->body_len, traceparent,
+                            j->tracestate, r, err, sizeof(err));
     else
         snprintf(err, sizeof(err), "destination %s is not in the workspace config", j->dest_id);
     if (w)
@@ -816,7 +882,9 @@ static void start_request(rt_router_t *rt, rt_req_t *r)
     }
     curl_easy_setopt(c, CURLOPT_URL, j->url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, j->method);
-    r->headers = job_headers(j);
+    char traceparent[SL_TRACEPARENT_LEN + 1];
+    attempt_span(r, traceparent);
+    r->headers = job_headers(j, traceparent);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, r->headers);
     if (strcmp(j->method, "HEAD") == 0) {
         curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
@@ -1018,6 +1086,7 @@ static void outcome(rt_router_t *rt, rt_req_t *r, bool ok, bool retryable, long 
         j = run_tail->next;
         run_tail->next = NULL;
         for (rt_job_t *x = run; x; x = x->next) {
+            x->done_ms = now;
             x->last_status = status;
             free(x->last_response);
             x->last_response = r->resp.data ? sl_strndup(r->resp.data, r->resp.len) : NULL;
@@ -1244,6 +1313,7 @@ static void on_message(rt_router_t *rt, const rd_kafka_message_t *m)
     j->raw_len = m->payload ? m->len : 0;
     j->partition = m->partition;
     j->offset = m->offset;
+    read_trace(j, m);
     const char *problem = parse_job(rt, j);
     if (problem) {
         char reason[512];

@@ -17,7 +17,8 @@
 static const char copy_sql[] =
     "COPY sluice_jobs (job_id, message_id, source_id, destination_id, destination_type, "
     "user_key, state, attempts, last_status, last_response, first_attempt_at, last_attempt_at, "
-    "kafka_topic, kafka_partition, kafka_offset) FROM STDIN";
+    "kafka_topic, kafka_partition, kafka_offset, trace_id, span_id, parent_span_id, received_at, "
+    "enqueued_at, picked_at, processed_at, routed_at, completed_at) FROM STDIN";
 
 /* The UTC day (ms / DAY_MS) whose partition this process created or saw last. A write in a
  * transaction that is rolled back may leave it set for a partition that does not exist; rows
@@ -174,9 +175,21 @@ static void put_row(sl_buf_t *b, const rt_status_row_t *w)
     sl_buf_putc(b, '\t');
     put_text(b, w->kafka_topic, SIZE_MAX, SIZE_MAX);
     if (w->kafka_topic)
-        sl_buf_printf(b, "\t%" PRId32 "\t%" PRId64 "\n", w->kafka_partition, w->kafka_offset);
+        sl_buf_printf(b, "\t%" PRId32 "\t%" PRId64, w->kafka_partition, w->kafka_offset);
     else
-        sl_buf_puts(b, "\t\\N\t\\N\n");
+        sl_buf_puts(b, "\t\\N\t\\N");
+    const char *ids[] = {w->trace_id, w->span_id, w->parent_span_id};
+    for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+        sl_buf_putc(b, '\t');
+        put_text(b, ids[i] && *ids[i] ? ids[i] : NULL, SIZE_MAX, SIZE_MAX);
+    }
+    const int64_t times[] = {w->received_ms,  w->enqueued_ms, w->picked_ms,
+                             w->processed_ms, w->routed_ms,   w->completed_ms};
+    for (size_t i = 0; i < sizeof(times) / sizeof(times[0]); i++) {
+        sl_buf_putc(b, '\t');
+        put_time(b, times[i]);
+    }
+    sl_buf_putc(b, '\n');
 }
 
 int rt_status_write(PGconn *c, const rt_status_row_t *rows, size_t n, char *errstr,

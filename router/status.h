@@ -27,6 +27,10 @@ typedef struct rt_status_row {
     const char *kafka_topic;                   /* NULL: no topic, partition and offset */
     int32_t kafka_partition;
     int64_t kafka_offset;
+    /* tracing (migration 0008; NULL / 0 for none): the trace, the attempt's span and its
+     * parent, and the stage times (README "Tracing") */
+    const char *trace_id, *span_id, *parent_span_id;
+    int64_t received_ms, enqueued_ms, picked_ms, processed_ms, routed_ms, completed_ms;
 } rt_status_row_t;
 
 /* Appends rows with COPY ... FROM STDIN (text format, correct escaping of \t \n \\ and NUL-free

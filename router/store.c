@@ -63,6 +63,7 @@ void rt_job_free(rt_job_t *j)
     free(j->batch_sep);
     free(j->batch_suffix);
     free(j->last_response);
+    free(j->tracestate);
     free(j);
 }
 
@@ -224,14 +225,16 @@ static const char *cap_response(const rt_job_t *j)
 static int park_rows(rt_store_t *s, PGconn *c, rt_job_t *const *jobs, size_t n, char *err,
                      size_t errsz)
 {
-    enum { COLS = 13 };
+    enum { COLS = 20 };
     const char **p = sl_calloc(n * COLS, sizeof(char *));
     char(*nums)[4][24] = sl_malloc(n * sizeof(*nums));
-    char(*times)[2][SL_TIME_STRLEN] = sl_malloc(n * sizeof(*times));
+    char(*times)[7][SL_TIME_STRLEN] = sl_malloc(n * sizeof(*times));
     sl_buf_t sql = SL_BUF_INIT;
     sl_buf_puts(&sql, "INSERT INTO sluice_parked (kafka_topic, kafka_partition, kafka_offset, "
                       "destination_id, user_key, job_id, message_id, job, attempts, "
-                      "first_attempt_at, last_attempt_at, last_status, last_response) VALUES ");
+                      "first_attempt_at, last_attempt_at, last_status, last_response, "
+                      "traceparent, tracestate, received_at, enqueued_at, picked_at, "
+                      "processed_at, routed_at) VALUES ");
     for (size_t i = 0; i < n; i++) {
         const rt_job_t *j = jobs[i];
         const char **q = p + i * COLS;
@@ -254,12 +257,23 @@ static int park_rows(rt_store_t *s, PGconn *c, rt_job_t *const *jobs, size_t n, 
         q[10] = j->last_ms ? times[i][1] : NULL;
         q[11] = j->last_status ? nums[i][3] : NULL;
         q[12] = cap_response(j);
+        q[13] = *j->traceparent ? j->traceparent : NULL;
+        q[14] = j->tracestate;
+        const int64_t stage[] = {j->received_ms, j->enqueued_ms, j->picked_ms, j->processed_ms,
+                                 j->routed_ms};
+        for (size_t t = 0; t < 5; t++) {
+            fmt_ms(stage[t], times[i][2 + t]);
+            q[15 + t] = stage[t] ? times[i][2 + t] : NULL;
+        }
         size_t b = i * COLS;
         sl_buf_printf(&sql,
                       "%s($%zu,$%zu::int,$%zu::bigint,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu::int,"
-                      "$%zu::timestamptz,$%zu::timestamptz,$%zu::int,$%zu)",
+                      "$%zu::timestamptz,$%zu::timestamptz,$%zu::int,$%zu,$%zu,$%zu",
                       i ? "," : "", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9,
-                      b + 10, b + 11, b + 12, b + 13);
+                      b + 10, b + 11, b + 12, b + 13, b + 14, b + 15);
+        for (size_t t = 0; t < 5; t++)
+            sl_buf_printf(&sql, ",$%zu::timestamptz", b + 16 + t);
+        sl_buf_putc(&sql, ')');
     }
     int rc = exec(c, sql.data, (int)(n * COLS), p, NULL, err, errsz);
     sl_buf_free(&sql);
@@ -401,6 +415,22 @@ static int parked_done(rt_store_t *s, PGconn *c, rt_op_t *op, char *err, size_t 
     return 0;
 }
 
+/* The trace-id and parent span id of a job's traceparent ("" when it has none). */
+typedef struct trace_ids {
+    char trace_id[SL_TRACE_ID_LEN + 1], parent_span_id[SL_SPAN_ID_LEN + 1];
+} trace_ids_t;
+
+static void trace_ids(const rt_job_t *j, trace_ids_t *out)
+{
+    sl_trace_t t;
+    if (sl_trace_parse(j->traceparent, strlen(j->traceparent), &t)) {
+        memcpy(out->trace_id, t.trace_id, sizeof(out->trace_id));
+        memcpy(out->parent_span_id, t.span_id, sizeof(out->parent_span_id));
+    } else {
+        *out->trace_id = *out->parent_span_id = '\0';
+    }
+}
+
 /* Status rows for the jobs of ops that have a state to record. */
 static int write_status(rt_store_t *s, PGconn *c, rt_op_t *ops, char *err, size_t errsz)
 {
@@ -408,15 +438,20 @@ static int write_status(rt_store_t *s, PGconn *c, rt_op_t *ops, char *err, size_
         return 0;
     size_t n = 0, cap = 64;
     rt_status_row_t *rows = sl_malloc(cap * sizeof(*rows));
+    trace_ids_t *ids = sl_malloc(cap * sizeof(*ids));
     for (rt_op_t *op = ops; op; op = op->next) {
         if (op->kind == RT_OP_LOADED || op->kind == RT_OP_RELEASE)
             continue;
         for (rt_job_t *j = op->jobs; j; j = j->next) {
             if (!j->state)
                 continue;
-            if (n == cap)
-                rows = sl_realloc(rows, (cap *= 2) * sizeof(*rows));
-            rows[n++] = (rt_status_row_t){
+            if (n == cap) {
+                cap *= 2;
+                rows = sl_realloc(rows, cap * sizeof(*rows));
+                ids = sl_realloc(ids, cap * sizeof(*ids));
+            }
+            trace_ids(j, &ids[n]);
+            rows[n] = (rt_status_row_t){
                 .job_id = j->job_id,
                 .message_id = j->message_id,
                 .source_id = j->source_id,
@@ -433,11 +468,24 @@ static int write_status(rt_store_t *s, PGconn *c, rt_op_t *ops, char *err, size_
                 .kafka_topic = s->topic,
                 .kafka_partition = j->partition,
                 .kafka_offset = j->offset,
+                .span_id = j->span_id,
+                .received_ms = j->received_ms,
+                .enqueued_ms = j->enqueued_ms,
+                .picked_ms = j->picked_ms,
+                .processed_ms = j->processed_ms,
+                .routed_ms = j->routed_ms,
+                .completed_ms = j->done_ms,
             };
+            n++;
         }
+    }
+    for (size_t i = 0; i < n; i++) { /* ids is in place now */
+        rows[i].trace_id = ids[i].trace_id;
+        rows[i].parent_span_id = ids[i].parent_span_id;
     }
     int rc = n ? rt_status_write(c, rows, n, err, errsz) : 0;
     free(rows);
+    free(ids);
     return rc;
 }
 
@@ -494,6 +542,16 @@ static rt_job_t *row_job(PGresult *r, int i, const char *dest, const char *user)
     j->offset = strtoll(PQgetvalue(r, i, 5), NULL, 10);
     j->last_status = PQgetisnull(r, i, 6) ? 0 : atol(PQgetvalue(r, i, 6));
     j->last_response = PQgetisnull(r, i, 7) ? NULL : sl_strdup(PQgetvalue(r, i, 7));
+    sl_trace_t t;
+    const char *tp = PQgetvalue(r, i, 8);
+    if (!sl_trace_parse(tp, strlen(tp), &t)) /* parked before tracing: a new trace */
+        sl_trace_new(&t);
+    sl_trace_format(&t, j->traceparent);
+    j->tracestate = PQgetisnull(r, i, 9) ? NULL : sl_strdup(PQgetvalue(r, i, 9));
+    int64_t *stage[] = {&j->received_ms, &j->enqueued_ms, &j->picked_ms, &j->processed_ms,
+                        &j->routed_ms};
+    for (int k = 0; k < 5; k++)
+        *stage[k] = PQgetisnull(r, i, 10 + k) ? 0 : strtoll(PQgetvalue(r, i, 10 + k), NULL, 10);
     j->dest_id = sl_strdup(dest);
     j->user_key = sl_strdup(user);
     return j;
@@ -581,12 +639,18 @@ static int drain(rt_store_t *s, PGconn *c, char *err, size_t errsz)
         const char *dest = PQgetvalue(keys, k, 0), *user = PQgetvalue(keys, k, 1);
         const char *q[] = {s->topic, dest, user};
         PGresult *r;
-        rc = exec(c,
-                  "SELECT id, job, attempts, (extract(epoch FROM first_attempt_at) * "
-                  "1000)::bigint, kafka_partition, kafka_offset, last_status, last_response "
-                  "FROM sluice_parked WHERE kafka_topic = $1 AND destination_id = $2 AND "
-                  "user_key = $3 ORDER BY id LIMIT 100",
-                  3, q, &r, err, errsz);
+        rc = exec(
+            c,
+            "SELECT id, job, attempts, (extract(epoch FROM first_attempt_at) * 1000)::bigint, "
+            "kafka_partition, kafka_offset, last_status, last_response, traceparent, tracestate, "
+            "(extract(epoch FROM received_at) * 1000)::bigint, "
+            "(extract(epoch FROM enqueued_at) * 1000)::bigint, "
+            "(extract(epoch FROM picked_at) * 1000)::bigint, "
+            "(extract(epoch FROM processed_at) * 1000)::bigint, "
+            "(extract(epoch FROM routed_at) * 1000)::bigint "
+            "FROM sluice_parked WHERE kafka_topic = $1 AND destination_id = $2 AND "
+            "user_key = $3 ORDER BY id LIMIT 100",
+            3, q, &r, err, errsz);
         if (rc)
             break;
         rt_op_t *op = sl_calloc(1, sizeof(*op));

@@ -1,12 +1,21 @@
 /*
- * Fuzz target: gw_client_ip, the client address for request_ip (gateway/ingest.h).
+ * Fuzz target: the request header values the gateway reads besides the body: gw_client_ip,
+ * the client address for request_ip (gateway/ingest.h), and the W3C trace context
+ * (common/trace.h), sl_trace_parse and sl_trace_state_clean.
  *
  * Byte 0: bit 0 leaves X-Forwarded-For out (NULL), bit 1 the peer. The rest is the
  * forwarded-for value, then after the first '\n' (or NUL) the peer. Every combination of trust
  * and an output buffer of 0 to 64 bytes (allocated to the byte, with a canary after it): the
  * result is NULL or the buffer, NUL-terminated within it, and either the first element of a
  * trusted X-Forwarded-For that inet_pton reads as an address or the peer as given.
+ *
+ * The bytes after byte 0, as they are (not NUL-terminated, in a buffer of their size), are
+ * also a traceparent and a tracestate value: a traceparent accepted has the ids of its
+ * characters 3-34 and 36-51 (lowercase hex, not all zero) and formats to a version 00 value
+ * that parses back the same; a cleaned tracestate fits SL_TRACESTATE_MAX, is printable ASCII
+ * without OWS around its members, and cleans to itself.
  */
+#include "common/trace.h"
 #include "fuzz_util.h"
 #include "gateway/ingest.h"
 
@@ -41,10 +50,58 @@ static void check(const char *ff, const char *peer, bool trust, size_t out_size)
     free(out);
 }
 
+static void check_id(const char *id, size_t len)
+{
+    bool nonzero = false;
+    FUZZ_CHECK(strlen(id) == len, "id \"%s\" is not %zu characters", id, len);
+    for (size_t i = 0; i < len; i++) {
+        FUZZ_CHECK((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f'),
+                   "id \"%s\" is not lowercase hex", id);
+        nonzero |= id[i] != '0';
+    }
+    FUZZ_CHECK(nonzero, "id \"%s\" is all zero", id);
+}
+
+static void check_trace(const char *v, size_t len)
+{
+    sl_trace_t t, again;
+    if (sl_trace_parse(v, len, &t)) {
+        check_id(t.trace_id, SL_TRACE_ID_LEN);
+        check_id(t.span_id, SL_SPAN_ID_LEN);
+        FUZZ_CHECK(t.flags <= 1, "flags %u", t.flags);
+        const char *tid = memmem(v, len, t.trace_id, SL_TRACE_ID_LEN);
+        FUZZ_CHECK(tid && tid[-1] == '-' && tid[SL_TRACE_ID_LEN] == '-' &&
+                       memcmp(tid + SL_TRACE_ID_LEN + 1, t.span_id, SL_SPAN_ID_LEN) == 0,
+                   "ids %s / %s are not the value's", t.trace_id, t.span_id);
+        char out[SL_TRACEPARENT_LEN + 1];
+        sl_trace_format(&t, out);
+        FUZZ_CHECK(sl_trace_parse(out, strlen(out), &again) &&
+                       strcmp(again.trace_id, t.trace_id) == 0 &&
+                       strcmp(again.span_id, t.span_id) == 0 && again.flags == t.flags,
+                   "\"%s\" does not parse back", out);
+    }
+    char *state = malloc(SL_TRACESTATE_MAX + 1), *twice = malloc(SL_TRACESTATE_MAX + 1);
+    size_t n = sl_trace_state_clean(v, len, state, SL_TRACESTATE_MAX + 1);
+    FUZZ_CHECK(n == strlen(state) && n <= SL_TRACESTATE_MAX, "tracestate of %zu bytes", n);
+    for (size_t i = 0; i < n; i++)
+        FUZZ_CHECK(state[i] >= 0x20 && state[i] <= 0x7e, "byte %zu of \"%s\"", i, state);
+    FUZZ_CHECK(!n || (state[0] != ',' && state[0] != ' ' && state[n - 1] != ',' &&
+                      state[n - 1] != ' ' && !strstr(state, ", ") && !strstr(state, " ,")),
+               "OWS or an empty member kept: \"%s\"", state);
+    size_t n2 = sl_trace_state_clean(state, n, twice, SL_TRACESTATE_MAX + 1);
+    FUZZ_CHECK(n2 == n && strcmp(state, twice) == 0, "\"%s\" cleans to \"%s\"", state, twice);
+    free(state);
+    free(twice);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
+    char *raw = malloc(size - 1 ? size - 1 : 1); /* exactly the value, for ASan */
+    memcpy(raw, data + 1, size - 1);
+    check_trace(raw, size - 1);
+    free(raw);
     char *copy = malloc(size);
     memcpy(copy, data + 1, size - 1);
     copy[size - 1] = '\0';

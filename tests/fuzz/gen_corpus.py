@@ -12,7 +12,7 @@ Input formats (see each fuzz_*.c):
              (32 KB, 256, 1024, 64 MB); the rest is the body
   params     name=value pairs separated by '&' (or NUL); a pair without '=' has a NULL value
   client_ip  byte 0: bit 0 X-Forwarded-For absent, bit 1 peer absent; the rest is
-             forwarded-for, '\\n', peer
+             forwarded-for, '\\n', peer, and as it is a traceparent and a tracestate
 """
 import json
 import os
@@ -225,6 +225,16 @@ CLIENT_IP = {
     "nothing": b"\x03",
     "empty": b"",
     "max-v6": b"\x00ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255\n10.0.0.1",
+    # the same bytes are a traceparent and a tracestate (common/trace.h)
+    "tp-good": b"\x03 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ",
+    "tp-future": b"\x03cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-what-next",
+    "tp-upper": b"\x0300-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+    "tp-zero": b"\x0300-00000000000000000000000000000000-0000000000000000-01",
+    "tp-ff": b"\x03ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "tp-nul": b"\x0300-4bf92f3577b34da6a3\x00ce929d0e0e4736-00f067aa0ba902b7-01",
+    "ts-good": b"\x03congo=t61rcWkgMzE, rojo=00f067aa0ba902b7,,t@v=a b",
+    "ts-dup": b"\x03a=1,b=2,a=3",
+    "ts-long": b"\x03" + b",".join(b"k%d=%s" % (i, b"v" * (i * 9 % 250 + 1)) for i in range(32)),
 }
 
 

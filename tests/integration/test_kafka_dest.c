@@ -92,7 +92,7 @@ static sl_destination_t dest(const char *id, const char *config)
 }
 
 typedef struct got {
-    char key[64], value[256];
+    char key[64], value[256], traceparent[64];
     int32_t partition;
 } got_t;
 
@@ -124,6 +124,14 @@ static int consume(const sl_conf_t *conf, const char *topic, got_t *out, int n)
             snprintf(out[got].value, sizeof(out[got].value), "%.*s", (int)m->len,
                      (const char *)m->payload);
             out[got].partition = m->partition;
+            rd_kafka_headers_t *h;
+            const void *v = NULL;
+            size_t vlen = 0;
+            if (rd_kafka_message_headers(m, &h) ||
+                rd_kafka_header_get_last(h, "traceparent", &v, &vlen) || !v)
+                vlen = 0;
+            snprintf(out[got].traceparent, sizeof(out[got].traceparent), "%.*s", (int)vlen,
+                     vlen ? (const char *)v : "");
             got++;
         }
         rd_kafka_message_destroy(m);
@@ -172,13 +180,15 @@ static void test_delivery(void **state)
 
     enum { N = 12 };
     char keys[N][32], values[N][64];
+    static const char tp[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     for (int i = 0; i < N; i++) {
         snprintf(keys[i], sizeof(keys[i]), "user-%d", i % 3);
         snprintf(values[i], sizeof(values[i]), "{\"type\":\"track\",\"n\":%d}", i);
         /* even: the job's topic (from its url); odd: none, so the config's */
-        rt_kdest_result_t r =
-            rt_kdest_send(k, &d, i % 2 ? NULL : url_topic, keys[i], strlen(keys[i]), values[i],
-                          strlen(values[i]), (void *)(intptr_t)(i + 1), err, sizeof(err));
+        rt_kdest_result_t r = rt_kdest_send(
+            k, &d, i % 2 ? NULL : url_topic, keys[i], strlen(keys[i]), values[i], strlen(values[i]),
+            i % 3 ? tp : NULL, i % 3 == 1 ? "congo=t61rcWkgMzE" : NULL, (void *)(intptr_t)(i + 1),
+            err, sizeof(err));
         if (r != RT_KDEST_OK)
             fail_msg("send %d: %d %s", i, r, err);
     }
@@ -206,6 +216,8 @@ static void test_delivery(void **state)
         if (!m)
             fail_msg("message %d (%s) is not in %s", i, values[i], i % 2 ? topic : topic2);
         assert_string_equal(m->key, keys[i]);
+        /* the attempt's traceparent, when the job had one, as a header */
+        assert_string_equal(m->traceparent, i % 3 ? tp : "");
         /* one user, one partition */
         const got_t *first = find_value(i % 2 ? g1 : g2, N / 2, values[i % 6]);
         assert_non_null(first);
@@ -260,8 +272,8 @@ static void test_bad_config(void **state)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         sl_destination_t d = dest("dst-bad", cases[i].config);
         err[0] = '\0';
-        rt_kdest_result_t r =
-            rt_kdest_send(k, &d, cases[i].topic, "u", 1, "{}", 2, NULL, err, sizeof(err));
+        rt_kdest_result_t r = rt_kdest_send(k, &d, cases[i].topic, "u", 1, "{}", 2, NULL, NULL,
+                                            NULL, err, sizeof(err));
         if (r != RT_KDEST_ABORT || !strstr(err, cases[i].want))
             fail_msg("case %zu: want ABORT with \"%s\", got %d \"%s\"", i, cases[i].want, r, err);
         json_object_put(d.config);
@@ -272,8 +284,9 @@ static void test_bad_config(void **state)
     sl_destination_t d = dest("dst-good", cfg);
     size_t big_len = 2 * 1024 * 1024;
     char *big = calloc(1, big_len);
-    assert_int_equal(rt_kdest_send(k, &d, NULL, "u", 1, big, big_len, NULL, err, sizeof(err)),
-                     RT_KDEST_ABORT);
+    assert_int_equal(
+        rt_kdest_send(k, &d, NULL, "u", 1, big, big_len, NULL, NULL, NULL, err, sizeof(err)),
+        RT_KDEST_ABORT);
     assert_non_null(strstr(err, "too large"));
     free(big);
     json_object_put(d.config);
@@ -298,9 +311,9 @@ static void test_unreachable_then_fixed(void **state)
              closed_port(), topic);
     sl_destination_t d = dest("dst-kafka-2", config);
     int64_t t0 = sl_time_mono_ms();
-    assert_int_equal(
-        rt_kdest_send(k, &d, NULL, "u1", 2, "{\"try\":1}", 9, (void *)1, err, sizeof(err)),
-        RT_KDEST_OK);
+    assert_int_equal(rt_kdest_send(k, &d, NULL, "u1", 2, "{\"try\":1}", 9, NULL, NULL, (void *)1,
+                                   err, sizeof(err)),
+                     RT_KDEST_OK);
     wait_results(k, &res, 1, 8000);
     int64_t took = sl_time_mono_ms() - t0;
     assert_true(took >= 1500);
@@ -317,9 +330,9 @@ static void test_unreachable_then_fixed(void **state)
     snprintf(config, sizeof(config), "{\"hostname\":\"%s\",\"port\":9092,\"topic\":\"%s\"}",
              brokers(), topic);
     d = dest("dst-kafka-2", config);
-    assert_int_equal(
-        rt_kdest_send(k, &d, NULL, "u1", 2, value, strlen(value), (void *)2, err, sizeof(err)),
-        RT_KDEST_OK);
+    assert_int_equal(rt_kdest_send(k, &d, NULL, "u1", 2, value, strlen(value), NULL, NULL,
+                                   (void *)2, err, sizeof(err)),
+                     RT_KDEST_OK);
     wait_results(k, &res, 2, 8000);
     if (res.r[1] != RT_KDEST_OK)
         fail_msg("after the fix: %d %s", res.r[1], res.detail[1]);
