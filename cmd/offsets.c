@@ -9,6 +9,7 @@
 #include "common/timeutil.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,8 +58,7 @@ typedef struct args {
     const char **topics; /* argv strings */
     size_t ntopics;
     to_t to;
-    const char *to_text; /* the scenario's argument, for messages */
-    int64_t value;       /* ms since the epoch, ms of duration, offset or shift */
+    int64_t value; /* ms since the epoch, ms of duration, offset or shift */
 } args_t;
 
 /* What the commands need from the cluster, fetched once. */
@@ -75,11 +75,17 @@ typedef struct ctx {
 
 #define TABLE_FMT "%-30s %-30s %-10s %s\n"
 
-static int usage_error(const char *sub, const char *fmt, const char *what)
+static int usage_error(const char *sub, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Prints a usage error of `sluice offsets SUB` and returns 2. */
+static int usage_error(const char *sub, const char *fmt, ...)
 {
+    va_list ap;
+    va_start(ap, fmt);
     fprintf(stderr, "sluice offsets %s: ", sub);
-    fprintf(stderr, fmt, what);
+    vfprintf(stderr, fmt, ap);
     fputs("; see --help\n", stderr);
+    va_end(ap);
     return 2;
 }
 
@@ -115,14 +121,11 @@ static int parse_args(int argc, char **argv, args_t *a)
             s++;
         if (s < sizeof(scenarios) / sizeof(scenarios[0]) && a->reset) {
             if (a->to != TO_NONE)
-                return usage_error(sub,
-                                   "choose one of --to-datetime, --by-duration, "
-                                   "--to-earliest, --to-latest, --to-offset and --shift-by%s",
-                                   "");
+                return usage_error(sub, "choose one of --to-datetime, --by-duration, "
+                                        "--to-earliest, --to-latest, --to-offset and --shift-by");
             if (scenarios[s].has_value && !v)
                 return usage_error(sub, "%s needs a value", o);
             a->to = scenarios[s].to;
-            a->to_text = scenarios[s].has_value ? v : o;
             i += scenarios[s].has_value;
             bool ok = true;
             if (a->to == TO_DATETIME)
@@ -159,19 +162,15 @@ static int parse_args(int argc, char **argv, args_t *a)
         }
     }
     if (!a->group)
-        return usage_error(sub, "name the consumer group with --group%s", "");
+        return usage_error(sub, "name the consumer group with --group");
     if (a->all_topics && a->ntopics)
-        return usage_error(sub, "--all-topics and --topic exclude each other%s", "");
+        return usage_error(sub, "--all-topics and --topic exclude each other");
     if (a->reset && a->to == TO_NONE)
-        return usage_error(sub,
-                           "choose where to: --to-datetime, --by-duration, --to-earliest, "
-                           "--to-latest, --to-offset or --shift-by%s",
-                           "");
+        return usage_error(sub, "choose where to: --to-datetime, --by-duration, --to-earliest, "
+                                "--to-latest, --to-offset or --shift-by");
     if (a->reset && a->dry_run == a->execute)
-        return usage_error(sub,
-                           "choose --dry-run (print the new offsets) or --execute (commit "
-                           "them)%s",
-                           "");
+        return usage_error(sub, "choose --dry-run (print the new offsets) or --execute (commit "
+                                "them)");
     return 0;
 }
 
