@@ -195,6 +195,18 @@ static int teardown(void **state)
     return 0;
 }
 
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    int *delivered = opaque;
+    if (m->err)
+        fprintf(stderr, "could not produce to %s-%d: %s\n", rd_kafka_topic_name(m->rkt),
+                (int)m->partition, rd_kafka_err2str(m->err));
+    else
+        (*delivered)++;
+}
+
+/* Creates the run's topics and writes NMSG messages to each partition of the events topic. */
 static void create_and_fill(void)
 {
     char err[512];
@@ -202,7 +214,16 @@ static void create_and_fill(void)
         fail_msg("no real kafka: run under ctest (fixture kafka) or set SLUICE_TEST_KAFKA_BROKERS");
     if (sl_kafka_ensure_topics(conf, err, sizeof(err)) != 0)
         fail_msg("%s", err);
-    rd_kafka_t *rk = sl_kafka_producer_new(conf, NULL, NULL, err, sizeof(err));
+    /* A broker that has not seen the new topic yet must answer "unknown topic", which the
+     * producer waits out (topic.metadata.propagation.max.ms), rather than create it. */
+    int delivered = 0;
+    rd_kafka_conf_t *kc = sl_kafka_conf_new(conf, SL_KAFKA_PRODUCER, NULL, err, sizeof(err));
+    assert_non_null(kc);
+    assert_int_equal(rd_kafka_conf_set(kc, "allow.auto.create.topics", "false", err, sizeof(err)),
+                     RD_KAFKA_CONF_OK);
+    rd_kafka_conf_set_dr_msg_cb(kc, on_delivery);
+    rd_kafka_conf_set_opaque(kc, &delivered);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, err, sizeof(err));
     assert_non_null(rk);
     for (int i = 0; i < NMSG; i++)
         for (int p = 0; p < NP; p++) {
@@ -216,6 +237,7 @@ static void create_and_fill(void)
         }
     assert_int_equal(rd_kafka_flush(rk, 30000), 0);
     rd_kafka_destroy(rk);
+    assert_int_equal(delivered, NP * NMSG);
 }
 
 /* Removes the records before `before` from partition p, so its earliest offset is `before`. */
