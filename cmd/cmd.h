@@ -33,6 +33,8 @@ int cmd_failed(int argc, char **argv, const char *config_file);    /* cmd/failed
 int cmd_status(int argc, char **argv, const char *config_file);    /* cmd/status.c */
 int cmd_warehouse(int argc, char **argv, const char *config_file); /* cmd/warehouse.c */
 int cmd_replay(int argc, char **argv, const char *config_file);    /* cmd/replay.c */
+int cmd_offsets(int argc, char **argv, const char *config_file);   /* cmd/offsets.c */
+int cmd_topics(int argc, char **argv, const char *config_file);    /* cmd/topics.c */
 int cmd_version(int argc, char **argv, const char *config_file);   /* cmd/sluice.c */
 
 #endif

@@ -51,10 +51,17 @@ static const sl_conf_opt_t options[] = {
     {"kafka.topic_prefix", SL_CONF_STR, "sluice.", NO_RANGE, NULL, 0,
      "Prefix of every topic Sluice uses (`<prefix>events`, `<prefix>delivery`)."},
     {"kafka.partitions", SL_CONF_INT, "8", 1, 1024, NULL, 0,
-     "Partitions per topic when Sluice creates topics (at start, and in the dev broker)."},
+     "Partitions per topic when Sluice creates topics (at start, `sluice topics create`, and in "
+     "the dev broker)."},
+    {"kafka.replication_factor", SL_CONF_INT, "0", 0, 1000, NULL, 0,
+     "Replicas of each partition when Sluice creates topics; 0: the cluster's "
+     "`default.replication.factor`."},
+    {"kafka.retention", SL_CONF_DURATION, "0", 0, 9223372036854LL, NULL, 0,
+     "`retention.ms` of the topics Sluice creates (e.g. `7d`); 0: the cluster's "
+     "`log.retention.*`."},
     {"kafka.create_topics", SL_CONF_BOOL, "true", NO_RANGE, NULL, 0,
-     "Create the pipeline's topics that are missing when a role starts (`kafka.partitions` "
-     "partitions, the cluster's default replication factor)."},
+     "Create the pipeline's topics that are missing when a role starts (`kafka.partitions`, "
+     "`kafka.replication_factor`, `kafka.retention`)."},
 
     /* Postgres */
     {"postgres.dsn", SL_CONF_STR, "", NO_RANGE, NULL, SL_CONF_SECRET,

@@ -16,6 +16,9 @@
 
 const char *const sl_kafka_pipeline_topics[] = {SL_TOPIC_EVENTS, SL_TOPIC_DELIVERY, SL_TOPIC_FAILED,
                                                 SL_TOPIC_WAREHOUSE, NULL};
+_Static_assert(sizeof(sl_kafka_pipeline_topics) / sizeof(sl_kafka_pipeline_topics[0]) ==
+                   SL_KAFKA_N_PIPELINE_TOPICS + 1,
+               "SL_KAFKA_N_PIPELINE_TOPICS counts sl_kafka_pipeline_topics");
 
 /* The bootstrap list, for error messages from librdkafka's threads. */
 static char bootstrap[512];
@@ -118,60 +121,200 @@ rd_kafka_conf_t *sl_kafka_conf_new(const sl_conf_t *conf, sl_kafka_role_t role,
     return kconf;
 }
 
-int sl_kafka_ensure_topics(const sl_conf_t *conf, char *errstr, size_t errstr_size)
+char *sl_kafka_group_topic(const sl_conf_t *conf, const char *group)
 {
-    rd_kafka_t *rk = sl_kafka_producer_new(conf, NULL, NULL, errstr, errstr_size);
+    static const char *const groups[][2] = {
+        {SL_GROUP_PROCESSOR, SL_TOPIC_EVENTS},
+        {SL_GROUP_ROUTER, SL_TOPIC_DELIVERY},
+        {SL_GROUP_WAREHOUSE, SL_TOPIC_WAREHOUSE},
+        {SL_GROUP_FAILED, SL_TOPIC_FAILED},
+    };
+    const char *prefix = sl_conf_str(conf, "kafka.topic_prefix");
+    size_t plen = strlen(prefix);
+    if (strncmp(group, prefix, plen) != 0)
+        return NULL;
+    for (size_t i = 0; i < sizeof(groups) / sizeof(groups[0]); i++)
+        if (strcmp(group + plen, groups[i][0]) == 0)
+            return sl_kafka_topic(conf, groups[i][1]);
+    return NULL;
+}
+
+rd_kafka_t *sl_kafka_admin_new(const sl_conf_t *conf, char *errstr, size_t errstr_size)
+{
+    rd_kafka_conf_t *kconf = sl_kafka_conf_new(conf, SL_KAFKA_CONSUMER, NULL, errstr, errstr_size);
+    if (!kconf)
+        return NULL;
+    /* Offsets as Kafka's tools see them: ListOffsets answers the high watermark. */
+    rd_kafka_conf_set(kconf, "isolation.level", "read_uncommitted", NULL, 0);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kconf, errstr, errstr_size);
+    if (!rk)
+        rd_kafka_conf_destroy(kconf);
+    return rk;
+}
+
+rd_kafka_AdminOptions_t *sl_kafka_admin_options(rd_kafka_t *rk, rd_kafka_admin_op_t op)
+{
+    rd_kafka_AdminOptions_t *opts = rd_kafka_AdminOptions_new(rk, op);
+    rd_kafka_AdminOptions_set_request_timeout(opts, SL_KAFKA_ADMIN_TIMEOUT_MS, NULL, 0);
+    if (op == RD_KAFKA_ADMIN_OP_CREATETOPICS)
+        rd_kafka_AdminOptions_set_operation_timeout(opts, SL_KAFKA_ADMIN_TIMEOUT_MS, NULL, 0);
+    return opts;
+}
+
+rd_kafka_event_t *sl_kafka_admin_wait(rd_kafka_queue_t *q, const char *what, char *errstr,
+                                      size_t errstr_size)
+{
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, SL_KAFKA_ADMIN_TIMEOUT_MS + 5000);
+    if (!ev) {
+        sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT, "no answer to %s within %d s", what,
+                   SL_KAFKA_ADMIN_TIMEOUT_MS / 1000 + 5);
+        return NULL;
+    }
+    if (rd_kafka_event_error(ev)) {
+        sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT, "%s: %s", what,
+                   rd_kafka_event_error_string(ev));
+        rd_kafka_event_destroy(ev);
+        return NULL;
+    }
+    return ev;
+}
+
+void sl_kafka_topic_status_clear(sl_kafka_topic_status_t *st, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(st[i].name);
+        free(st[i].errstr);
+        memset(&st[i], 0, sizeof(st[i]));
+    }
+}
+
+/* Fills the partition count and replication factor of the topics of st that md holds. */
+static void topic_shapes(const rd_kafka_metadata_t *md, sl_kafka_topic_status_t *st, size_t n)
+{
+    for (int t = 0; t < md->topic_cnt; t++) {
+        const rd_kafka_metadata_topic_t *mt = &md->topics[t];
+        if (mt->err || mt->partition_cnt < 1)
+            continue;
+        for (size_t i = 0; i < n; i++)
+            if (strcmp(st[i].name, mt->topic) == 0) {
+                st[i].partitions = mt->partition_cnt;
+                st[i].replication_factor = mt->partitions[0].replica_cnt;
+            }
+    }
+}
+
+int sl_kafka_is_dev_broker(rd_kafka_t *rk, char *errstr, size_t errstr_size)
+{
+    const rd_kafka_metadata_t *md;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, NULL, &md, SL_KAFKA_ADMIN_TIMEOUT_MS);
+    if (err)
+        return sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT,
+                          "could not get the cluster's metadata from \"%s\": %s", bootstrap,
+                          rd_kafka_err2str(err));
+    /* The mock cluster names a controller that is not one of its brokers; a real cluster's
+     * controller (under KRaft, a broker it picks) is one of them. */
+    int32_t id = rd_kafka_controllerid(rk, SL_KAFKA_ADMIN_TIMEOUT_MS);
+    int dev = 1;
+    for (int i = 0; i < md->broker_cnt; i++)
+        if (md->brokers[i].id == id)
+            dev = 0;
+    rd_kafka_metadata_destroy(md);
+    return dev;
+}
+
+int sl_kafka_create_topics(const sl_conf_t *conf, sl_kafka_topic_status_t *st, char *errstr,
+                           size_t errstr_size)
+{
+    const size_t n = SL_KAFKA_N_PIPELINE_TOPICS;
+    int partitions = (int)sl_conf_int(conf, "kafka.partitions");
+    int rf = (int)sl_conf_int(conf, "kafka.replication_factor");
+    int64_t retention = sl_conf_duration_ms(conf, "kafka.retention");
+    memset(st, 0, n * sizeof(*st));
+    rd_kafka_t *rk = sl_kafka_admin_new(conf, errstr, errstr_size);
     if (!rk)
         return SL_ERR_INVALID;
-    int n = 0, rc = 0;
-    while (sl_kafka_pipeline_topics[n])
-        n++;
-    rd_kafka_NewTopic_t **nt = sl_calloc((size_t)n, sizeof(*nt));
-    char **names = sl_calloc((size_t)n, sizeof(*names));
-    int partitions = (int)sl_conf_int(conf, "kafka.partitions");
-    for (int i = 0; i < n; i++) {
-        names[i] = sl_kafka_topic(conf, sl_kafka_pipeline_topics[i]);
-        nt[i] = rd_kafka_NewTopic_new(names[i], partitions, -1, NULL, 0);
-    }
+    int rc = 0;
+    rd_kafka_NewTopic_t *nt[SL_KAFKA_N_PIPELINE_TOPICS] = {0};
     rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-    rd_kafka_AdminOptions_t *opts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
-    rd_kafka_AdminOptions_set_request_timeout(opts, 10000, NULL, 0);
-    rd_kafka_CreateTopics(rk, nt, (size_t)n, opts, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 15000);
-    if (!ev) {
-        rc = sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT,
-                        "no answer to CreateTopics within 15 s");
-    } else if (rd_kafka_event_error(ev)) {
-        rc = sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT, "CreateTopics: %s",
-                        rd_kafka_event_error_string(ev));
-    } else {
-        size_t cnt;
-        const rd_kafka_topic_result_t **res =
-            rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &cnt);
-        for (size_t i = 0; i < cnt; i++) {
-            rd_kafka_resp_err_t e = rd_kafka_topic_result_error(res[i]);
-            if (e == RD_KAFKA_RESP_ERR_NO_ERROR)
-                sl_info("kafka", "created topic %s (%d partitions)",
-                        rd_kafka_topic_result_name(res[i]), partitions);
-            else if (e != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS && !rc)
-                rc = sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT,
-                                "could not create topic %s: %s", rd_kafka_topic_result_name(res[i]),
-                                rd_kafka_topic_result_error_string(res[i])
-                                    ? rd_kafka_topic_result_error_string(res[i])
-                                    : rd_kafka_err2str(e));
-        }
+    rd_kafka_AdminOptions_t *opts = sl_kafka_admin_options(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_event_t *ev = NULL;
+    const rd_kafka_metadata_t *md = NULL;
+    int dev = sl_kafka_is_dev_broker(rk, errstr, errstr_size);
+    if (dev) {
+        rc = dev < 0
+                 ? dev
+                 : sl_err_set(errstr, errstr_size, SL_ERR_INVALID, "%s", SL_KAFKA_DEV_NO_TOPICS);
+        goto out;
     }
+    char retention_text[32];
+    snprintf(retention_text, sizeof(retention_text), "%lld", (long long)retention);
+    for (size_t i = 0; i < n; i++) {
+        st[i].name = sl_kafka_topic(conf, sl_kafka_pipeline_topics[i]);
+        st[i].partitions = st[i].replication_factor = -1;
+        char e[256];
+        nt[i] = rd_kafka_NewTopic_new(st[i].name, partitions, rf > 0 ? rf : -1, e, sizeof(e));
+        if (!nt[i]) {
+            rc = sl_err_set(errstr, errstr_size, SL_ERR_INVALID, "topic %s: %s", st[i].name, e);
+            goto out;
+        }
+        if (retention > 0)
+            rd_kafka_NewTopic_set_config(nt[i], "retention.ms", retention_text);
+    }
+    rd_kafka_CreateTopics(rk, nt, n, opts, q);
+    ev = sl_kafka_admin_wait(q, "CreateTopics", errstr, errstr_size);
+    if (!ev) {
+        rc = SL_ERR_TRANSIENT;
+        goto out;
+    }
+    size_t cnt;
+    const rd_kafka_topic_result_t **res =
+        rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &cnt);
+    for (size_t r = 0; r < cnt; r++)
+        for (size_t i = 0; i < n; i++) {
+            if (strcmp(st[i].name, rd_kafka_topic_result_name(res[r])) != 0)
+                continue;
+            st[i].err = rd_kafka_topic_result_error(res[r]);
+            if (st[i].err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+                st[i].partitions = partitions;
+                st[i].replication_factor = rf > 0 ? rf : -1;
+            } else if (st[i].err != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+                const char *m = rd_kafka_topic_result_error_string(res[r]);
+                st[i].errstr = sl_strdup(m ? m : rd_kafka_err2str(st[i].err));
+            }
+        }
+    /* The shapes of the topics that existed, and of the new ones where the cluster chose. */
+    if (rd_kafka_metadata(rk, 1, NULL, &md, SL_KAFKA_ADMIN_TIMEOUT_MS) == 0)
+        topic_shapes(md, st, n);
+out:
+    if (md)
+        rd_kafka_metadata_destroy(md);
     if (ev)
         rd_kafka_event_destroy(ev);
+    for (size_t i = 0; i < n; i++)
+        if (nt[i])
+            rd_kafka_NewTopic_destroy(nt[i]);
     rd_kafka_AdminOptions_destroy(opts);
     rd_kafka_queue_destroy(q);
-    for (int i = 0; i < n; i++) {
-        rd_kafka_NewTopic_destroy(nt[i]);
-        free(names[i]);
-    }
-    free(nt);
-    free(names);
     rd_kafka_destroy(rk);
+    if (rc)
+        sl_kafka_topic_status_clear(st, n);
+    return rc;
+}
+
+int sl_kafka_ensure_topics(const sl_conf_t *conf, char *errstr, size_t errstr_size)
+{
+    sl_kafka_topic_status_t st[SL_KAFKA_N_PIPELINE_TOPICS];
+    int rc = sl_kafka_create_topics(conf, st, errstr, errstr_size);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < SL_KAFKA_N_PIPELINE_TOPICS; i++) {
+        if (st[i].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+            sl_info("kafka", "created topic %s (%d partitions)", st[i].name, st[i].partitions);
+        else if (st[i].err != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS && !rc)
+            rc = sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT, "could not create topic %s: %s",
+                            st[i].name, st[i].errstr);
+    }
+    sl_kafka_topic_status_clear(st, SL_KAFKA_N_PIPELINE_TOPICS);
     return rc;
 }
 

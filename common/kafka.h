@@ -21,13 +21,68 @@
 #define SL_TOPIC_WAREHOUSE "warehouse" /* processor -> warehouse, keyed by rudderId */
 
 /* Every topic of the pipeline, for the dev broker and `sluice topics create`. NULL-terminated. */
+#define SL_KAFKA_N_PIPELINE_TOPICS 4
 extern const char *const sl_kafka_pipeline_topics[];
 
-/* Creates the pipeline's topics that do not exist yet (kafka.partitions partitions, the
- * cluster's default replication factor), so consumers never subscribe to a missing topic.
- * Returns 0, or an error (e.g. not authorized) in errstr; callers log it and go on, since the
- * cluster may auto-create topics or an operator may have created them. */
+/* Consumer groups of the pipeline: the full name is kafka.topic_prefix + suffix. */
+#define SL_GROUP_PROCESSOR "processor"       /* consumes SL_TOPIC_EVENTS */
+#define SL_GROUP_ROUTER    "router"          /* consumes SL_TOPIC_DELIVERY */
+#define SL_GROUP_WAREHOUSE "warehouse"       /* consumes SL_TOPIC_WAREHOUSE */
+#define SL_GROUP_FAILED    "failed-recorder" /* consumes SL_TOPIC_FAILED */
+
+/* The topic (full name) that the pipeline's consumer group `group` (full name) reads, or NULL
+ * when group is not one of Sluice's. The caller frees the result. */
+char *sl_kafka_group_topic(const sl_conf_t *conf, const char *group);
+
+/* Creates the pipeline's topics that do not exist yet (kafka.partitions partitions,
+ * kafka.replication_factor replicas, kafka.retention), so consumers never subscribe to a
+ * missing topic. Returns 0, or an error (e.g. not authorized) in errstr; callers log it and go
+ * on, since the cluster may auto-create topics or an operator may have created them. */
 int sl_kafka_ensure_topics(const sl_conf_t *conf, char *errstr, size_t errstr_size);
+
+/* What sl_kafka_create_topics did for one topic. */
+typedef struct sl_kafka_topic_status {
+    char *name;              /* owned */
+    rd_kafka_resp_err_t err; /* NO_ERROR: created; TOPIC_ALREADY_EXISTS; else the failure */
+    char *errstr;            /* owned; the failure's message, NULL unless it failed */
+    int partitions;          /* partition count as created or found; -1 unknown */
+    int replication_factor;  /* replicas as created or found; -1 unknown */
+} sl_kafka_topic_status_t;
+
+/* Asks the cluster to create every pipeline topic (see sl_kafka_ensure_topics) and fills
+ * st[SL_KAFKA_N_PIPELINE_TOPICS] with each one's outcome; free them with
+ * sl_kafka_topic_status_clear. Returns 0 when the cluster answered (per-topic failures are in
+ * st), or an error in errstr: SL_ERR_INVALID for the dev broker, which has no CreateTopics, or
+ * for a bad configuration; SL_ERR_TRANSIENT when the cluster did not answer. */
+int sl_kafka_create_topics(const sl_conf_t *conf, sl_kafka_topic_status_t *st, char *errstr,
+                           size_t errstr_size);
+void sl_kafka_topic_status_clear(sl_kafka_topic_status_t *st, size_t n);
+
+/*
+ * Admin clients, for commands that manage topics and consumer groups. A handle from
+ * sl_kafka_admin_new is a consumer without a group, reading offsets as Kafka's own tools do
+ * (isolation.level=read_uncommitted); the caller destroys it with rd_kafka_destroy.
+ */
+#define SL_KAFKA_ADMIN_TIMEOUT_MS 10000
+rd_kafka_t *sl_kafka_admin_new(const sl_conf_t *conf, char *errstr, size_t errstr_size);
+/* AdminOptions for op with SL_KAFKA_ADMIN_TIMEOUT_MS as request (and operation) timeout; the
+ * caller destroys them. */
+rd_kafka_AdminOptions_t *sl_kafka_admin_options(rd_kafka_t *rk, rd_kafka_admin_op_t op);
+/* Waits for the result of an Admin API call on q. Returns the event (the caller destroys it),
+ * or NULL with errstr naming `what` when there was no answer in time or the whole request
+ * failed. */
+/* Whether rk's cluster is the embedded dev broker (librdkafka's mock cluster), which has no
+ * CreateTopics, DescribeConfigs, ListGroups or DescribeGroups: 1 yes, 0 no, or an error in
+ * errstr when the cluster can't be reached. */
+int sl_kafka_is_dev_broker(rd_kafka_t *rk, char *errstr, size_t errstr_size);
+#define SL_KAFKA_DEV_NO_TOPICS                                                                     \
+    "kafka.brokers is the embedded dev broker (`sluice dev-kafka`, or `sluice all` without "       \
+    "kafka.brokers), which can't create or describe topics (no CreateTopics or "                   \
+    "DescribeConfigs). It needs none: it creates the pipeline's topics when it starts "            \
+    "(kafka.partitions partitions each) and any other topic on first use. On a real cluster, run " \
+    "this again with kafka.brokers (SLUICE_KAFKA_BROKERS) pointing at it"
+rd_kafka_event_t *sl_kafka_admin_wait(rd_kafka_queue_t *q, const char *what, char *errstr,
+                                      size_t errstr_size);
 
 /* Returns prefix + suffix; the caller frees it. */
 char *sl_kafka_topic(const sl_conf_t *conf, const char *suffix);

@@ -2,6 +2,7 @@
 #include "common/timeutil.h"
 
 #include <ctype.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,5 +114,102 @@ int sl_time_parse_ms(const char *s, int64_t *ms)
     tm.tm_sec = sec;
     time_t t = timegm(&tm);
     *ms = ((int64_t)t - (int64_t)off_min * 60) * 1000 + frac_ms;
+    return 0;
+}
+
+int sl_time_parse_kafka_ms(const char *s, int64_t *ms)
+{
+    static const char shape[] = "dddd-dd-ddTdd:dd:dd.ddd";
+    size_t n = sizeof(shape) - 1;
+    if (strlen(s) < n)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        if (shape[i] == 'd' ? !isdigit((unsigned char)s[i]) : s[i] != shape[i])
+            return -1;
+    const char *z = s + n;
+    if (*z == '+' || *z == '-') {
+        if (!isdigit((unsigned char)z[1]) || !isdigit((unsigned char)z[2]) ||
+            (z[1] - '0') * 10 + (z[2] - '0') > 23)
+            return -1;
+        if (z[3] && (z[3] != ':' || !isdigit((unsigned char)z[4]) ||
+                     !isdigit((unsigned char)z[5]) || z[4] > '5' || z[6]))
+            return -1;
+    } else if (*z && strcmp(z, "Z") != 0) {
+        return -1;
+    }
+    int y = atoi(s), mo = atoi(s + 5), d = atoi(s + 8);
+    static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || (mo == 2 && d == 29 && !leap) ||
+        atoi(s + 11) > 23 || atoi(s + 14) > 59 || atoi(s + 17) > 59)
+        return -1;
+    return sl_time_parse_ms(s, ms);
+}
+
+int sl_time_parse_iso_duration_ms(const char *s, int64_t *ms)
+{
+    /* Units in the order they may appear; T separates the date part (D) from the time part. */
+    static const struct {
+        char unit;
+        bool time;
+        int64_t ms;
+    } units[] = {
+        {'D', false, 86400000}, {'H', true, 3600000}, {'M', true, 60000}, {'S', true, 1000}};
+    const char *p = s;
+    bool neg = *p == '-';
+    if (*p == '+' || *p == '-')
+        p++;
+    if (toupper((unsigned char)*p++) != 'P')
+        return -1;
+    bool in_time = false, any = false;
+    size_t next = 0; /* the first unit still allowed */
+    int64_t total = 0;
+    while (*p) {
+        if (toupper((unsigned char)*p) == 'T' && !in_time) {
+            in_time = true;
+            p++;
+            if (!*p)
+                return -1; /* a T must be followed by a time part */
+            continue;
+        }
+        bool vneg = *p == '-';
+        if (*p == '+' || *p == '-')
+            p++;
+        if (!isdigit((unsigned char)*p))
+            return -1;
+        int64_t v = 0, frac = 0;
+        for (; isdigit((unsigned char)*p); p++)
+            if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, *p - '0', &v))
+                return -1;
+        bool has_frac = *p == '.' || *p == ',';
+        if (has_frac) {
+            p++;
+            int nd = 0, scale = 100;
+            for (; isdigit((unsigned char)*p); p++, nd++) {
+                frac += (*p - '0') * scale;
+                scale /= 10;
+            }
+            if (nd > 9)
+                return -1;
+        }
+        char u = (char)toupper((unsigned char)*p++);
+        size_t i = next;
+        while (i < sizeof(units) / sizeof(units[0]) && units[i].unit != u)
+            i++;
+        if (i == sizeof(units) / sizeof(units[0]) || units[i].time != in_time ||
+            (has_frac && u != 'S'))
+            return -1;
+        next = i + 1;
+        int64_t part;
+        if (__builtin_mul_overflow(v, units[i].ms, &part) ||
+            __builtin_add_overflow(part, frac, &part))
+            return -1;
+        if (__builtin_add_overflow(total, vneg ? -part : part, &total))
+            return -1;
+        any = true;
+    }
+    if (!any)
+        return -1;
+    *ms = neg ? -total : total;
     return 0;
 }

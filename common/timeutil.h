@@ -17,5 +17,12 @@ void sl_time_format_ms(int64_t ms, char out[SL_TIME_STRLEN]);
 /* Parses RFC 3339 / ISO 8601 date-times (with or without fraction and offset). Returns 0 and
  * ms since the epoch, or -1. */
 int sl_time_parse_ms(const char *s, int64_t *ms);
+/* Parses a date-time as Kafka's tools take it (`kafka-consumer-groups --to-datetime`):
+ * YYYY-MM-DDTHH:mm:SS.sss, then Z, +HH or +HH:MM (or -), or nothing for UTC. Returns 0 and ms
+ * since the epoch, or -1. */
+int sl_time_parse_kafka_ms(const char *s, int64_t *ms);
+/* Parses an ISO-8601 duration as Java's Duration.parse does: PnDTnHnMn.nS, each part optional
+ * and signed, e.g. PT10M, P1DT2H, -PT0.5S. Returns 0 and the milliseconds, or -1. */
+int sl_time_parse_iso_duration_ms(const char *s, int64_t *ms);
 
 #endif

@@ -155,7 +155,7 @@ pr_failed_recorder_t *pr_failed_recorder_start(const sl_conf_t *conf, char *errs
     }
     pr_failed_recorder_t *r = sl_calloc(1, sizeof(*r));
     r->topic = sl_kafka_topic(conf, SL_TOPIC_FAILED);
-    r->group = sl_kafka_topic(conf, "failed-recorder");
+    r->group = sl_kafka_topic(conf, SL_GROUP_FAILED);
     r->pg = sl_pg_new(dsn);
     const char *topics[] = {r->topic, NULL};
     r->consumer = sl_kafka_consumer_new(conf, r->group, topics, NULL, NULL, errstr, errstr_size);

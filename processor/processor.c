@@ -1169,7 +1169,7 @@ static pr_processor_t *processor_new(const sl_conf_t *conf, sl_wsconf_t *ws, con
     pr->delivery_topic = sl_kafka_topic(conf, SL_TOPIC_DELIVERY);
     pr->failed_topic = sl_kafka_topic(conf, SL_TOPIC_FAILED);
     pr->warehouse_topic = sl_kafka_topic(conf, SL_TOPIC_WAREHOUSE);
-    pr->group = sl_kafka_topic(conf, "processor");
+    pr->group = sl_kafka_topic(conf, SL_GROUP_PROCESSOR);
     pr->txn_interval_ms = sl_conf_duration_ms(conf, "processor.transaction_interval");
     pr->txn_max_events = (size_t)sl_conf_int(conf, "processor.transaction_max_events");
     pr->txn_id = sl_strdup(txn_id);

@@ -1679,7 +1679,7 @@ rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errst
     rt->ws = ws;
     rt->topic = sl_kafka_topic(conf, SL_TOPIC_DELIVERY);
     rt->failed_topic = sl_kafka_topic(conf, SL_TOPIC_FAILED);
-    rt->group = sl_kafka_topic(conf, "router");
+    rt->group = sl_kafka_topic(conf, SL_GROUP_ROUTER);
     rt->offsets = sl_kafka_offsets_new();
     rt->pg = sl_pg_new(sl_conf_str(conf, "postgres.dsn"));
     rt->defaults = (rt_settings_t){

@@ -1051,7 +1051,7 @@ wh_warehouse_t *wh_warehouse_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
     pthread_cond_init(&wh->cond, NULL);
     wh->ws = ws;
     wh->topic = sl_kafka_topic(conf, SL_TOPIC_WAREHOUSE);
-    wh->group = sl_kafka_topic(conf, "warehouse");
+    wh->group = sl_kafka_topic(conf, SL_GROUP_WAREHOUSE);
     wh->sync_ms = sl_conf_duration_ms(conf, "warehouse.sync_interval");
     wh->retry_base_ms = sl_conf_duration_ms(conf, "warehouse.retry_base");
     wh->max_events = (size_t)sl_conf_int(conf, "warehouse.max_buffered_events");

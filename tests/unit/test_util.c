@@ -42,6 +42,57 @@ static void test_time(void **state)
     assert_int_equal(sl_time_parse_ms("2026-11-25T10:00:00Zjunk", &ms), -1);
 }
 
+/* The forms of `kafka-consumer-groups --to-datetime` and `--by-duration`. */
+static void test_time_kafka(void **state)
+{
+    (void)state;
+    int64_t ms, utc;
+    assert_int_equal(sl_time_parse_kafka_ms("2026-11-25T10:00:00.123", &utc), 0);
+    assert_int_equal(sl_time_parse_kafka_ms("2026-11-25T10:00:00.123Z", &ms), 0);
+    assert_true(ms == utc);
+    assert_int_equal(sl_time_parse_kafka_ms("2026-11-25T12:00:00.123+02:00", &ms), 0);
+    assert_true(ms == utc);
+    assert_int_equal(sl_time_parse_kafka_ms("2026-11-25T08:00:00.123-02", &ms), 0);
+    assert_true(ms == utc);
+    assert_int_equal(sl_time_parse_kafka_ms("2024-02-29T00:00:00.000", &ms), 0);
+    const char *bad[] = {"2026-11-25T10:00:00",         "2026-11-25T10:00:00Z",
+                         "2026-11-25 10:00:00.000",     "2026-11-25T10:00:00.1234",
+                         "2026-02-29T00:00:00.000",     "2026-11-31T00:00:00.000",
+                         "2026-11-25T24:00:00.000",     "2026-11-25T10:00:00.000+0200",
+                         "2026-11-25T10:00:00.000+02:", "2026-11-25T10:00:00.000 ",
+                         "2026-11-25T10:00:00.000+24",  "yesterday"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(sl_time_parse_kafka_ms(bad[i], &ms), -1);
+
+    struct {
+        const char *s;
+        int64_t ms;
+    } good[] = {{"PT10M", 600000}, {"P1D", 86400000},  {"P1DT2H", 93600000}, {"pt1.5s", 1500},
+                {"PT0.001S", 1},   {"-PT1M", -60000},  {"PT-1M30S", -30000}, {"PT1H2M3S", 3723000},
+                {"+P0D", 0},       {"PT-1.5S", -1500}, {"-PT-1M", 60000},    {"P2DT0H", 172800000}};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        assert_int_equal(sl_time_parse_iso_duration_ms(good[i].s, &ms), 0);
+        assert_true(ms == good[i].ms);
+    }
+    const char *bad_d[] = {"",
+                           "P",
+                           "PT",
+                           "P1DT",
+                           "10m",
+                           "PT10",
+                           "P1M",
+                           "P1H",
+                           "PT1D",
+                           "PT1M1H",
+                           "PT1.5M",
+                           "P1W",
+                           "PT1S1S",
+                           "PT99999999999999999999S",
+                           "PT1.0000000001S"};
+    for (size_t i = 0; i < sizeof(bad_d) / sizeof(bad_d[0]); i++)
+        assert_int_equal(sl_time_parse_iso_duration_ms(bad_d[i], &ms), -1);
+}
+
 static void test_uuid(void **state)
 {
     (void)state;
@@ -62,6 +113,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buf),
         cmocka_unit_test(test_time),
+        cmocka_unit_test(test_time_kafka),
         cmocka_unit_test(test_uuid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
