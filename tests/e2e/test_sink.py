@@ -169,9 +169,16 @@ def run(base, out):
         except OSError as e:
             result["pending"] = str(e)
 
+    def received():
+        return json.loads(http("GET", base + "/_sink/stats")[1])["received"]
+    before = received()
     t = threading.Thread(target=pending)
     t.start()
-    time.sleep(0.3)
+    # Stop only once the sink holds it (a fixed sleep was too short under ASan on a busy host).
+    deadline = time.time() + 15
+    while received() == before:
+        check(time.time() < deadline, "the delayed request never reached the sink")
+        time.sleep(0.05)
     return t, result
 
 
