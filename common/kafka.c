@@ -7,8 +7,10 @@
 #include "common/health.h"
 #include "common/log.h"
 #include "common/mem.h"
+#include "common/timeutil.h"
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,6 +224,82 @@ int sl_kafka_is_dev_broker(rd_kafka_t *rk, char *errstr, size_t errstr_size)
     return dev;
 }
 
+/* Whether the broker behind probe (its only connection) reports each topic of st that was
+ * just created with all its partitions, each with a leader. */
+static bool broker_knows(rd_kafka_t *probe, int32_t id, const sl_kafka_topic_status_t *st, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (st[i].err != RD_KAFKA_RESP_ERR_NO_ERROR)
+            continue;
+        rd_kafka_topic_t *rkt = rd_kafka_topic_new(probe, st[i].name, NULL);
+        const rd_kafka_metadata_t *md = NULL;
+        bool ok = rkt && rd_kafka_metadata(probe, 0, rkt, &md, 2000) == 0 &&
+                  (md->orig_broker_id == id || md->orig_broker_id < 0) && md->topic_cnt == 1 &&
+                  !md->topics[0].err && md->topics[0].partition_cnt > 0 &&
+                  (st[i].partitions < 1 || md->topics[0].partition_cnt == st[i].partitions);
+        for (int p = 0; ok && p < md->topics[0].partition_cnt; p++)
+            ok = md->topics[0].partitions[p].leader >= 0;
+        if (md)
+            rd_kafka_metadata_destroy(md);
+        if (rkt)
+            rd_kafka_topic_destroy(rkt);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+/*
+ * CreateTopics answers once the controller has the topics; each broker learns of them a moment
+ * later. A client that asks a broker which has not yet is told the topic doesn't exist:
+ * librdkafka 2.0.2's producer then fails the messages it had already partitioned ("Unknown
+ * partition"), and a group leader hands out no partitions. So after creating topics, ask each
+ * broker, through a client whose only connection is that broker, until it reports every new
+ * topic with a leader for each partition (10 s at most in all; then go on regardless).
+ */
+static void wait_propagated(const sl_conf_t *conf, rd_kafka_t *rk,
+                            const sl_kafka_topic_status_t *st, size_t n)
+{
+    const rd_kafka_metadata_t *md;
+    if (rd_kafka_metadata(rk, 0, NULL, &md, SL_KAFKA_ADMIN_TIMEOUT_MS) != 0)
+        return;
+    int nb = md->broker_cnt;
+    char(*addr)[300] = sl_calloc((size_t)nb + 1, sizeof(*addr));
+    int32_t *ids = sl_calloc((size_t)nb + 1, sizeof(*ids));
+    for (int b = 0; b < nb; b++) {
+        snprintf(addr[b], sizeof(addr[b]), "%s:%d", md->brokers[b].host, md->brokers[b].port);
+        ids[b] = md->brokers[b].id;
+    }
+    rd_kafka_metadata_destroy(md);
+    int64_t deadline = sl_time_mono_ms() + 10000;
+    for (int b = 0; b < nb; b++) {
+        char e[256];
+        rd_kafka_conf_t *kc = sl_kafka_conf_new(conf, SL_KAFKA_CONSUMER, NULL, e, sizeof(e));
+        if (!kc)
+            break;
+        rd_kafka_conf_set(kc, "bootstrap.servers", addr[b], NULL, 0);
+        rd_kafka_conf_set(kc, "allow.auto.create.topics", "false", NULL, 0);
+        rd_kafka_t *probe = rd_kafka_new(RD_KAFKA_CONSUMER, kc, e, sizeof(e));
+        if (!probe) {
+            rd_kafka_conf_destroy(kc);
+            break;
+        }
+        bool known;
+        while (!(known = broker_knows(probe, ids[b], st, n)) && sl_time_mono_ms() < deadline) {
+            struct timespec pause = {0, 50 * 1000000L};
+            nanosleep(&pause, NULL);
+        }
+        rd_kafka_destroy(probe);
+        if (!known) {
+            sl_warn("kafka", "broker %s does not show the new topics after 10 s; going on",
+                    addr[b]);
+            break;
+        }
+    }
+    free(addr);
+    free(ids);
+}
+
 int sl_kafka_create_topics(const sl_conf_t *conf, sl_kafka_topic_status_t *st, char *errstr,
                            size_t errstr_size)
 {
@@ -281,6 +359,11 @@ int sl_kafka_create_topics(const sl_conf_t *conf, sl_kafka_topic_status_t *st, c
                 const char *m = rd_kafka_topic_result_error_string(res[r]);
                 st[i].errstr = sl_strdup(m ? m : rd_kafka_err2str(st[i].err));
             }
+        }
+    for (size_t i = 0; i < n; i++)
+        if (st[i].err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            wait_propagated(conf, rk, st, n);
+            break;
         }
     /* The shapes of the topics that existed, and of the new ones where the cluster chose. */
     if (rd_kafka_metadata(rk, 1, NULL, &md, SL_KAFKA_ADMIN_TIMEOUT_MS) == 0)
