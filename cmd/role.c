@@ -233,6 +233,8 @@ int cmd_role(int argc, char **argv, const char *config_file)
         .cors = run_gw,
     };
     sl_health_set("workspace", false, "the workspace config is not loaded yet");
+    /* Healthy only once every part runs: topics made, migrations applied, consumers started. */
+    sl_health_set("startup", false, "%s is starting", role);
     srv = sl_http_server_new(&opts);
     if (run_gw) {
         gw = gw_gateway_new(conf, NULL, srv, err, sizeof(err));
@@ -312,6 +314,7 @@ int cmd_role(int argc, char **argv, const char *config_file)
             goto drain;
         }
         sl_info("sluice", "%s running", role);
+        sl_health_set("startup", true, NULL);
         for (char c; (c = wait_signal(-1)) != 't';)
             if (c == 'h')
                 sl_wsconf_request_reload(ws);
