@@ -94,7 +94,11 @@ void sl_kafka_offsets_done(sl_kafka_offsets_t *o, const char *topic, int32_t par
                            int64_t offset);
 /* Messages tracked but not yet done, over all partitions. */
 size_t sl_kafka_offsets_pending(sl_kafka_offsets_t *o);
-/* Commits what is committable (async unless sync). Returns 0 or an rd_kafka_resp_err_t. */
+/* Commits what is committable (async unless sync). A partition with nothing pending is
+ * committed up to the consumer's position, past the transaction markers the application never
+ * sees, so a consumer of a transactional topic reaches a lag of 0. Call it on the thread that
+ * polls the consumer, after tracking every message polled (the position covers them all).
+ * Returns 0 or an rd_kafka_resp_err_t. */
 int sl_kafka_offsets_commit(sl_kafka_offsets_t *o, rd_kafka_t *consumer, bool sync);
 /* Forgets the partitions (after a revoke); their uncommitted messages will be redelivered. */
 void sl_kafka_offsets_forget(sl_kafka_offsets_t *o, const rd_kafka_topic_partition_list_t *parts);
