@@ -32,6 +32,7 @@ int cmd_dev_sink(int argc, char **argv, const char *config_file);  /* cmd/dev_si
 int cmd_failed(int argc, char **argv, const char *config_file);    /* cmd/failed.c */
 int cmd_status(int argc, char **argv, const char *config_file);    /* cmd/status.c */
 int cmd_warehouse(int argc, char **argv, const char *config_file); /* cmd/warehouse.c */
+int cmd_lag(int argc, char **argv, const char *config_file);       /* cmd/lag.c */
 int cmd_version(int argc, char **argv, const char *config_file);   /* cmd/sluice.c */
 
 #endif

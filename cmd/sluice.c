@@ -18,6 +18,7 @@ static const sl_cmd_t commands[] = {
     {"failed", "list the dead letters of the processor and the router, or send them again",
      cmd_failed},
     {"status", "show an event's journey to each of its destinations", cmd_status},
+    {"lag", "show consumer lag per group and partition, with a Burrow-style status", cmd_lag},
     {"config", "print the effective configuration or the configuration reference", cmd_config},
     {"dev-kafka", "run the embedded Kafka-protocol dev broker with a fault-injection control",
      cmd_dev_kafka},

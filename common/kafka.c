@@ -16,6 +16,13 @@
 const char *const sl_kafka_pipeline_topics[] = {SL_TOPIC_EVENTS, SL_TOPIC_DELIVERY, SL_TOPIC_FAILED,
                                                 SL_TOPIC_WAREHOUSE, NULL};
 
+const sl_kafka_group_def_t sl_kafka_pipeline_groups[] = {
+    {"processor", SL_TOPIC_EVENTS},       /* processor/processor.c */
+    {"router", SL_TOPIC_DELIVERY},        /* router/router.c */
+    {"warehouse", SL_TOPIC_WAREHOUSE},    /* warehouse/warehouse.c */
+    {"failed-recorder", SL_TOPIC_FAILED}, /* processor/failed.c */
+    {NULL, NULL}};
+
 /* The bootstrap list, for error messages from librdkafka's threads. */
 static char bootstrap[512];
 

@@ -23,6 +23,13 @@
 /* Every topic of the pipeline, for the dev broker and `sluice topics create`. NULL-terminated. */
 extern const char *const sl_kafka_pipeline_topics[];
 
+/* The pipeline's consumer groups, kafka.topic_prefix + group, each consuming prefix + topic.
+ * Ends with {NULL, NULL}. */
+typedef struct sl_kafka_group_def {
+    const char *group, *topic;
+} sl_kafka_group_def_t;
+extern const sl_kafka_group_def_t sl_kafka_pipeline_groups[];
+
 /* Creates the pipeline's topics that do not exist yet (kafka.partitions partitions, the
  * cluster's default replication factor), so consumers never subscribe to a missing topic.
  * Returns 0, or an error (e.g. not authorized) in errstr; callers log it and go on, since the
