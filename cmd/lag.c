@@ -28,8 +28,9 @@ static const char usage_text[] =
     "Burrow's rules over a sliding window of samples:\n"
     "  OK      the lag was 0 in some sample of the window (or the consumer keeps catching up)\n"
     "  WARN    the committed offset moves but the lag never went down: the consumer is slow\n"
-    "  STOP    no member of the group holds the partition and it has lag: the consumer is gone\n"
-    "  STALL   a member holds it but the committed offset did not move over the window\n"
+    "  STOP    the committed offset did not move over the window and no member of the group\n"
+    "          holds the partition: the consumer is gone\n"
+    "  STALL   the committed offset did not move over the window though a member holds it\n"
     "  REWIND  the committed offset went back\n"
     "A group is OK, WARN or ERR (some partition STOP, STALL or REWIND).\n\n"
     "  --group G      a group to show (repeatable); default: Sluice's own groups\n"
@@ -179,6 +180,24 @@ static int duration_arg(const char *opt, const char *s, int64_t *ms)
     return 0;
 }
 
+/* The topic of one of Sluice's own groups (a static buffer), or NULL for another group. */
+static const char *own_topic(const sl_conf_t *conf, const char *group)
+{
+    static char topic[512];
+    for (const sl_kafka_group_def_t *d = sl_kafka_pipeline_groups; d->group; d++) {
+        char *g = sl_kafka_topic(conf, d->group);
+        bool mine = strcmp(g, group) == 0;
+        free(g);
+        if (mine) {
+            char *t = sl_kafka_topic(conf, d->topic);
+            snprintf(topic, sizeof(topic), "%s", t);
+            free(t);
+            return topic;
+        }
+    }
+    return NULL;
+}
+
 int cmd_lag(int argc, char **argv, const char *config_file)
 {
     const char **groups = sl_calloc((size_t)argc, sizeof(*groups));
@@ -258,15 +277,15 @@ int cmd_lag(int argc, char **argv, const char *config_file)
     }
     if (all) {
         sl_lag_all_groups(l, true);
-    } else if (ngroups) {
-        for (size_t i = 0; i < ngroups; i++)
-            sl_lag_add_group(l, groups[i], NULL);
     } else {
-        for (const sl_kafka_group_def_t *d = sl_kafka_pipeline_groups; d->group; d++) {
-            char *g = sl_kafka_topic(conf, d->group), *t = sl_kafka_topic(conf, d->topic);
-            sl_lag_add_group(l, g, t);
+        /* Sluice's own groups on their topics: on every partition, committed or not, and on
+         * brokers that can't list a group's committed partitions (the dev broker) */
+        for (size_t i = 0; i < ngroups; i++)
+            sl_lag_add_group(l, groups[i], own_topic(conf, groups[i]));
+        for (const sl_kafka_group_def_t *d = sl_kafka_pipeline_groups; !ngroups && d->group; d++) {
+            char *g = sl_kafka_topic(conf, d->group);
+            sl_lag_add_group(l, g, own_topic(conf, g));
             free(g);
-            free(t);
         }
     }
     signal(SIGINT, on_signal);

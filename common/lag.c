@@ -39,13 +39,11 @@ sl_lag_status_t sl_lag_evaluate(const sl_lag_obs_t *w, size_t n, int owned)
     for (size_t i = 1; i < n; i++)
         if (w[i].offset < w[i - 1].offset)
             return SL_LAG_REWIND;
-    if (owned == 0)
-        return SL_LAG_STOP;
     bool moved = false;
     for (size_t i = 1; i < n; i++)
         moved |= w[i].offset != w[i - 1].offset;
     if (!moved)
-        return SL_LAG_STALL;
+        return owned == 0 ? SL_LAG_STOP : SL_LAG_STALL;
     for (size_t i = 1; i < n; i++)
         if (w[i].lag < w[i - 1].lag)
             return SL_LAG_OK;
@@ -75,6 +73,7 @@ struct sl_lag {
     rd_kafka_t *rk;
     size_t window;
     bool all;
+    int group_admin; /* the brokers answer ListGroups and DescribeGroups: 1, 0, -1 unknown */
     group_t *groups;
     size_t ngroups;
     sl_lag_group_t *view;
@@ -120,6 +119,7 @@ sl_lag_t *sl_lag_new(const sl_conf_t *conf, size_t window, char *errstr, size_t 
     sl_lag_t *l = sl_calloc(1, sizeof(*l));
     l->rk = rk;
     l->window = window ? window : 1;
+    l->group_admin = -1;
     return l;
 }
 
@@ -215,7 +215,9 @@ static rd_kafka_AdminOptions_t *admin_options(sl_lag_t *l, rd_kafka_admin_op_t o
     return o;
 }
 
-static int list_groups(sl_lag_t *l, char *errstr, size_t errstr_size)
+/* ListGroups; watches the groups found when add. Returns 0, or an sl_err_t with errstr; sets
+ * l->group_admin to 0 when the brokers do not have the group APIs (the dev broker). */
+static int list_groups(sl_lag_t *l, bool add, char *errstr, size_t errstr_size)
 {
     rd_kafka_queue_t *q = rd_kafka_queue_new(l->rk);
     rd_kafka_AdminOptions_t *o = admin_options(l, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPS);
@@ -233,8 +235,12 @@ static int list_groups(sl_lag_t *l, char *errstr, size_t errstr_size)
         if (!n && nerr) {
             snprintf(e, sizeof(e), "ListGroups: %s", rd_kafka_error_string(errs[0]));
             rc = SL_ERR_TRANSIENT;
+            if (rd_kafka_error_code(errs[0]) == RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE)
+                l->group_admin = 0;
+        } else {
+            l->group_admin = 1;
         }
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; add && i < n; i++)
             sl_lag_add_group(l, rd_kafka_ConsumerGroupListing_group_id(gl[i]), NULL);
         rd_kafka_event_destroy(ev);
     } else {
@@ -269,6 +275,13 @@ static void describe_groups(sl_lag_t *l, members_t *m)
     m->states = sl_calloc(l->ngroups ? l->ngroups : 1, sizeof(*m->states));
     if (!l->ngroups)
         return;
+    if (l->group_admin == 0) {
+        /* librdkafka 2.0.2 never completes a DescribeGroups the brokers can't answer */
+        snprintf(l->note, sizeof(l->note),
+                 "group membership is unknown: the brokers have no ListGroups or DescribeGroups "
+                 "(the embedded dev broker), so a stopped consumer shows as STALL, not STOP");
+        return;
+    }
     const char **names = sl_calloc(l->ngroups, sizeof(*names));
     for (size_t i = 0; i < l->ngroups; i++)
         names[i] = l->groups[i].name;
@@ -473,6 +486,9 @@ static void sample_group(sl_lag_t *l, group_t *g, size_t gi, const rd_kafka_meta
                                                     m->owners[i].partition))
                 rd_kafka_topic_partition_list_add(got, m->owners[i].topic, m->owners[i].partition)
                     ->offset = RD_KAFKA_OFFSET_INVALID;
+    if (!got->cnt && !g->topic && l->group_admin == 0)
+        set_str(&g->error, "the brokers (the embedded dev broker) can't list the partitions a "
+                           "group committed: only Sluice's own groups can be shown");
     part_t *parts = sl_calloc(got->cnt ? (size_t)got->cnt : 1, sizeof(*parts));
     size_t n = 0;
     for (int i = 0; i < got->cnt; i++) {
@@ -573,8 +589,12 @@ static void build_views(sl_lag_t *l)
 int sl_lag_sample(sl_lag_t *l, char *errstr, size_t errstr_size)
 {
     l->note[0] = '\0';
-    if (l->all && list_groups(l, errstr, errstr_size) != 0)
-        return SL_ERR_TRANSIENT;
+    if (l->all || l->group_admin < 0) { /* list, or find out once whether the APIs exist */
+        char e[1024];
+        int rc = list_groups(l, l->all, e, sizeof(e));
+        if (rc && l->all)
+            return sl_err_set(errstr, errstr_size, rc, "%s", e);
+    }
     const rd_kafka_metadata_t *md = NULL;
     rd_kafka_resp_err_t err = rd_kafka_metadata(l->rk, 1, NULL, &md, LAG_TIMEOUT_MS);
     if (err)

@@ -42,14 +42,16 @@ typedef struct sl_lag_obs {
  * Burrow's rules for one partition over its window w[0..n-1] (oldest first), in order:
  *   1. the lag of some sample (the latest included) is 0: OK;
  *   2. the committed offset went back between two samples: REWIND;
- *   3. no member of the group holds the partition now (owned == 0): STOP;
- *   4. the committed offset did not change over the window: STALL;
+ *   3. the committed offset did not move over the window and no member of the group holds
+ *      the partition now (owned == 0): STOP;
+ *   4. the committed offset did not move over the window: STALL;
  *   5. the offset moved but the lag never went down from one sample to the next: WARN;
  *   6. otherwise OK.
- * Burrow tells a stopped consumer by its commits ceasing; Kafka keeps no commit times that a
- * client can read, and Sluice's roles commit only when they progress, so rule 3 looks at the
- * group's membership instead. owned: 1 held, 0 not held, -1 unknown (then rule 3 never applies
- * and a consumer that is gone shows as STALL). n == 0 is OK.
+ * Burrow tells a stopped consumer by its commits ceasing for longer than its window spans,
+ * and a stalled one by commits that repeat the same offset. Kafka keeps no commit times that a
+ * client can read, and Sluice's roles commit only when they progress, so rules 3 and 4 tell
+ * the two apart by the group's membership. owned: 1 held, 0 not held, -1 unknown (then rule 3
+ * never applies and a consumer that is gone shows as STALL). n == 0 is OK.
  */
 sl_lag_status_t sl_lag_evaluate(const sl_lag_obs_t *w, size_t n, int owned);
 
