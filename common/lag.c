@@ -74,6 +74,7 @@ struct sl_lag {
     size_t window;
     bool all;
     int group_admin; /* the brokers answer ListGroups and DescribeGroups: 1, 0, -1 unknown */
+    char *brokers;
     group_t *groups;
     size_t ngroups;
     sl_lag_group_t *view;
@@ -120,6 +121,7 @@ sl_lag_t *sl_lag_new(const sl_conf_t *conf, size_t window, char *errstr, size_t 
     l->rk = rk;
     l->window = window ? window : 1;
     l->group_admin = -1;
+    l->brokers = sl_strdup(sl_conf_str(conf, "kafka.brokers"));
     return l;
 }
 
@@ -156,6 +158,7 @@ void sl_lag_destroy(sl_lag_t *l)
     }
     free(l->groups);
     free(l->view);
+    free(l->brokers);
     rd_kafka_destroy(l->rk);
     free(l);
 }
@@ -215,9 +218,8 @@ static rd_kafka_AdminOptions_t *admin_options(sl_lag_t *l, rd_kafka_admin_op_t o
     return o;
 }
 
-/* ListGroups; watches the groups found when add. Returns 0, or an sl_err_t with errstr; sets
- * l->group_admin to 0 when the brokers do not have the group APIs (the dev broker). */
-static int list_groups(sl_lag_t *l, bool add, char *errstr, size_t errstr_size)
+/* ListGroups; watches the groups found. Returns 0, or an sl_err_t with errstr. */
+static int list_groups(sl_lag_t *l, char *errstr, size_t errstr_size)
 {
     rd_kafka_queue_t *q = rd_kafka_queue_new(l->rk);
     rd_kafka_AdminOptions_t *o = admin_options(l, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPS);
@@ -235,22 +237,15 @@ static int list_groups(sl_lag_t *l, bool add, char *errstr, size_t errstr_size)
         if (!n && nerr) {
             snprintf(e, sizeof(e), "ListGroups: %s", rd_kafka_error_string(errs[0]));
             rc = SL_ERR_TRANSIENT;
-            if (rd_kafka_error_code(errs[0]) == RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE)
-                l->group_admin = 0;
-        } else {
-            l->group_admin = 1;
         }
-        for (size_t i = 0; add && i < n; i++)
+        for (size_t i = 0; i < n; i++)
             sl_lag_add_group(l, rd_kafka_ConsumerGroupListing_group_id(gl[i]), NULL);
         rd_kafka_event_destroy(ev);
     } else {
         rc = SL_ERR_TRANSIENT;
     }
     if (rc)
-        sl_err_set(errstr, errstr_size, rc,
-                   "could not list the consumer groups: %s (the embedded dev broker has no "
-                   "ListGroups: name the groups with --group, or leave it out for Sluice's own)",
-                   e);
+        sl_err_set(errstr, errstr_size, rc, "could not list the consumer groups: %s", e);
     rd_kafka_AdminOptions_destroy(o);
     rd_kafka_queue_destroy(q);
     return rc;
@@ -276,10 +271,9 @@ static void describe_groups(sl_lag_t *l, members_t *m)
     if (!l->ngroups)
         return;
     if (l->group_admin == 0) {
-        /* librdkafka 2.0.2 never completes a DescribeGroups the brokers can't answer */
         snprintf(l->note, sizeof(l->note),
-                 "group membership is unknown: the brokers have no ListGroups or DescribeGroups "
-                 "(the embedded dev broker), so a stopped consumer shows as STALL, not STOP");
+                 "group membership is unknown: the embedded dev broker has no DescribeGroups, "
+                 "so a stopped consumer shows as STALL, not STOP");
         return;
     }
     const char **names = sl_calloc(l->ngroups, sizeof(*names));
@@ -487,8 +481,8 @@ static void sample_group(sl_lag_t *l, group_t *g, size_t gi, const rd_kafka_meta
                 rd_kafka_topic_partition_list_add(got, m->owners[i].topic, m->owners[i].partition)
                     ->offset = RD_KAFKA_OFFSET_INVALID;
     if (!got->cnt && !g->topic && l->group_admin == 0)
-        set_str(&g->error, "the brokers (the embedded dev broker) can't list the partitions a "
-                           "group committed: only Sluice's own groups can be shown");
+        set_str(&g->error, "the embedded dev broker can't list the partitions a group "
+                           "committed: only Sluice's own groups can be shown");
     part_t *parts = sl_calloc(got->cnt ? (size_t)got->cnt : 1, sizeof(*parts));
     size_t n = 0;
     for (int i = 0; i < got->cnt; i++) {
@@ -589,11 +583,27 @@ static void build_views(sl_lag_t *l)
 int sl_lag_sample(sl_lag_t *l, char *errstr, size_t errstr_size)
 {
     l->note[0] = '\0';
-    if (l->all || l->group_admin < 0) { /* list, or find out once whether the APIs exist */
-        char e[1024];
-        int rc = list_groups(l, l->all, e, sizeof(e));
-        if (rc && l->all)
-            return sl_err_set(errstr, errstr_size, rc, "%s", e);
+    if (l->group_admin < 0) {
+        /* The dev broker is librdkafka's mock cluster, which has no ListGroups or
+         * DescribeGroups; librdkafka 2.0.2 leaks on a refused ListGroups and never completes a
+         * refused DescribeGroups, so they are not even tried there. */
+        char *id = rd_kafka_clusterid(l->rk, LAG_TIMEOUT_MS);
+        if (!id)
+            return sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT,
+                              "could not reach kafka at \"%s\" within %d s; check "
+                              "SLUICE_KAFKA_BROKERS and that the brokers are up",
+                              l->brokers, LAG_TIMEOUT_MS / 1000);
+        l->group_admin = strncmp(id, "mockCluster", 11) != 0;
+        rd_kafka_mem_free(l->rk, id);
+    }
+    if (l->all && l->group_admin == 0)
+        return sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
+                          "the embedded dev broker has no ListGroups: name the groups with "
+                          "--group, or leave it out for Sluice's own");
+    if (l->all) {
+        int rc = list_groups(l, errstr, errstr_size);
+        if (rc)
+            return rc;
     }
     const rd_kafka_metadata_t *md = NULL;
     rd_kafka_resp_err_t err = rd_kafka_metadata(l->rk, 1, NULL, &md, LAG_TIMEOUT_MS);
