@@ -14,6 +14,7 @@
 
 #include <librdkafka/rdkafka.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -352,36 +353,82 @@ static const owner_t *owner_of(const members_t *m, const char *group, const char
     return NULL;
 }
 
-/* The committed offsets of g on parts (NULL: every partition it committed). Returns the list
- * (the caller destroys it) or NULL with errstr. */
-static rd_kafka_topic_partition_list_t *
-fetch_committed(sl_lag_t *l, const char *group, const rd_kafka_topic_partition_list_t *parts,
-                char *errstr, size_t errstr_size)
+static void set_str(char **dst, const char *src)
 {
-    rd_kafka_ListConsumerGroupOffsets_t *req = rd_kafka_ListConsumerGroupOffsets_new(group, parts);
+    free(*dst);
+    *dst = src ? sl_strdup(src) : NULL;
+}
+
+/* The committed offsets of every group, asked all at once (one group per request, as
+ * librdkafka 2.0.2 wants): got[i] is group i's list (the caller destroys it), or NULL with
+ * the group's error set. A group on a topic asks for every partition of it; another group
+ * for every partition it committed. */
+static void fetch_committed(sl_lag_t *l, const rd_kafka_metadata_t *md,
+                            rd_kafka_topic_partition_list_t **got)
+{
+    char e[512];
     rd_kafka_queue_t *q = rd_kafka_queue_new(l->rk);
-    rd_kafka_AdminOptions_t *o = admin_options(l, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS);
-    rd_kafka_ListConsumerGroupOffsets(l->rk, &req, 1, o, q);
-    rd_kafka_topic_partition_list_t *out = NULL;
-    rd_kafka_event_t *ev = admin_result(q, "OffsetFetch", errstr, errstr_size);
-    if (ev) {
-        size_t n;
-        const rd_kafka_group_result_t **gr = rd_kafka_ListConsumerGroupOffsets_result_groups(
-            rd_kafka_event_ListConsumerGroupOffsets_result(ev), &n);
+    size_t asked = 0;
+    for (size_t i = 0; i < l->ngroups; i++) {
+        group_t *g = &l->groups[i];
+        set_str(&g->error, NULL);
+        rd_kafka_topic_partition_list_t *ask = NULL;
+        if (g->topic) {
+            const rd_kafka_metadata_topic_t *t = NULL;
+            for (int k = 0; k < md->topic_cnt && !t; k++)
+                if (strcmp(md->topics[k].topic, g->topic) == 0 && !md->topics[k].err)
+                    t = &md->topics[k];
+            if (!t) {
+                snprintf(e, sizeof(e), "topic %s does not exist", g->topic);
+                set_str(&g->error, e);
+                continue;
+            }
+            ask = rd_kafka_topic_partition_list_new(t->partition_cnt);
+            for (int k = 0; k < t->partition_cnt; k++)
+                rd_kafka_topic_partition_list_add(ask, g->topic, t->partitions[k].id);
+        }
+        rd_kafka_ListConsumerGroupOffsets_t *req =
+            rd_kafka_ListConsumerGroupOffsets_new(g->name, ask);
+        rd_kafka_AdminOptions_t *o = admin_options(l, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS);
+        rd_kafka_AdminOptions_set_opaque(o, (void *)(uintptr_t)(i + 1));
+        rd_kafka_ListConsumerGroupOffsets(l->rk, &req, 1, o, q);
+        rd_kafka_AdminOptions_destroy(o);
+        rd_kafka_ListConsumerGroupOffsets_destroy(req);
+        if (ask)
+            rd_kafka_topic_partition_list_destroy(ask);
+        set_str(&g->error, "OffsetFetch: no answer"); /* until it comes */
+        asked++;
+    }
+    int64_t deadline = sl_time_mono_ms() + LAG_TIMEOUT_MS + 5000;
+    while (asked && sl_time_mono_ms() < deadline) {
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
+        if (!ev)
+            continue;
+        size_t i = (size_t)(uintptr_t)rd_kafka_event_opaque(ev) - 1;
+        if (i >= l->ngroups || got[i]) {
+            rd_kafka_event_destroy(ev);
+            continue;
+        }
+        asked--;
+        group_t *g = &l->groups[i];
+        size_t n = 0;
+        const rd_kafka_group_result_t **gr =
+            rd_kafka_event_error(ev) ? NULL
+                                     : rd_kafka_ListConsumerGroupOffsets_result_groups(
+                                           rd_kafka_event_ListConsumerGroupOffsets_result(ev), &n);
         const rd_kafka_error_t *ge = n ? rd_kafka_group_result_error(gr[0]) : NULL;
-        if (!n)
-            sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT, "OffsetFetch: no result");
+        if (rd_kafka_event_error(ev))
+            snprintf(e, sizeof(e), "OffsetFetch: %s", rd_kafka_event_error_string(ev));
+        else if (!n)
+            snprintf(e, sizeof(e), "OffsetFetch: no result");
         else if (ge)
-            sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT, "OffsetFetch: %s",
-                       rd_kafka_error_string(ge));
+            snprintf(e, sizeof(e), "OffsetFetch: %s", rd_kafka_error_string(ge));
         else
-            out = rd_kafka_topic_partition_list_copy(rd_kafka_group_result_partitions(gr[0]));
+            got[i] = rd_kafka_topic_partition_list_copy(rd_kafka_group_result_partitions(gr[0]));
+        set_str(&g->error, got[i] ? NULL : e);
         rd_kafka_event_destroy(ev);
     }
-    rd_kafka_AdminOptions_destroy(o);
     rd_kafka_queue_destroy(q);
-    rd_kafka_ListConsumerGroupOffsets_destroy(req);
-    return out;
 }
 
 static part_t *find_old(part_t *parts, size_t n, const char *topic, int32_t partition)
@@ -399,79 +446,15 @@ static int cmp_part(const void *a, const void *b)
     return c ? c : (x->pub.partition > y->pub.partition) - (x->pub.partition < y->pub.partition);
 }
 
-/* Reads the message at each lagging partition's committed offset for its timestamp. */
-static void read_timestamps(sl_lag_t *l, group_t *g, int64_t now)
+/* Rebuilds g's partitions from its committed offsets (NULL: none could be read), carrying
+ * each partition's window over, with who holds it. */
+static void group_parts(sl_lag_t *l, group_t *g, size_t gi, rd_kafka_topic_partition_list_t *got,
+                        const members_t *m)
 {
-    rd_kafka_topic_partition_list_t *want = rd_kafka_topic_partition_list_new(8);
-    for (size_t i = 0; i < g->nparts; i++) {
-        part_t *p = &g->parts[i];
-        p->pub.lag_seconds = p->pub.lag ? -1 : 0;
-        if (p->pub.lag)
-            rd_kafka_topic_partition_list_add(want, p->topic, p->pub.partition)->offset =
-                p->pub.committed >= 0 ? p->pub.committed : p->pub.start;
-    }
-    if (!want->cnt || rd_kafka_assign(l->rk, want) != RD_KAFKA_RESP_ERR_NO_ERROR)
-        goto out;
-    int left = want->cnt;
-    int64_t deadline = sl_time_mono_ms() + LAG_READ_TIMEOUT_MS;
-    while (left && sl_time_mono_ms() < deadline) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(l->rk, 100);
-        if (!m)
-            continue;
-        part_t *p = m->rkt
-                        ? find_old(g->parts, g->nparts, rd_kafka_topic_name(m->rkt), m->partition)
-                        : NULL;
-        if (p && p->pub.lag_seconds < 0) {
-            if (!m->err) {
-                int64_t ts = rd_kafka_message_timestamp(m, NULL);
-                p->pub.lag_seconds = ts > 0 ? (double)(now > ts ? now - ts : 0) / 1000.0 : -1;
-                left--;
-            } else if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-                p->pub.lag_seconds = 0; /* only transaction markers or aborted records left */
-                left--;
-            }
-        }
-        rd_kafka_message_destroy(m);
-    }
-    rd_kafka_assign(l->rk, NULL);
-out:
-    rd_kafka_topic_partition_list_destroy(want);
-}
-
-static void set_str(char **dst, const char *src)
-{
-    free(*dst);
-    *dst = src ? sl_strdup(src) : NULL;
-}
-
-/* One group's sample. md: the cluster's metadata; m: membership. */
-static void sample_group(sl_lag_t *l, group_t *g, size_t gi, const rd_kafka_metadata_t *md,
-                         const members_t *m, int64_t now)
-{
-    char e[512];
-    set_str(&g->error, NULL);
     set_str(&g->state, m->states[gi]);
-    rd_kafka_topic_partition_list_t *ask = NULL, *got = NULL;
-    if (g->topic) {
-        const rd_kafka_metadata_topic_t *t = NULL;
-        for (int i = 0; i < md->topic_cnt && !t; i++)
-            if (strcmp(md->topics[i].topic, g->topic) == 0 && !md->topics[i].err)
-                t = &md->topics[i];
-        if (!t) {
-            snprintf(e, sizeof(e), "topic %s does not exist", g->topic);
-            set_str(&g->error, e);
-            group_clear_parts(g);
-            return;
-        }
-        ask = rd_kafka_topic_partition_list_new(t->partition_cnt);
-        for (int i = 0; i < t->partition_cnt; i++)
-            rd_kafka_topic_partition_list_add(ask, g->topic, t->partitions[i].id);
-    }
-    got = fetch_committed(l, g->name, ask, e, sizeof(e));
     if (!got) {
-        set_str(&g->error, e);
         group_clear_parts(g); /* no stale figures */
-        goto out;
+        return;
     }
     if (!g->topic) /* partitions held but never committed count too */
         for (size_t i = 0; i < m->n; i++)
@@ -488,6 +471,7 @@ static void sample_group(sl_lag_t *l, group_t *g, size_t gi, const rd_kafka_meta
     for (int i = 0; i < got->cnt; i++) {
         const rd_kafka_topic_partition_t *tp = &got->elems[i];
         if (tp->err) {
+            char e[512];
             snprintf(e, sizeof(e), "OffsetFetch %s [%d]: %s", tp->topic, (int)tp->partition,
                      rd_kafka_err2str(tp->err));
             set_str(&g->error, e);
@@ -504,49 +488,161 @@ static void sample_group(sl_lag_t *l, group_t *g, size_t gi, const rd_kafka_meta
             p->win = sl_calloc(l->window, sizeof(*p->win));
         }
         p->pub.committed = tp->offset >= 0 ? tp->offset : -1;
-        int64_t lo = 0, hi = 0;
-        rd_kafka_resp_err_t we = rd_kafka_query_watermark_offsets(l->rk, tp->topic, tp->partition,
-                                                                  &lo, &hi, LAG_TIMEOUT_MS);
-        if (we) {
-            snprintf(e, sizeof(e), "the end offset of %s [%d]: %s", tp->topic, (int)tp->partition,
-                     rd_kafka_err2str(we));
-            set_str(&g->error, e);
-            lo = hi = p->pub.committed > 0 ? p->pub.committed : 0;
-        }
-        p->pub.start = lo;
-        p->pub.end = hi;
-        int64_t from = p->pub.committed >= 0 ? p->pub.committed : lo;
-        p->pub.lag = hi > from ? hi - from : 0;
         const owner_t *ow = owner_of(m, g->name, tp->topic, tp->partition);
         p->owned = !m->known ? -1 : ow ? 1 : 0;
         set_str(&p->consumer_id, ow ? ow->consumer_id : NULL);
         set_str(&p->host, ow ? ow->host : NULL);
         set_str(&p->client_id, ow ? ow->client_id : NULL);
-        if (p->nwin == l->window) {
-            memmove(p->win, p->win + 1, (l->window - 1) * sizeof(*p->win));
-            p->nwin--;
-        }
-        p->win[p->nwin++] = (sl_lag_obs_t){now, p->pub.committed, p->pub.lag};
     }
     group_clear_parts(g); /* what is left of the old ones: partitions gone */
     qsort(parts, n, sizeof(*parts), cmp_part);
     g->parts = parts;
     g->nparts = n;
-    read_timestamps(l, g, now);
-    for (size_t i = 0; i < n; i++) {
-        part_t *p = &parts[i];
-        p->pub.topic = p->topic;
-        p->pub.consumer_id = p->consumer_id;
-        p->pub.host = p->host;
-        p->pub.client_id = p->client_id;
-        p->pub.samples = p->nwin;
-        p->pub.status = sl_lag_evaluate(p->win, p->nwin, p->owned);
+}
+
+/* Adds topic/partition to list unless it is there; returns its element. */
+static rd_kafka_topic_partition_t *add_once(rd_kafka_topic_partition_list_t *list,
+                                            const char *topic, int32_t partition)
+{
+    rd_kafka_topic_partition_t *tp = rd_kafka_topic_partition_list_find(list, topic, partition);
+    return tp ? tp : rd_kafka_topic_partition_list_add(list, topic, partition);
+}
+
+/* The log start and end offsets of every partition of every group, in two ListOffsets rounds
+ * (earliest, latest) for all of them; then each partition's lag and its sample. */
+static void fetch_ends(sl_lag_t *l, int64_t now)
+{
+    rd_kafka_topic_partition_list_t *lo = rd_kafka_topic_partition_list_new(64), *hi;
+    for (size_t i = 0; i < l->ngroups; i++)
+        for (size_t j = 0; j < l->groups[i].nparts; j++)
+            add_once(lo, l->groups[i].parts[j].topic, l->groups[i].parts[j].pub.partition)->offset =
+                RD_KAFKA_OFFSET_BEGINNING; /* ListOffsets' "earliest" */
+    hi = rd_kafka_topic_partition_list_copy(lo);
+    for (int i = 0; i < hi->cnt; i++)
+        hi->elems[i].offset = RD_KAFKA_OFFSET_END; /* "latest": the high watermark */
+    rd_kafka_resp_err_t elo = lo->cnt ? rd_kafka_offsets_for_times(l->rk, lo, LAG_TIMEOUT_MS) : 0;
+    rd_kafka_resp_err_t ehi = hi->cnt ? rd_kafka_offsets_for_times(l->rk, hi, LAG_TIMEOUT_MS) : 0;
+    for (size_t i = 0; i < l->ngroups; i++) {
+        group_t *g = &l->groups[i];
+        for (size_t j = 0; j < g->nparts; j++) {
+            part_t *p = &g->parts[j];
+            const rd_kafka_topic_partition_t *a =
+                rd_kafka_topic_partition_list_find(lo, p->topic, p->pub.partition);
+            const rd_kafka_topic_partition_t *b =
+                rd_kafka_topic_partition_list_find(hi, p->topic, p->pub.partition);
+            rd_kafka_resp_err_t err = a->err ? a->err : b->err;
+            if (!err && (a->offset < 0 || b->offset < 0))
+                err = elo ? elo : ehi; /* the whole request failed (e.g. timed out) */
+            if (err || a->offset < 0 || b->offset < 0) {
+                char e[512];
+                snprintf(e, sizeof(e), "the offsets of %s [%d]: %s", p->topic,
+                         (int)p->pub.partition,
+                         err ? rd_kafka_err2str(err) : "no answer from the partition's leader");
+                set_str(&g->error, e);
+                p->pub.start = p->pub.end = p->pub.committed > 0 ? p->pub.committed : 0;
+            } else {
+                p->pub.start = a->offset;
+                p->pub.end = b->offset;
+            }
+            int64_t from = p->pub.committed >= 0 ? p->pub.committed : p->pub.start;
+            p->pub.lag = p->pub.end > from ? p->pub.end - from : 0;
+            if (p->nwin == l->window) {
+                memmove(p->win, p->win + 1, (l->window - 1) * sizeof(*p->win));
+                p->nwin--;
+            }
+            p->win[p->nwin++] = (sl_lag_obs_t){now, p->pub.committed, p->pub.lag};
+        }
     }
-out:
-    if (ask)
-        rd_kafka_topic_partition_list_destroy(ask);
-    if (got)
-        rd_kafka_topic_partition_list_destroy(got);
+    rd_kafka_topic_partition_list_destroy(lo);
+    rd_kafka_topic_partition_list_destroy(hi);
+}
+
+/* One message to read for its timestamp; several groups at the same offset share it. */
+typedef struct stamp {
+    const char *topic;
+    int32_t partition;
+    int64_t offset;
+    double secs; /* -1 unknown */
+    bool done, in_round;
+} stamp_t;
+
+/* Reads the message at each lagging partition's committed offset for its timestamp: all of
+ * them in one assignment, or one per offset of a partition that groups read at several. */
+static void read_timestamps(sl_lag_t *l, int64_t now)
+{
+    stamp_t *st = NULL;
+    size_t n = 0, cap = 0;
+    for (size_t i = 0; i < l->ngroups; i++)
+        for (size_t j = 0; j < l->groups[i].nparts; j++) {
+            part_t *p = &l->groups[i].parts[j];
+            p->pub.lag_seconds = p->pub.lag ? -1 : 0;
+            if (!p->pub.lag)
+                continue;
+            int64_t off = p->pub.committed >= 0 ? p->pub.committed : p->pub.start;
+            size_t k = 0;
+            while (k < n && !(st[k].partition == p->pub.partition && st[k].offset == off &&
+                              strcmp(st[k].topic, p->topic) == 0))
+                k++;
+            if (k < n)
+                continue;
+            if (n == cap) {
+                cap = cap ? cap * 2 : 16;
+                st = sl_realloc(st, cap * sizeof(*st));
+            }
+            st[n++] = (stamp_t){p->topic, p->pub.partition, off, -1, false, false};
+        }
+    for (size_t left = n; left;) {
+        rd_kafka_topic_partition_list_t *round = rd_kafka_topic_partition_list_new(16);
+        int todo = 0;
+        for (size_t k = 0; k < n; k++) {
+            st[k].in_round = !st[k].done && !rd_kafka_topic_partition_list_find(round, st[k].topic,
+                                                                                st[k].partition);
+            if (st[k].in_round) {
+                rd_kafka_topic_partition_list_add(round, st[k].topic, st[k].partition)->offset =
+                    st[k].offset;
+                todo++;
+            }
+        }
+        if (rd_kafka_assign(l->rk, round) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            int64_t deadline = sl_time_mono_ms() + LAG_READ_TIMEOUT_MS;
+            while (todo && sl_time_mono_ms() < deadline) {
+                rd_kafka_message_t *m = rd_kafka_consumer_poll(l->rk, 100);
+                if (!m)
+                    continue;
+                const char *topic = m->rkt ? rd_kafka_topic_name(m->rkt) : NULL;
+                for (size_t k = 0; topic && k < n; k++) {
+                    if (!st[k].in_round || st[k].done || st[k].partition != m->partition ||
+                        strcmp(st[k].topic, topic) != 0)
+                        continue;
+                    int64_t ts = m->err ? -1 : rd_kafka_message_timestamp(m, NULL);
+                    if (!m->err)
+                        st[k].secs = ts > 0 ? (double)(now > ts ? now - ts : 0) / 1000.0 : -1;
+                    else if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                        st[k].secs = 0; /* only transaction markers or aborted records left */
+                    st[k].done = true;
+                    todo--;
+                }
+                rd_kafka_message_destroy(m);
+            }
+            rd_kafka_assign(l->rk, NULL);
+        }
+        for (size_t k = 0; k < n; k++)
+            if (st[k].in_round) { /* answered or not, tried */
+                st[k].done = true;
+                left--;
+            }
+        rd_kafka_topic_partition_list_destroy(round);
+    }
+    for (size_t i = 0; i < l->ngroups; i++)
+        for (size_t j = 0; j < l->groups[i].nparts; j++) {
+            part_t *p = &l->groups[i].parts[j];
+            int64_t off = p->pub.committed >= 0 ? p->pub.committed : p->pub.start;
+            for (size_t k = 0; p->pub.lag && k < n; k++)
+                if (st[k].partition == p->pub.partition && st[k].offset == off &&
+                    strcmp(st[k].topic, p->topic) == 0)
+                    p->pub.lag_seconds = st[k].secs;
+        }
+    free(st);
 }
 
 /* Rebuilds the views the accessors return, with the group aggregates. */
@@ -613,10 +709,28 @@ int sl_lag_sample(sl_lag_t *l, char *errstr, size_t errstr_size)
     members_t m;
     describe_groups(l, &m);
     int64_t now = sl_time_now_ms();
-    for (size_t i = 0; i < l->ngroups; i++)
-        sample_group(l, &l->groups[i], i, md, &m, now);
+    rd_kafka_topic_partition_list_t **got = sl_calloc(l->ngroups + 1, sizeof(*got));
+    fetch_committed(l, md, got);
+    for (size_t i = 0; i < l->ngroups; i++) {
+        group_parts(l, &l->groups[i], i, got[i], &m);
+        if (got[i])
+            rd_kafka_topic_partition_list_destroy(got[i]);
+    }
+    free(got);
     members_free(&m);
     rd_kafka_metadata_destroy(md);
+    fetch_ends(l, now);
+    read_timestamps(l, now);
+    for (size_t i = 0; i < l->ngroups; i++)
+        for (size_t j = 0; j < l->groups[i].nparts; j++) {
+            part_t *p = &l->groups[i].parts[j];
+            p->pub.topic = p->topic;
+            p->pub.consumer_id = p->consumer_id;
+            p->pub.host = p->host;
+            p->pub.client_id = p->client_id;
+            p->pub.samples = p->nwin;
+            p->pub.status = sl_lag_evaluate(p->win, p->nwin, p->owned);
+        }
     build_views(l);
     return 0;
 }

@@ -163,9 +163,10 @@ def case_real(env):
     def risen():
         s = [x["groups"][0] for x in watch_samples(watch)[-2:]]
         return len(s) == 2 and s[1]["total_lag"] >= N and s[1]["status"] == "ERR" and \
-            s[0]["total_lag"] == s[1]["total_lag"]
-    h.wait_for(f"the watch to show a steady lag of at least {N} and ERR", risen, timeout=60,
-               interval=0.3)
+            s[0]["total_lag"] == s[1]["total_lag"] and \
+            all(p["status"] == "STOP" for p in s[1]["partitions"] if p["lag"])
+    h.wait_for(f"the watch to show a steady lag of at least {N}, every partition with lag STOP",
+               risen, timeout=60, interval=0.3)
     watch.stop()
     samples = [s["groups"][0] for s in watch_samples(watch)]
     trail = [(g["total_lag"], g["status"]) for g in samples]
