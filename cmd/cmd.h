@@ -35,6 +35,7 @@ int cmd_warehouse(int argc, char **argv, const char *config_file); /* cmd/wareho
 int cmd_replay(int argc, char **argv, const char *config_file);    /* cmd/replay.c */
 int cmd_offsets(int argc, char **argv, const char *config_file);   /* cmd/offsets.c */
 int cmd_topics(int argc, char **argv, const char *config_file);    /* cmd/topics.c */
+int cmd_lag(int argc, char **argv, const char *config_file);       /* cmd/lag.c */
 int cmd_version(int argc, char **argv, const char *config_file);   /* cmd/sluice.c */
 
 #endif

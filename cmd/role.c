@@ -9,6 +9,7 @@
 #include "common/health.h"
 #include "common/http.h"
 #include "common/kafka.h"
+#include "common/lag.h"
 #include "common/log.h"
 #include "common/migrate.h"
 #include "common/pg.h"
@@ -26,6 +27,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -130,6 +132,36 @@ static void *create_topics(void *arg)
     return NULL;
 }
 
+/* Samples the consumer lag of the groups this process runs, for /metrics (NULL: none, or
+ * kafka.lag_interval is 0). */
+static sl_lag_monitor_t *start_lag(const sl_conf_t *conf, bool pr, bool rec, bool rt, bool wh)
+{
+    int64_t interval = sl_conf_duration_ms(conf, "kafka.lag_interval");
+    const char *groups[4], *topics[4];
+    char *names[8];
+    size_t n = 0;
+    for (const sl_kafka_group_def_t *d = sl_kafka_pipeline_groups; d->group; d++) {
+        bool mine = strcmp(d->group, "processor") == 0         ? pr
+                    : strcmp(d->group, "failed-recorder") == 0 ? rec
+                    : strcmp(d->group, "router") == 0          ? rt
+                                                               : wh;
+        if (!mine || n == 4)
+            continue;
+        names[2 * n] = sl_kafka_topic(conf, d->group);
+        names[2 * n + 1] = sl_kafka_topic(conf, d->topic);
+        groups[n] = names[2 * n];
+        topics[n] = names[2 * n + 1];
+        n++;
+    }
+    sl_lag_monitor_t *m = n && interval > 0
+                              ? sl_lag_monitor_start(conf, groups, topics, n, interval,
+                                                     (size_t)sl_conf_int(conf, "kafka.lag_window"))
+                              : NULL;
+    for (size_t i = 0; i < 2 * n; i++)
+        free(names[i]);
+    return m;
+}
+
 /* The gateway's cap on request bodies held at once: its in-flight size, but never below the
  * largest single request it accepts. */
 static size_t max_buffered(const sl_conf_t *conf)
@@ -171,6 +203,7 @@ int cmd_role(int argc, char **argv, const char *config_file)
     pr_failed_recorder_t *rec = NULL;
     rt_router_t *rt = NULL;
     wh_warehouse_t *wh = NULL;
+    sl_lag_monitor_t *lag = NULL;
     sl_wsconf_t *ws = NULL;
     sl_pg_t *pg = NULL;
     const char *dsn = sl_conf_str(conf, "postgres.dsn");
@@ -313,6 +346,7 @@ int cmd_role(int argc, char **argv, const char *config_file)
             fprintf(stderr, "sluice %s: could not start the warehouse: %s\n", role, err);
             goto drain;
         }
+        lag = start_lag(conf, run_pr, rec != NULL, run_rt, run_wh);
         sl_info("sluice", "%s running", role);
         sl_health_set("startup", true, NULL);
         for (char c; (c = wait_signal(-1)) != 't';)
@@ -332,6 +366,7 @@ drain:
     if (topics_started)
         pthread_join(topics_thread, NULL);
     topics_started = false;
+    sl_lag_monitor_stop(lag);
     pr_processor_stop(pr);
     pr_failed_recorder_stop(rec);
     rt_router_stop(rt);

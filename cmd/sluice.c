@@ -24,6 +24,7 @@ static const sl_cmd_t commands[] = {
      "show a consumer group's offsets or reset them (a replay), as kafka-consumer-groups",
      cmd_offsets},
     {"topics", "create the pipeline's topics on the cluster, or list them", cmd_topics},
+    {"lag", "show consumer lag per group and partition, with a Burrow-style status", cmd_lag},
     {"config", "print the effective configuration or the configuration reference", cmd_config},
     {"dev-kafka", "run the embedded Kafka-protocol dev broker with a fault-injection control",
      cmd_dev_kafka},

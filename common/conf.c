@@ -63,6 +63,13 @@ static const sl_conf_opt_t options[] = {
      "Create the pipeline's topics that are missing when a role starts (`kafka.partitions`, "
      "`kafka.replication_factor`, `kafka.retention`)."},
 
+    {"kafka.lag_interval", SL_CONF_DURATION, "30s", 0, 3600000, NULL, 0,
+     "How often each role samples the consumer lag of its own groups for /metrics "
+     "(`kafka_consumergroup_group_lag` and the rest, see Consumer lag); 0 turns it off."},
+    {"kafka.lag_window", SL_CONF_INT, "10", 2, 1000, NULL, 0,
+     "Samples in the sliding window over which a group's Burrow status "
+     "(`sluice_consumergroup_status`) is evaluated: 10 samples at 30s span 4.5 minutes."},
+
     /* Postgres */
     {"postgres.dsn", SL_CONF_STR, "", NO_RANGE, NULL, SL_CONF_SECRET,
      "libpq connection string or URI for job status, uploads and the last good workspace "

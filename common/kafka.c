@@ -22,6 +22,13 @@ _Static_assert(sizeof(sl_kafka_pipeline_topics) / sizeof(sl_kafka_pipeline_topic
                    SL_KAFKA_N_PIPELINE_TOPICS + 1,
                "SL_KAFKA_N_PIPELINE_TOPICS counts sl_kafka_pipeline_topics");
 
+const sl_kafka_group_def_t sl_kafka_pipeline_groups[] = {
+    {SL_GROUP_PROCESSOR, SL_TOPIC_EVENTS},    /* processor/processor.c */
+    {SL_GROUP_ROUTER, SL_TOPIC_DELIVERY},     /* router/router.c */
+    {SL_GROUP_WAREHOUSE, SL_TOPIC_WAREHOUSE}, /* warehouse/warehouse.c */
+    {SL_GROUP_FAILED, SL_TOPIC_FAILED},       /* processor/failed.c */
+    {NULL, NULL}};
+
 /* The bootstrap list, for error messages from librdkafka's threads. */
 static char bootstrap[512];
 
@@ -651,10 +658,32 @@ size_t sl_kafka_offsets_pending(sl_kafka_offsets_t *o)
     return n;
 }
 
+/* With nothing pending on a partition, the consumer's position may be past p->next: the
+ * transaction markers that follow a transactional producer's messages are never handed to the
+ * application, and committing only "last message + 1" would leave a lag of 1 per partition
+ * for ever (librdkafka issue #2539; Java consumers commit their position for the same
+ * reason). Called with o->lock held, on the thread that polls. */
+static void skip_markers(sl_kafka_offsets_t *o, rd_kafka_t *consumer)
+{
+    rd_kafka_topic_partition_list_t *pos = rd_kafka_topic_partition_list_new((int)o->nparts);
+    for (size_t i = 0; i < o->nparts; i++)
+        if (!o->parts[i]->len && o->parts[i]->next >= 0)
+            rd_kafka_topic_partition_list_add(pos, o->parts[i]->topic, o->parts[i]->partition);
+    if (pos->cnt && rd_kafka_position(consumer, pos) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        for (int i = 0; i < pos->cnt; i++) {
+            part_t *p = find_part(o, pos->elems[i].topic, pos->elems[i].partition, false);
+            if (p && !pos->elems[i].err && pos->elems[i].offset > p->next)
+                p->next = pos->elems[i].offset;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(pos);
+}
+
 int sl_kafka_offsets_commit(sl_kafka_offsets_t *o, rd_kafka_t *consumer, bool sync)
 {
     rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(8);
     pthread_mutex_lock(&o->lock);
+    skip_markers(o, consumer);
     for (size_t i = 0; i < o->nparts; i++) {
         part_t *p = o->parts[i];
         if (p->next > p->committed) {

@@ -34,6 +34,13 @@ extern const char *const sl_kafka_pipeline_topics[];
  * when group is not one of Sluice's. The caller frees the result. */
 char *sl_kafka_group_topic(const sl_conf_t *conf, const char *group);
 
+/* The pipeline's consumer groups, kafka.topic_prefix + group, each consuming prefix + topic.
+ * Ends with {NULL, NULL}. */
+typedef struct sl_kafka_group_def {
+    const char *group, *topic;
+} sl_kafka_group_def_t;
+extern const sl_kafka_group_def_t sl_kafka_pipeline_groups[];
+
 /* Creates the pipeline's topics that do not exist yet (kafka.partitions partitions,
  * kafka.replication_factor replicas, kafka.retention), so consumers never subscribe to a
  * missing topic. Returns 0, or an error (e.g. not authorized) in errstr; callers log it and go
@@ -149,7 +156,11 @@ void sl_kafka_offsets_done(sl_kafka_offsets_t *o, const char *topic, int32_t par
                            int64_t offset);
 /* Messages tracked but not yet done, over all partitions. */
 size_t sl_kafka_offsets_pending(sl_kafka_offsets_t *o);
-/* Commits what is committable (async unless sync). Returns 0 or an rd_kafka_resp_err_t. */
+/* Commits what is committable (async unless sync). A partition with nothing pending is
+ * committed up to the consumer's position, past the transaction markers the application never
+ * sees, so a consumer of a transactional topic reaches a lag of 0. Call it on the thread that
+ * polls the consumer, after tracking every message polled (the position covers them all).
+ * Returns 0 or an rd_kafka_resp_err_t. */
 int sl_kafka_offsets_commit(sl_kafka_offsets_t *o, rd_kafka_t *consumer, bool sync);
 /* Forgets the partitions (after a revoke); their uncommitted messages will be redelivered. */
 void sl_kafka_offsets_forget(sl_kafka_offsets_t *o, const rd_kafka_topic_partition_list_t *parts);

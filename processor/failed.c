@@ -29,6 +29,7 @@ static const char insert_sql[] =
 
 struct pr_failed_recorder {
     rd_kafka_t *consumer;
+    sl_kafka_offsets_t *offsets; /* touched by the recorder thread only */
     sl_pg_t *pg;
     char *topic, *group;
     pthread_t thread;
@@ -94,11 +95,20 @@ static int record(pr_failed_recorder_t *r, const rd_kafka_message_t *m, char *er
     return rc ? -1 : 0;
 }
 
+/* Before partitions go: commit what is recorded and forget them (on the recorder thread, from
+ * inside its poll). */
+static void on_revoke(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    pr_failed_recorder_t *r = opaque;
+    sl_kafka_offsets_commit(r->offsets, rk, true);
+    sl_kafka_offsets_forget(r->offsets, parts);
+}
+
 static void *recorder_main(void *arg)
 {
     pr_failed_recorder_t *r = arg;
     rd_kafka_message_t *batch[BATCH_MAX];
-    int64_t backoff = 100;
+    int64_t backoff = 100, last_commit = sl_time_mono_ms();
     while (!atomic_load(&r->stop)) {
         size_t n = 0;
         rd_kafka_message_t *m = rd_kafka_consumer_poll(r->consumer, 200);
@@ -108,16 +118,25 @@ static void *recorder_main(void *arg)
                     sl_warn("failed-events", "kafka consumer: %s", rd_kafka_message_errstr(m));
                 rd_kafka_message_destroy(m);
             } else {
+                sl_kafka_offsets_track(r->offsets, r->topic, m->partition, m->offset);
                 batch[n++] = m;
             }
             m = n < BATCH_MAX ? rd_kafka_consumer_poll(r->consumer, 0) : NULL;
         }
-        if (!n)
+        if (!n) {
+            /* Idle: the position may have moved past transaction markers since. */
+            if (sl_time_mono_ms() - last_commit >= 1000) {
+                sl_kafka_offsets_commit(r->offsets, r->consumer, false);
+                last_commit = sl_time_mono_ms();
+            }
             continue;
+        }
         char err[1024];
         size_t done = 0;
         while (done < n && !atomic_load(&r->stop)) {
             if (record(r, batch[done], err, sizeof(err)) == 0) {
+                sl_kafka_offsets_done(r->offsets, r->topic, batch[done]->partition,
+                                      batch[done]->offset);
                 done++;
                 backoff = 100;
                 continue;
@@ -131,13 +150,11 @@ static void *recorder_main(void *arg)
         if (done == n) {
             sl_health_set("postgres", true, NULL);
             sl_metrics_add(r->m_recorded, (double)n);
-            /* Commit after the rows: the offset after the last recorded message. */
-            rd_kafka_commit_message(r->consumer, batch[n - 1], 0);
-        } else {
-            /* Stopping: nothing past the recorded prefix is committed; it comes back. */
-            if (done)
-                rd_kafka_commit_message(r->consumer, batch[done - 1], 0);
         }
+        /* Commit after the rows; stopping, nothing past the recorded prefix is committed (it
+         * comes back). */
+        sl_kafka_offsets_commit(r->offsets, r->consumer, done < n);
+        last_commit = sl_time_mono_ms();
         for (size_t i = 0; i < n; i++)
             rd_kafka_message_destroy(batch[i]);
     }
@@ -158,7 +175,8 @@ pr_failed_recorder_t *pr_failed_recorder_start(const sl_conf_t *conf, char *errs
     r->group = sl_kafka_topic(conf, SL_GROUP_FAILED);
     r->pg = sl_pg_new(dsn);
     const char *topics[] = {r->topic, NULL};
-    r->consumer = sl_kafka_consumer_new(conf, r->group, topics, NULL, NULL, errstr, errstr_size);
+    r->offsets = sl_kafka_offsets_new();
+    r->consumer = sl_kafka_consumer_new(conf, r->group, topics, on_revoke, r, errstr, errstr_size);
     if (!r->consumer)
         goto fail;
     r->m_recorded = sl_metrics_counter("sluice_processor_failed_recorded_total",
@@ -171,6 +189,7 @@ pr_failed_recorder_t *pr_failed_recorder_start(const sl_conf_t *conf, char *errs
     return r;
 fail:
     sl_kafka_consumer_destroy(r->consumer);
+    sl_kafka_offsets_destroy(r->offsets);
     sl_pg_destroy(r->pg);
     free(r->topic);
     free(r->group);
@@ -185,6 +204,7 @@ void pr_failed_recorder_stop(pr_failed_recorder_t *r)
     atomic_store(&r->stop, true);
     pthread_join(r->thread, NULL);
     sl_kafka_consumer_destroy(r->consumer);
+    sl_kafka_offsets_destroy(r->offsets);
     sl_pg_destroy(r->pg);
     free(r->topic);
     free(r->group);

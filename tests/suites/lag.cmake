@@ -1,0 +1,6 @@
+# Tests of consumer lag (common/lag.c, cmd/lag.c, the roles' lag gauges).
+sluice_test(NAME unit.lag SOURCES unit/test_lag.c)
+sluice_py_test(NAME e2e.ops.lag SCRIPT e2e/test_lag.py ARGS --kafka real FIXTURES "postgres;kafka"
+               TIMEOUT 180)
+sluice_py_test(NAME e2e.ops.lag.embedded SCRIPT e2e/test_lag.py ARGS --kafka embedded
+               FIXTURES postgres TIMEOUT 120)
