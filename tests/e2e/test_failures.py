@@ -76,7 +76,9 @@ def case_workspace(env):
     sink = h.Sink(env)
     env.write_workspace('{"sources": [ {"id": "broken"')  # truncated JSON
     p = env.start("all", SLUICE_KAFKA_BROKERS="")
-    h.wait_for("/health to answer", lambda: health(p)[0] != 0, timeout=30)
+    # Until the first attempt to read the file, /health says it is not loaded yet.
+    h.wait_for("/health to name the broken file", lambda: env.ws_path in json.dumps(health(p)[1]),
+               timeout=30)
     status, body = health(p)
     assert status == 503 and not body["checks"]["workspace"]["ok"], (status, body)
     detail = body["checks"]["workspace"]["detail"]
