@@ -20,37 +20,50 @@ import json
 import harness as h
 
 
-def sink_deliveries(path, timeout_ms):
-    """Reads a dev sink's --out file. Returns (deliveries, attempts, late): deliveries is a
-    list of (messageId, userId, seq) in arrival order; attempts counts every event received
-    (any answer); late counts events answered 2xx after timeout_ms."""
-    deliveries, attempts, late = [], 0, 0
-    try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        return deliveries, attempts, late
-    with f:
-        for line in f:
-            if not line.endswith("\n"):
-                break  # being written
-            rec = json.loads(line)
-            try:
-                body = json.loads(rec["body"])
-            except ValueError:
-                continue
-            events = body if isinstance(body, list) else [body]
-            attempts += len(events)
-            status, delay = rec.get("status", 200), rec.get("delay_ms", 0)
-            if not 200 <= status < 300:
-                continue
-            if delay >= timeout_ms:
-                late += len(events)
-                continue
-            for e in events:
-                if isinstance(e, dict):
-                    deliveries.append((e.get("messageId"), e.get("userId"),
-                                       (e.get("properties") or {}).get("seq")))
-    return deliveries, attempts, late
+class SinkReader:
+    """Reads a dev sink's --out file incrementally (each call reads what was appended since
+    the last). deliveries: (messageId, userId, seq) in arrival order; attempts counts every
+    event received (any answer); late counts events answered 2xx after timeout_ms."""
+
+    def __init__(self, path, timeout_ms):
+        self.path, self.timeout_ms = path, timeout_ms
+        self.offset = 0
+        self.deliveries, self.attempts, self.late = [], 0, 0
+
+    def read(self):
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            return self
+        with f:
+            f.seek(self.offset)
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # being written
+                self.offset += len(line)
+                self._record(json.loads(line))
+        return self
+
+    def ids(self):
+        return {m for m, _, _ in self.deliveries}
+
+    def _record(self, rec):
+        try:
+            body = json.loads(rec["body"])
+        except ValueError:
+            return
+        events = body if isinstance(body, list) else [body]
+        self.attempts += len(events)
+        status, delay = rec.get("status", 200), rec.get("delay_ms", 0)
+        if not 200 <= status < 300:
+            return
+        if delay >= self.timeout_ms:
+            self.late += len(events)
+            return
+        for e in events:
+            if isinstance(e, dict):
+                self.deliveries.append((e.get("messageId"), e.get("userId"),
+                                        (e.get("properties") or {}).get("seq")))
 
 
 def warehouse_rows(dsn, namespace, table="tracks"):
