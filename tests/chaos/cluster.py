@@ -165,6 +165,9 @@ class World:
     def base_env(self):
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
         env["SLUICE_LOG_LEVEL"] = "info"
+        if os.environ.get("SLUICE_KAFKA_DEBUG"):  # librdkafka's debug contexts, e.g. eos,msg
+            env["SLUICE_KAFKA_DEBUG"] = os.environ["SLUICE_KAFKA_DEBUG"]
+            env["SLUICE_LOG_LEVEL"] = "debug"
         return env
 
     def write_workspace(self, cfg):
