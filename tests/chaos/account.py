@@ -11,11 +11,17 @@ Definitions (per destination):
 - *Duplicates*: deliveries beyond the first of the same messageId.
 - *Order*: each user's deliveries must carry non-decreasing sequence numbers, in the order the
   sink received them. A delivery of seq s after a delivery of a later seq t > s is a violation:
-  `reorder` if it is the first delivery of s (s overtook by t), `replay` if s had been delivered
+  `reorder` if it is the first delivery of s (t overtook it), `replay` if s had been delivered
   before (an earlier event sent again after a later one). A repeat of the latest seq is only a
   duplicate. Warehouse rows have no arrival order; they are checked for presence and duplicates.
+- A replay is *explained* when the router had a reason to send the event again: a router was
+  SIGKILLed between its first delivery and the replay (a delivery whose outcome was not yet in
+  Postgres is sent again by the partition's next owner), or the router recorded a failed
+  attempt for it (sluice_jobs state `failed`: a timed-out batch is sent again whole). Every
+  other replay, and every reorder, is a bug.
 """
 import json
+from datetime import datetime
 
 import harness as h
 
@@ -45,7 +51,7 @@ class SinkReader:
         return self
 
     def ids(self):
-        return {m for m, _, _ in self.deliveries}
+        return {d[0] for d in self.deliveries}
 
     def _record(self, rec):
         try:
@@ -60,10 +66,11 @@ class SinkReader:
         if delay >= self.timeout_ms:
             self.late += len(events)
             return
+        at = datetime.fromisoformat(rec["ts"].replace("Z", "+00:00")).timestamp()
         for e in events:
             if isinstance(e, dict):
                 self.deliveries.append((e.get("messageId"), e.get("userId"),
-                                        (e.get("properties") or {}).get("seq")))
+                                        (e.get("properties") or {}).get("seq"), at))
 
 
 def warehouse_rows(dsn, namespace, table="tracks"):
@@ -85,21 +92,39 @@ def dead_letters(dsn):
     return {(r[0], r[1]): (r[2], r[3]) for r in rows}
 
 
-def check_order(deliveries):
-    """Returns (violations, duplicates, counts): violations as dicts; counts messageId ->
-    deliveries."""
+def failed_attempts(dsn):
+    """(messageId, destination_id) of jobs with a failed attempt recorded in sluice_jobs."""
+    try:
+        rows = h.psql(dsn, "SELECT DISTINCT message_id, destination_id FROM sluice_jobs "
+                      "WHERE state = 'failed'")
+    except Exception:  # noqa: BLE001
+        return set()
+    return {(r[0], r[1]) for r in rows}
+
+
+def check_order(deliveries, dest_id=None, router_kills=(), failed=frozenset()):
+    """Returns (violations, duplicates, counts): violations as dicts (kind reorder or replay;
+    a replay with its explanation); counts messageId -> deliveries. router_kills: epoch times
+    of router SIGKILLs; failed: (messageId, destination) pairs with a failed attempt."""
     last = {}  # user -> highest seq delivered
-    counts = {}
+    counts, first_at = {}, {}
     violations = []
-    for mid, user, seq in deliveries:
+    for mid, user, seq, at in deliveries:
         seen = counts.get(mid, 0)
         counts[mid] = seen + 1
+        first_at.setdefault(mid, at)
         if seq is None or user is None:
             continue
         top = last.get(user)
         if top is not None and seq < top:
-            violations.append({"user": user, "seq": seq, "after_seq": top, "messageId": mid,
-                               "kind": "replay" if seen else "reorder"})
+            v = {"user": user, "seq": seq, "after_seq": top, "messageId": mid,
+                 "kind": "replay" if seen else "reorder"}
+            if seen:
+                if any(first_at[mid] - 1 <= k <= at for k in router_kills):
+                    v["explained"] = "router SIGKILLed in between"
+                elif (mid, dest_id) in failed:
+                    v["explained"] = "router recorded a failed attempt"
+            violations.append(v)
         elif top is None or seq > top:
             last[user] = seq
     dups = sum(n - 1 for n in counts.values() if n > 1)
@@ -136,6 +161,14 @@ def account_destination(dest_id, acked, counts, dlq, resent, late=0, attempts=No
     if violations is not None:
         out["order_violations"] = len(violations)
         out["order_violations_by_kind"] = {
-            k: sum(1 for v in violations if v["kind"] == k) for k in ("reorder", "replay")}
-        out["order_violations_sample"] = violations[:20]
+            "reorder": sum(1 for v in violations if v["kind"] == "reorder"),
+            "replay_after_router_kill": sum(
+                1 for v in violations if v.get("explained", "").startswith("router SIGKILL")),
+            "replay_after_failed_attempt": sum(
+                1 for v in violations if v.get("explained", "").startswith("router recorded")),
+            "replay_unexplained": sum(
+                1 for v in violations if v["kind"] == "replay" and "explained" not in v)}
+        out["order_violations_sample"] = (
+            [v for v in violations if "explained" not in v][:10] +
+            [v for v in violations if "explained" in v][:10])
     return out

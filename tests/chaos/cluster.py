@@ -14,7 +14,7 @@ import time
 import harness as h
 
 WRITE_KEY = "chaos-write-key"
-ROUTER_TIMEOUT_MS = 1000  # router.timeout: a sink answer later than this is a timeout
+ROUTER_TIMEOUT_MS = 3000  # router.timeout: a sink answer later than this is a timeout
 
 
 def service_env():
@@ -259,7 +259,7 @@ class FaultLog:
         start = time.time()
         h.log(f"fault +{start - self.t0:6.1f}s {kind} {target} {detail}")
         rec = {"kind": kind, "target": target, "detail": detail,
-               "at_s": round(start - self.t0, 1)}
+               "at_s": round(start - self.t0, 1), "at_epoch": round(start, 3)}
         try:
             extra = fn()
             if isinstance(extra, dict):
