@@ -123,7 +123,6 @@ static sl_http_result_t handle_record(sl_http_req_t *req, void *opaque)
     sl_http_req_headers_foreach(req, add_header_json, &b);
     sl_buf_puts(&b, "},\"body\":");
     sl_buf_json_str(&b, body, len);
-    sl_buf_putc(&b, '}');
 
     pthread_mutex_lock(&s->lock);
     int status = 200, delay = 0;
@@ -138,6 +137,9 @@ static sl_http_result_t handle_record(sl_http_req_t *req, void *opaque)
             s->count = -1;
         }
     }
+    /* The answer is part of the record: a request answered 5xx, or after the client gave up
+     * waiting, was an attempt, not a delivery. */
+    sl_buf_printf(&b, ",\"status\":%d,\"delay_ms\":%d}", status, delay);
     s->received++;
     if (status >= 100 && status < 600)
         s->by_status[status]++;
@@ -296,8 +298,9 @@ int cmd_dev_sink(int argc, char **argv, const char *config_file)
         case 'h':
             puts("usage: sluice dev-sink [--host 127.0.0.1] [--port 9090] [--out FILE]\n\n"
                  "A local HTTP destination. Every request (any path but /_sink/*) is recorded as\n"
-                 "a JSON line {ts, method, path, headers, body} to FILE (default stdout) and in\n"
-                 "memory, and answered as the mode says (default 200). Control:\n"
+                 "a JSON line {ts, method, path, headers, body, status, delay_ms} to FILE\n"
+                 "(default stdout) and in memory, and answered as the mode says (default 200;\n"
+                 "status and delay_ms are the answer given). Control:\n"
                  "  POST /_sink/mode "
                  "{\"status\":500,\"delay_ms\":0,\"match\":\"text\",\"count\":N}\n"
                  "       status and delay for requests whose body contains match (all if\n"

@@ -122,6 +122,9 @@ def run(base, out):
     # ?since=N returns requests from index N.
     reqs = json.loads(http("GET", base + "/_sink/requests?since=6")[1])
     check([r["body"] for r in reqs] == ["fail-me again", "fail-me third"], f"since=6: {reqs}")
+    # Each record carries the answer given.
+    check([(r["status"], r["delay_ms"]) for r in reqs] == [(500, 0), (200, 0)],
+          f"recorded answers: {reqs}")
     check(http("GET", base + "/_sink/requests?since=x")[0] == 400, "bad since is 400")
 
     # Bad modes are refused with a reason.
