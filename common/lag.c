@@ -19,8 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LAG_TIMEOUT_MS      10000 /* one admin request or metadata call */
-#define LAG_READ_TIMEOUT_MS 5000  /* reading the messages at the committed offsets */
+#define LAG_TIMEOUT_MS      SL_KAFKA_ADMIN_TIMEOUT_MS /* one admin request or metadata call */
+#define LAG_READ_TIMEOUT_MS 5000 /* reading the messages at the committed offsets */
 
 static const char *const status_names[] = {"NOTFOUND", "OK",    "WARN",  "ERR",
                                            "STOP",     "STALL", "REWIND"};
@@ -192,42 +192,16 @@ size_t sl_lag_groups(const sl_lag_t *l, const sl_lag_group_t **groups)
     return l->view ? l->ngroups : 0;
 }
 
-/* Waits for the one result event of an admin call on q. Returns it (the caller destroys it)
- * or NULL with errstr set. */
-static rd_kafka_event_t *admin_result(rd_kafka_queue_t *q, const char *what, char *errstr,
-                                      size_t errstr_size)
-{
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, LAG_TIMEOUT_MS + 5000);
-    if (!ev) {
-        sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT, "no answer to %s within %d s", what,
-                   (LAG_TIMEOUT_MS + 5000) / 1000);
-        return NULL;
-    }
-    if (rd_kafka_event_error(ev)) {
-        sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT, "%s: %s", what,
-                   rd_kafka_event_error_string(ev));
-        rd_kafka_event_destroy(ev);
-        return NULL;
-    }
-    return ev;
-}
-
-static rd_kafka_AdminOptions_t *admin_options(sl_lag_t *l, rd_kafka_admin_op_t op)
-{
-    rd_kafka_AdminOptions_t *o = rd_kafka_AdminOptions_new(l->rk, op);
-    rd_kafka_AdminOptions_set_request_timeout(o, LAG_TIMEOUT_MS, NULL, 0);
-    return o;
-}
-
 /* ListGroups; watches the groups found. Returns 0, or an sl_err_t with errstr. */
 static int list_groups(sl_lag_t *l, char *errstr, size_t errstr_size)
 {
     rd_kafka_queue_t *q = rd_kafka_queue_new(l->rk);
-    rd_kafka_AdminOptions_t *o = admin_options(l, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPS);
+    rd_kafka_AdminOptions_t *o =
+        sl_kafka_admin_options(l->rk, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPS);
     rd_kafka_ListConsumerGroups(l->rk, o, q);
     char e[512];
     int rc = 0;
-    rd_kafka_event_t *ev = admin_result(q, "ListGroups", e, sizeof(e));
+    rd_kafka_event_t *ev = sl_kafka_admin_wait(q, "ListGroups", e, sizeof(e));
     if (ev) {
         const rd_kafka_ListConsumerGroups_result_t *res =
             rd_kafka_event_ListConsumerGroups_result(ev);
@@ -281,10 +255,11 @@ static void describe_groups(sl_lag_t *l, members_t *m)
     for (size_t i = 0; i < l->ngroups; i++)
         names[i] = l->groups[i].name;
     rd_kafka_queue_t *q = rd_kafka_queue_new(l->rk);
-    rd_kafka_AdminOptions_t *o = admin_options(l, RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS);
+    rd_kafka_AdminOptions_t *o =
+        sl_kafka_admin_options(l->rk, RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS);
     rd_kafka_DescribeConsumerGroups(l->rk, names, l->ngroups, o, q);
     char e[512];
-    rd_kafka_event_t *ev = admin_result(q, "DescribeGroups", e, sizeof(e));
+    rd_kafka_event_t *ev = sl_kafka_admin_wait(q, "DescribeGroups", e, sizeof(e));
     size_t cap = 0;
     if (ev) {
         size_t n;
@@ -389,7 +364,8 @@ static void fetch_committed(sl_lag_t *l, const rd_kafka_metadata_t *md,
         }
         rd_kafka_ListConsumerGroupOffsets_t *req =
             rd_kafka_ListConsumerGroupOffsets_new(g->name, ask);
-        rd_kafka_AdminOptions_t *o = admin_options(l, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS);
+        rd_kafka_AdminOptions_t *o =
+            sl_kafka_admin_options(l->rk, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS);
         rd_kafka_AdminOptions_set_opaque(o, (void *)(uintptr_t)(i + 1));
         rd_kafka_ListConsumerGroupOffsets(l->rk, &req, 1, o, q);
         rd_kafka_AdminOptions_destroy(o);
