@@ -32,11 +32,18 @@ const char *sl_lag_status_name(sl_lag_status_t s)
 
 sl_lag_status_t sl_lag_evaluate(const sl_lag_obs_t *w, size_t n, int owned)
 {
-    if (!n)
+    if (!n || w[n - 1].lag == 0)
         return SL_LAG_OK;
-    for (size_t i = 0; i < n; i++)
+    size_t zero = n; /* the latest sample with lag 0 */
+    for (size_t i = 0; i < n - 1; i++)
         if (w[i].lag == 0)
-            return SL_LAG_OK;
+            zero = i;
+    if (zero < n) {
+        for (size_t i = zero + 1; i < n; i++)
+            if (w[i].lag < w[i - 1].lag)
+                return SL_LAG_OK;
+        return SL_LAG_WARN;
+    }
     for (size_t i = 1; i < n; i++)
         if (w[i].offset < w[i - 1].offset)
             return SL_LAG_REWIND;

@@ -40,7 +40,10 @@ typedef struct sl_lag_obs {
 
 /*
  * Burrow's rules for one partition over its window w[0..n-1] (oldest first), in order:
- *   1. the lag of some sample (the latest included) is 0: OK;
+ *   1. the lag of the latest sample is 0: OK; the lag of an earlier sample is 0: WARN if the
+ *      lag never went down since that sample, else OK (Burrow says OK for any zero; Sluice
+ *      says WARN for a consumer that was caught up within the window and has fallen behind
+ *      since, so a consumer that stops goes OK, WARN, then STOP or STALL);
  *   2. the committed offset went back between two samples: REWIND;
  *   3. the committed offset did not move over the window and no member of the group holds
  *      the partition now (owned == 0): STOP;

@@ -23,13 +23,22 @@ static void test_rules(void **state)
     (void)state;
     assert_int_equal(sl_lag_evaluate(NULL, 0, 1), SL_LAG_OK);
 
-    /* 1: a zero lag anywhere in the window is OK, whatever else happened */
+    /* 1: a zero lag in the latest sample is OK; a zero earlier in the window is never an
+     * error: WARN while the lag has only grown since (a consumer that stopped, before the
+     * window is all lag), OK once it went down */
     int64_t o1[] = {5, 5, 5}, l1[] = {0, 3, 9};
-    assert_int_equal(EVAL(0, o1, l1), SL_LAG_OK);
+    assert_int_equal(EVAL(0, o1, l1), SL_LAG_WARN);
+    assert_int_equal(EVAL(1, o1, l1), SL_LAG_WARN);
     int64_t o1b[] = {9, 2, 2}, l1b[] = {4, 0, 6};
-    assert_int_equal(EVAL(1, o1b, l1b), SL_LAG_OK);
+    assert_int_equal(EVAL(1, o1b, l1b), SL_LAG_WARN);
     int64_t o1c[] = {5, 5, 9}, l1c[] = {4, 4, 0}; /* caught up now */
     assert_int_equal(EVAL(1, o1c, l1c), SL_LAG_OK);
+    int64_t o1d[] = {5, 5, 5}, l1d[] = {0, 6, 6}; /* fixed since: still WARN */
+    assert_int_equal(EVAL(0, o1d, l1d), SL_LAG_WARN);
+    int64_t o1e[] = {5, 7, 9}, l1e[] = {0, 6, 3}; /* went down since: OK */
+    assert_int_equal(EVAL(1, o1e, l1e), SL_LAG_OK);
+    int64_t o1f[] = {5, 5, 9, 9}, l1f[] = {3, 0, 2, 0}; /* bursty, caught up: OK */
+    assert_int_equal(EVAL(1, o1f, l1f), SL_LAG_OK);
 
     /* 2: the offset went back: REWIND, before STOP */
     int64_t o2[] = {10, 12, 7}, l2[] = {3, 3, 8};
