@@ -12,6 +12,8 @@ a Postgres warehouse (a second database on the test Postgres), checked with SQL.
                    lapses and loads it, every row once
   --case commands  `sluice warehouse uploads` (text and --json); an upload that fails is
                    retried with backoff, aborted, and `sluice warehouse retry` loads it
+  --case options   warehouse.workers, .load_parallelism and .lease: three uploads claimed at
+                   once, an upload's tables loading in parallel, 3 s claims
 """
 import argparse
 import json
@@ -554,8 +556,81 @@ def case_badevents(env):
         h.fail("sluice all did not stop cleanly")
 
 
+def lock_tables(wh, tables):
+    """A psql session holding tables ACCESS EXCLUSIVE until unlock(); waits for the lock."""
+    locker = subprocess.Popen(["psql", wh.dsn, "-X", "-q", "-c",
+                               f"BEGIN; LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE "
+                               "MODE; SELECT pg_sleep(60)"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    h.wait_for("the locks", lambda: wh.one(
+        "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND granted AND "
+        "relation IS NOT NULL AND locktype = 'relation' AND pid <> pg_backend_pid()") != "0", 10)
+
+    def unlock():
+        # The server ends the lock's transaction (a killed psql leaves its backend asleep).
+        wh.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE "
+               "'%pg_sleep(60)%' AND pid <> pg_backend_pid()")
+        locker.kill()
+        locker.wait()
+    return unlock
+
+
+def case_options(env):
+    """warehouse.workers, .load_parallelism and .lease: three destinations' uploads are claimed
+    at once by workers #0, #1 and #2 with a 3 s lease, and while each upload's first table
+    (item_viewed, before tracks by name at equal size) waits on a lock, its tracks loads over a
+    second connection."""
+    wh = Warehouse(env)
+    nss = ["o1", "o2", "o3"]
+    env.write_workspace(config([pg_dest(f"d-{n}", wh, namespace=n) for n in nss]))
+    h.create_topics(env)
+    p = env.start("all", **wh_env(env, SLUICE_WAREHOUSE_WORKERS="3",
+                                  SLUICE_WAREHOUSE_LOAD_PARALLELISM="2",
+                                  SLUICE_WAREHOUSE_LEASE="3s"))
+    env.wait_healthy(p)
+    send(p, "/v1/track", {"userId": "u0", "event": "Item Viewed", "messageId": "o-0"})
+    for n in nss:
+        wh.wait_count(n, "item_viewed", 1)
+    wait_uploads_settled(env, p)
+    unlock = lock_tables(wh, [f"{n}.item_viewed" for n in nss])
+    try:
+        send(p, "/v1/track", {"userId": "u1", "event": "Item Viewed", "messageId": "o-1"})
+        for n in nss:  # tracks loads beside the blocked item_viewed
+            wh.wait_count(n, "tracks", 2, timeout=20)
+
+        def held():
+            r = h.psql(env.dsn, "SELECT u.claimed_by, extract(epoch FROM u.claimed_until - "
+                       "now()), t.state FROM sluice_wh_uploads u JOIN sluice_wh_table_uploads "
+                       "t ON t.upload_id = u.id AND t.table_name = 'tracks' WHERE u.state = "
+                       "'exporting_data' AND u.claimed_by IS NOT NULL")
+            return r if len(r) == 3 else None
+        rows = h.wait_for("three uploads claimed at once", held, 20, interval=0.2)
+        h.log("claims:", rows)
+        claims = sorted(r[0] for r in rows)
+        if claims != [f"e2e-wh-1#{i}" for i in range(3)]:
+            h.fail(f"three workers should hold the uploads: {claims}")
+        if any(float(r[1]) > 3.5 for r in rows):
+            h.fail(f"the claims should last warehouse.lease (3 s): {rows}")
+        if any(r[2] != "exported_data" for r in rows):
+            h.fail(f"tracks should be loaded while item_viewed waits: {rows}")
+        # (reading item_viewed would wait on the lock too)
+        waiting = h.psql(env.dsn, "SELECT t.state FROM sluice_wh_uploads u JOIN "
+                         "sluice_wh_table_uploads t ON t.upload_id = u.id AND t.table_name = "
+                         "'item_viewed' WHERE u.state = 'exporting_data'")
+        if [r[0] for r in waiting] != ["exporting_data"] * 3:
+            h.fail(f"item_viewed should be loading in each upload: {waiting}")
+    finally:
+        unlock()
+    for n in nss:
+        wh.wait_count(n, "item_viewed", 2)
+    wait_uploads_settled(env, p)
+    if p.stop() != 0:
+        h.fail("sluice all did not stop cleanly")
+
+
 CASES = {"types": case_types, "evolve": case_evolve, "crash": case_crash,
-         "takeover": case_takeover, "commands": case_commands, "badevents": case_badevents}
+         "takeover": case_takeover, "commands": case_commands, "badevents": case_badevents,
+         "options": case_options}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
