@@ -20,6 +20,7 @@
 #include "common/timeutil.h"
 #include "warehouse/loadall.h"
 #include "warehouse/pgload.h"
+#include "warehouse/schedule.h"
 #include "warehouse/schema.h"
 #include "warehouse/staging.h"
 #include "warehouse/uploads.h"
@@ -77,7 +78,8 @@ typedef struct wh_buffer {
     size_t ntables, tcap;
     wh_msg_t *msgs; /* the messages whose rows these are, marked done once recorded */
     size_t nmsgs, mcap;
-    int64_t started_mono;                  /* when its first event was consumed */
+    int64_t started_mono, started_ms;      /* when its first event was consumed */
+    bool warned_start;                     /* about a bad syncStartAt */
     int64_t first_event_ms, last_event_ms; /* receivedAt range */
     int64_t retry_mono;                    /* after a failed flush: not before this */
     int64_t retry_wait_ms;
@@ -146,6 +148,7 @@ static wh_buffer_t *buffer_get(wh_warehouse_t *wh, const char *source_id, const 
     b->dest_id = sl_strdup(dest_id);
     b->dest_type = sl_strdup(dest_type ? dest_type : "POSTGRES");
     b->started_mono = sl_time_mono_ms();
+    b->started_ms = sl_time_now_ms();
     b->m_events =
         dest_counter("sluice_warehouse_events_total",
                      "Events of warehouse destinations consumed into staging buffers", dest_id);
@@ -470,19 +473,33 @@ static void namespace_of(wh_warehouse_t *wh, const char *source_id, const char *
         sl_workspace_unref(w);
 }
 
-/* How often dest_id syncs: its syncFrequency (minutes), else warehouse.sync_interval. */
-static int64_t sync_ms(wh_warehouse_t *wh, sl_workspace_t *w, const char *dest_id)
+/* Whether b's sync is due: its destination's syncFrequency (minutes), else
+ * warehouse.sync_interval, from syncStartAt ("HH:MM" UTC) when the config has it (schedule.h),
+ * else from b's first event. */
+static bool sync_due(wh_warehouse_t *wh, sl_workspace_t *w, wh_buffer_t *b, int64_t now_mono)
 {
-    const sl_destination_t *d = w ? sl_workspace_destination_by_id(w, dest_id) : NULL;
+    const sl_destination_t *d = w ? sl_workspace_destination_by_id(w, b->dest_id) : NULL;
+    int64_t freq = wh->sync_ms;
     json_object *v;
-    if (!d || !json_object_object_get_ex(d->config, "syncFrequency", &v))
-        return wh->sync_ms;
-    double minutes = json_object_is_type(v, json_type_string)
-                         ? strtod(json_object_get_string(v), NULL)
-                         : json_object_get_double(v);
-    if (!(minutes > 0))
-        return wh->sync_ms;
-    return (int64_t)(minutes * 60000.0);
+    if (d && json_object_object_get_ex(d->config, "syncFrequency", &v)) {
+        double minutes = json_object_is_type(v, json_type_string)
+                             ? strtod(json_object_get_string(v), NULL)
+                             : json_object_get_double(v);
+        if (minutes > 0)
+            freq = (int64_t)(minutes * 60000.0);
+    }
+    const char *start = d ? sl_jsonc_str(d->config, "syncStartAt") : NULL;
+    int start_min = start && *start ? wh_sync_start_parse(start) : -1;
+    if (start && *start && start_min < 0 && !b->warned_start) {
+        sl_warn("warehouse",
+                "destination %s: syncStartAt \"%s\" is not a time of day \"HH:MM\" (UTC): "
+                "ignored, syncing every %lld s from the first event",
+                b->dest_id, start, (long long)(freq / 1000));
+        b->warned_start = true;
+    }
+    if (start_min < 0)
+        return now_mono - b->started_mono >= freq;
+    return wh_sync_due(b->started_ms, sl_time_now_ms(), start_min, freq);
 }
 
 static void offsets_json(const wh_buffer_t *b, sl_buf_t *out)
@@ -655,7 +672,7 @@ static void flush_due(wh_warehouse_t *wh, bool all)
         next = b->next;
         if (!all && now < b->retry_mono)
             continue;
-        if (all || full || now - b->started_mono >= sync_ms(wh, w, b->dest_id))
+        if (all || full || sync_due(wh, w, b, now))
             any |= flush(wh, b) == 0;
     }
     if (w)
