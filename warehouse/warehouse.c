@@ -25,6 +25,7 @@
 #include "warehouse/staging.h"
 #include "warehouse/uploads.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -42,6 +43,11 @@
 #define WH_COMMIT_EVERY_MS 1000
 #define WH_FLUSH_RETRY_MS  1000 /* first wait after a failed flush; doubles up to 30 s */
 #define WH_DRAIN_MS        10000
+/* A staging directory of no upload this old is a crashed flush's: its events were not committed
+ * in Kafka and are consumed again, so its files are garbage. Younger, it may be a flush of
+ * another instance writing its files right now. */
+#define WH_ORPHAN_AGE_MS   60000
+#define WH_ORPHAN_EVERY_MS (5 * 60 * 1000)
 
 /* One value of a buffered row: its column, its type and its text in the table's arena. */
 typedef struct wh_cell {
@@ -1012,6 +1018,89 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* --- staging directories left behind --- */
+
+static bool all_digits(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if (*s < '0' || *s > '9')
+            return false;
+    return true;
+}
+
+/* Removes the files of staging directory dir and dir itself. */
+static void remove_dir_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    char path[PATH_MAX];
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 &&
+            snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) < (int)sizeof(path))
+            unlink(path);
+    closedir(d);
+    rmdir(dir);
+}
+
+/*
+ * Staging directories (staging_dir/<destination>/<upload id>) that nothing will read again: of
+ * an upload id that was never recorded (a crash between writing the files and recording the
+ * upload; the events were not committed, so they are consumed again) once older than
+ * WH_ORPHAN_AGE_MS, and of an upload already exported (a crash before its files were removed).
+ * Returns the number removed.
+ */
+static int clean_staging(wh_warehouse_t *wh, sl_pg_t *pg)
+{
+    DIR *top = opendir(wh->staging_dir);
+    if (!top)
+        return 0;
+    int removed = 0;
+    int64_t now = sl_time_now_ms();
+    struct dirent *de;
+    char dest[PATH_MAX], dir[PATH_MAX], err[512], state[64];
+    while ((de = readdir(top))) {
+        if (de->d_name[0] == '.' ||
+            snprintf(dest, sizeof(dest), "%s/%s", wh->staging_dir, de->d_name) >= (int)sizeof(dest))
+            continue;
+        DIR *dd = opendir(dest);
+        if (!dd)
+            continue;
+        struct dirent *ue;
+        while ((ue = readdir(dd))) {
+            struct stat st;
+            if (!all_digits(ue->d_name) ||
+                snprintf(dir, sizeof(dir), "%s/%s", dest, ue->d_name) >= (int)sizeof(dir) ||
+                stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+                continue;
+            int64_t age = now - ((int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000);
+            int found = wh_uploads_state(pg, strtoll(ue->d_name, NULL, 10), state, sizeof(state),
+                                         err, sizeof(err));
+            if (found < 0) {
+                sl_warn("warehouse", "could not look for staging directories left behind: %s", err);
+                closedir(dd);
+                closedir(top);
+                return removed;
+            }
+            if ((found == 0 && age >= WH_ORPHAN_AGE_MS) ||
+                (found == 1 && strcmp(state, WH_EXPORTED) == 0)) {
+                remove_dir_files(dir);
+                removed++;
+                sl_info("warehouse", "removed staging directory %s: %s", dir,
+                        found ? "its upload is exported"
+                              : "no upload was recorded with it (a crash while it was written; "
+                                "its events are consumed again)");
+            }
+        }
+        closedir(dd);
+    }
+    closedir(top);
+    return removed;
+}
+
 /* --- keeper --- */
 
 static void set_state_gauge(const char *state, int64_t n, void *opaque)
@@ -1028,7 +1117,7 @@ static void *keeper_main(void *arg)
 {
     wh_warehouse_t *wh = arg;
     char err[1024];
-    int64_t last_renew = 0, last_metrics = 0;
+    int64_t last_renew = 0, last_metrics = 0, last_clean = sl_time_mono_ms();
     pthread_mutex_lock(&wh->mu);
     while (!atomic_load(&wh->stop)) {
         pthread_mutex_unlock(&wh->mu);
@@ -1037,6 +1126,10 @@ static void *keeper_main(void *arg)
             if (wh_uploads_renew(wh->keeper_pg, wh->instance, wh->lease_ms, err, sizeof(err)))
                 sl_warn("warehouse", "could not renew the claims of %s: %s", wh->instance, err);
             last_renew = now;
+        }
+        if (now - last_clean >= WH_ORPHAN_EVERY_MS) {
+            clean_staging(wh, wh->keeper_pg);
+            last_clean = now;
         }
         if (now - last_metrics >= WH_METRICS_MS) {
             for (size_t i = 0; upload_states[i]; i++)
@@ -1154,6 +1247,8 @@ wh_warehouse_t *wh_warehouse_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
     else if (released < 0)
         sl_warn("warehouse", "could not release the claims of an earlier run of %s: %s",
                 wh->instance, err);
+
+    clean_staging(wh, wh->keeper_pg); /* before this instance writes any */
 
     wh->failed_topic = sl_kafka_topic(conf, SL_TOPIC_FAILED);
     wh->producer = sl_kafka_producer_new(conf, dl_report, wh, errstr, errstr_size);

@@ -14,6 +14,7 @@ a Postgres warehouse (a second database on the test Postgres), checked with SQL.
                    retried with backoff, aborted, and `sluice warehouse retry` loads it
   --case options   warehouse.workers, .load_parallelism and .lease: three uploads claimed at
                    once, an upload's tables loading in parallel, 3 s claims
+  --case orphans   staging directories left by a crash are removed at start
 """
 import argparse
 import json
@@ -628,9 +629,49 @@ def case_options(env):
         h.fail("sluice all did not stop cleanly")
 
 
+def case_orphans(env):
+    """Staging directories of a crashed flush (no upload recorded with their id) are removed at
+    start once a minute old (younger, another instance may be writing them); so is the one of
+    an upload exported before its files were removed."""
+    wh = Warehouse(env)
+    env.write_workspace(config([pg_dest("d-pg", wh, namespace="orph")]))
+    h.create_topics(env)
+    staging = os.path.join(env.workdir, "staging")
+
+    def make_dir(upload_id, age_s):
+        d = os.path.join(staging, "d-pg", str(upload_id))
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "tracks.avro"), "wb") as f:
+            f.write(b"Obj\x01 left by a crash")
+        t = time.time() - age_s
+        os.utime(d, (t, t))
+        return d
+    old, fresh = make_dir(900000001, 3600), make_dir(900000002, 0)
+
+    def restart_and_check(gone, why):
+        p = env.start("all", **wh_env(env))
+        env.wait_healthy(p)
+        if os.path.exists(gone):
+            h.fail(f"the staging directory {gone} ({why}) is still there")
+        if not os.path.exists(fresh):
+            h.fail(f"the staging directory {fresh}, a minute old at most, was removed")
+        return p
+    p = restart_and_check(old, "of no upload, an hour old")
+    send(p, "/v1/track", {"userId": "u1", "event": "Signed Up", "messageId": "or-1"})
+    wh.wait_count("orph", "signed_up", 1)
+    wait_uploads_settled(env, p)
+    if p.stop() != 0:
+        h.fail("sluice all did not stop cleanly")
+    done = make_dir(uploads(env, p)[0]["id"], 0)  # exported, its files not removed
+    p = restart_and_check(done, "of an exported upload")
+    if wh.count("orph", "signed_up") != 1:
+        h.fail("rows changed")
+    if p.stop() != 0:
+        h.fail("sluice all did not stop cleanly")
+
 CASES = {"types": case_types, "evolve": case_evolve, "crash": case_crash,
          "takeover": case_takeover, "commands": case_commands, "badevents": case_badevents,
-         "options": case_options}
+         "options": case_options, "orphans": case_orphans}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
