@@ -757,15 +757,59 @@ static int reopen(load_t *l)
     return 0;
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Whether every row of the file has an id and no two the same (reading it once more): then
+ * the users of a file whose ids are all new are its rows as they are, and load straight into
+ * the table like any other table's rows. */
+static int ids_unique(load_t *l, bool *unique)
+{
+    char err[256] = "";
+    wh_staging_reader_t *r = wh_staging_open(l->path, err, sizeof(err));
+    if (!r)
+        return sl_err_set(l->errstr, l->errstr_size, SL_ERR_INVALID,
+                          "could not load table \"%s\".\"%s\": %s", l->ns, l->table, err);
+    char **ids = NULL;
+    size_t n = 0, cap = 0;
+    const char *const *v;
+    int got;
+    *unique = true;
+    while (*unique && (got = wh_staging_next(r, &v, err, sizeof(err))) == 1) {
+        if (!v[l->id_col]) {
+            *unique = false;
+            break;
+        }
+        if (n == cap)
+            ids = sl_realloc(ids, (cap = cap ? cap * 2 : 1024) * sizeof(*ids));
+        ids[n++] = sl_strdup(v[l->id_col]);
+    }
+    wh_staging_close(r);
+    if (*unique) {
+        qsort(ids, n, sizeof(*ids), cmp_str);
+        for (size_t i = 1; i < n && *unique; i++)
+            *unique = strcmp(ids[i - 1], ids[i]) != 0;
+    }
+    for (size_t i = 0; i < n; i++)
+        free(ids[i]);
+    free(ids);
+    return 0; /* a file that can't be read fails in the load itself */
+}
+
 /* Loads the rows. Straight into the table when it has a unique index on id and the file's
- * first id is not there yet: the usual case, at the speed of a plain COPY. Otherwise, and when
- * that COPY meets an id already loaded (unique_violation), through the temporary table. */
+ * first id is not there yet (for `users`, when the file's ids are also unique and never NULL):
+ * the usual case, at the speed of a plain COPY. Otherwise, and when that COPY meets an id
+ * already loaded (unique_violation), through the temporary table (for `users`, the upsert). */
 static int load_rows(load_t *l, long *rows)
 {
     bool users = strcmp(l->table, USERS) == 0 && l->id_col >= 0;
-    bool direct = !users && l->id_col >= 0 && l->cols[l->id_col].unique;
+    bool direct = l->id_col >= 0 && l->cols[l->id_col].unique;
     long n = 0;
     int rc;
+    if (direct && users && (rc = ids_unique(l, &direct)))
+        return rc;
     if (direct) {
         char err[256] = "";
         int got = wh_staging_next(l->r, &l->first, err, sizeof(err));

@@ -17,11 +17,10 @@
  * meets a known id, COPYed into a temporary table and moved with INSERT ... ON CONFLICT (id) DO
  * NOTHING (NOT EXISTS for a table without the index). `users` is upserted by id: each column
  * takes its latest non-NULL value by received_at (then file order); an older or NULL value
- * never replaces a newer one. The table's columns are read from the catalog once per load.
- * Loads of one table are serialised across processes by an advisory lock; different tables
- * load in parallel.
- * Every identifier is quoted (PQescapeIdentifier), so names from user data can never change a
- * statement.
+ * never replaces a newer one (a file of users all new, each once, is COPYed straight in). The
+ * table's columns are read from the catalog once per load. Loads of one table are serialised across
+ * processes by an advisory lock; different tables load in parallel. Every identifier is quoted
+ * (PQescapeIdentifier), so names from user data can never change a statement.
  */
 #ifndef WH_PGLOAD_H
 #define WH_PGLOAD_H
