@@ -115,6 +115,10 @@ int wh_pg_load_all(json_object *dest_config, const char *ns, wh_load_task_t *tas
     pthread_cond_init(&r.cond, NULL);
 
     size_t nthreads = (size_t)parallelism < r.norder ? (size_t)parallelism : r.norder;
+    /* A new namespace first, or the loads of its first upload queue behind its creation. A
+     * failure here shows again in the loads. */
+    if (nthreads > 1)
+        wh_pg_namespace_ensure(w, ns, err, sizeof(err));
     pthread_t threads[MAX_PARALLELISM];
     size_t started = 0;
     for (size_t i = 1; i < nthreads; i++)

@@ -50,6 +50,11 @@ int wh_pg_ping(wh_pg_t *w, char *errstr, size_t errstr_size);
 /* Closes the connection and frees w (NULL is fine). */
 void wh_pg_close(wh_pg_t *w);
 
+/* Creates namespace ns unless it exists, in a transaction of its own (wh_pg_load() does it in
+ * the load's transaction, where a namespace being made holds up loads of its other tables until
+ * the first load commits). 0 or an SL_ERR_* with errstr. */
+int wh_pg_namespace_ensure(wh_pg_t *w, const char *ns, char *errstr, size_t errstr_size);
+
 /* Loads the staging file at staging_path (warehouse/staging.h) into table `table` of namespace
  * `ns`, as described at the top, in one transaction. ns, table and the file's column names
  * must have 1 to 63 bytes (Postgres would truncate longer ones); their content may be anything,
