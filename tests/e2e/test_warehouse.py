@@ -9,7 +9,7 @@ a Postgres warehouse (a second database on the test Postgres), checked with SQL.
   --case crash     SIGKILL of the warehouse during uploads, restart: no row lost or doubled
   --case takeover  two warehouse instances; the one loading an upload is SIGKILLed while its
                    load waits on a lock: the other takes the upload over when the lease
-                   lapses and loads it, every row once
+                   (warehouse.lease, 5 s here) lapses and loads it, every row once
   --case commands  `sluice warehouse uploads` (text and --json); an upload that fails is
                    retried with backoff, aborted, and `sluice warehouse retry` loads it
   --case options   warehouse.workers, .load_parallelism and .lease: three uploads claimed at
@@ -392,7 +392,8 @@ def case_takeover(env):
     gw = env.start("gateway", name="gateway")
     pr = env.start("processor", name="processor", **kafka)
     ws = {i: env.start("warehouse", name=f"warehouse-{i}",
-                       **wh_env(env, SLUICE_WAREHOUSE_INSTANCE_ID=f"e2e-wh-{i}"))
+                       **wh_env(env, SLUICE_WAREHOUSE_INSTANCE_ID=f"e2e-wh-{i}",
+                                SLUICE_WAREHOUSE_LEASE="5s"))
           for i in ("a", "b")}
     for proc in [gw, pr] + list(ws.values()):
         env.wait_healthy(proc)
@@ -431,7 +432,7 @@ def case_takeover(env):
                "'%pg_sleep(60)%' AND pid <> pg_backend_pid()")
         locker.kill()
         locker.wait()
-    wh.wait_count("tk", "tracks", 201, timeout=35)
+    wh.wait_count("tk", "tracks", 201, timeout=25)
     wh.wait_count("tk", "item_viewed", 201, timeout=5)
     took = time.time() - killed_at
     hist = h.psql(env.dsn, f"SELECT state, instance FROM sluice_wh_upload_events WHERE "
