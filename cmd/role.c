@@ -23,6 +23,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -349,9 +350,14 @@ int cmd_role(int argc, char **argv, const char *config_file)
         lag = start_lag(conf, run_pr, rec != NULL, run_rt, run_wh);
         sl_info("sluice", "%s running", role);
         sl_health_set("startup", true, NULL);
-        for (char c; (c = wait_signal(-1)) != 't';)
+        /* Every 10 s, malloc_trim gives the memory freed in glibc's per-thread arenas back to
+         * the system: bursts (a backlog fetched, parked jobs loaded) otherwise leave each arena
+         * at its high-water mark. */
+        for (char c; (c = wait_signal(10000)) != 't';)
             if (c == 'h')
                 sl_wsconf_request_reload(ws);
+            else if (!c)
+                malloc_trim(0);
     }
     rc = 0;
 
