@@ -4,10 +4,13 @@
  * fixed status, or never (--stall), and keeps only counters.
  *
  *   sluice-bench-sink [--port P] [--status 200] [--stall] [--port-file FILE] [--record FILE]
+ *                     [--arrival]
  *
  * --record appends the value of every "messageId":"..." in the body of each request it answers
  * with 2xx to FILE, one a line (tests/bench/longrun counts deliveries by messageId with it);
- * the file is flushed whenever /_sink/stats is read.
+ * the file is flushed whenever /_sink/stats is read. With --arrival each line is "ID NS": NS is
+ * when the request was read in full, in CLOCK_MONOTONIC nanoseconds (tests/bench/e2e reads when
+ * each event was sent from its messageId, written by sluice-loadgen --stamp).
  *
  * Prints the port it listens on (useful with --port 0) to stdout, or to --port-file.
  * GET /_sink/stats answers (always 200, also in --stall mode):
@@ -51,6 +54,7 @@ static struct {
     uint64_t requests, events, bytes;
     int64_t first_ns, last_ns;
     FILE *record;
+    bool arrival;
 } g = {.status = 200};
 
 static int64_t now_ns(void)
@@ -134,7 +138,7 @@ static uint64_t count_events(const char *b, size_t n)
 }
 
 /* --record: every messageId in a body, one a line. */
-static void record_ids(const char *b, size_t n)
+static void record_ids(const char *b, size_t n, int64_t t)
 {
     static const char key[] = "\"messageId\":\"";
     const size_t klen = sizeof(key) - 1;
@@ -144,6 +148,8 @@ static void record_ids(const char *b, size_t n)
         if (!q)
             break;
         fwrite(p, 1, (size_t)(q - p), g.record);
+        if (g.arrival)
+            fprintf(g.record, " %lld", (long long)t);
         fputc('\n', g.record);
         p = q;
     }
@@ -232,7 +238,7 @@ static bool handle(conn_t *c)
             g.bytes += body_len;
             g.events += count_events(start + head_len, body_len);
             if (g.record && !g.stall && g.status < 300)
-                record_ids(start + head_len, body_len);
+                record_ids(start + head_len, body_len, t);
             if (!g.stall)
                 queue_answer(c, g.status, g.status < 300 ? "{\"ok\":true}" : "{\"ok\":false}");
         }
@@ -275,16 +281,14 @@ static void conn_close(int ep, conn_t *c)
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {{"port", required_argument, NULL, 'p'},
-                                         {"status", required_argument, NULL, 's'},
-                                         {"stall", no_argument, NULL, 'S'},
-                                         {"port-file", required_argument, NULL, 'f'},
-                                         {"record", required_argument, NULL, 'r'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"port", required_argument, NULL, 'p'},   {"status", required_argument, NULL, 's'},
+        {"stall", no_argument, NULL, 'S'},        {"port-file", required_argument, NULL, 'f'},
+        {"record", required_argument, NULL, 'r'}, {"arrival", no_argument, NULL, 'a'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
     int port = 0, o;
     const char *port_file = NULL;
-    while ((o = getopt_long(argc, argv, "p:s:Sf:r:h", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "p:s:Sf:r:ah", opts, NULL)) != -1) {
         switch (o) {
         case 'p':
             port = atoi(optarg);
@@ -306,9 +310,12 @@ int main(int argc, char **argv)
                 return 1;
             }
             break;
+        case 'a':
+            g.arrival = true;
+            break;
         default:
             fprintf(stderr, "usage: sluice-bench-sink [--port P] [--status 200] [--stall] "
-                            "[--port-file FILE] [--record FILE]\n");
+                            "[--port-file FILE] [--record FILE] [--arrival]\n");
             return o == 'h' ? 0 : 2;
         }
     }
