@@ -145,14 +145,16 @@ class Arrivals:
     """What arrived of the stamped events: the sink's record file, read as it grows, or the
     warehouse's ids. seen[seq] = 1 for each seq that arrived (a bytearray that grows)."""
 
-    def __init__(self, spec):
-        self.spec, self.seen = spec, bytearray()
+    def __init__(self, spec, since):
+        self.spec, self.seen, self.since = spec, bytearray(), since  # events sent before: not ours
         self.dups = self.count = 0
         self.lat, self.first_sent, self.last_arrival, self.offset = [], None, None, 0
         self.arrivals = []  # webhook: the arrival time of each event (its first arrival)
         self.acked, self.acked_seen = None, 0
 
     def _saw(self, seq, sent, arr=None):
+        if sent < self.since:
+            return
         if seq >= len(self.seen):
             self.seen.extend(bytes(seq + 1 - len(self.seen) + (1 << 16)))
         if self.seen[seq]:
@@ -184,7 +186,7 @@ class Arrivals:
         data = data[:data.rfind(b"\n") + 1]
         self.offset += len(data)
         for line in data.split(b"\n"):
-            if line.startswith(b"e2e-") and len(line) > 37:
+            if line.startswith(b"e2e-") and len(line) > 37 and line[4:16].isdigit():
                 self._saw(int(line[4:16]), int(line[17:36]), int(line[37:]))
 
     def set_acked(self, acked):
@@ -233,8 +235,8 @@ def scenario(spec, out):
         return st["events"] if st else None
 
     base = arrived() or 0
-    got = Arrivals(spec)
     first = sampler.sample({"arrived": base})
+    got = Arrivals(spec, first["mono_ns"])
     lg_out = open(out + ".loadgen.json", "w")
     lg_err = open(out + ".loadgen.log", "w")
     lg = subprocess.Popen(spec["loadgen"], stdout=lg_out, stderr=lg_err)
@@ -356,6 +358,7 @@ def report(work):
     c1, cb = load("ceiling_single"), load("ceiling_batch")
     single, batch, whs, rate, idl = (load("single"), load("batch"), load("warehouse"),
                                     load("latency"), load("idle"))
+    whl = load("wh_latency")
     quick = meta["quick"]
     loadavg_end = " ".join(open("/proc/loadavg").read().split()[:3])
     rows, fails = [], []
@@ -409,7 +412,12 @@ def report(work):
     scen(batch, f"batched ({meta['batch_size']}/request)", 50000)
     if whs:
         scen(whs, "warehouse")
-        p = whs.get("probe") or {}
+    if whl:
+        p = whl.get("probe") or {}
+        row(f"warehouse, {num(whl['ingest_events_per_s'])} ev/s beside the probes: acked / arrived / missing",
+            f"{num(whl['acked'])} / {num(whl['arrived'])} / {num(whl['missing'])}", "0 missing", whl["missing"] == 0)
+        if whl["missing"]:
+            fails.append(f"warehouse latency run: {whl['missing']} of {whl['acked']} acknowledged events missing")
         row("warehouse: probes answered / rows seen", f"{p.get('answered', '-')} / {p.get('seen', '-')}",
             "all", bool(p) and p.get("unseen") == 0)
         row("warehouse: 200 -> row visible p50 / p99 / max (s)",
@@ -432,8 +440,14 @@ def report(work):
         row("  end to end max (s)", sec(r["max_s"]))
         cpu = r["cpu_pct"]
         row("  CPU gw / proc / router / wh (% of one core)", " / ".join(f"{cpu.get(n, 0):.0f}" for n in ROLES))
+        row("  CPU broker / postgres / sink / loadgen (%)",
+            " / ".join(f"{cpu.get(n, 0):.0f}" for n in ("broker", "postgres", "sink", "loadgen")))
+        row(f"  CPU other processes / whole machine (of {meta['cpus'] * 100}%)",
+            f"{cpu.get('other', 0):.0f} / {cpu.get('machine', 0):.0f}")
+        row("  RSS max gw / proc / router / wh (MB)",
+            " / ".join(f"{(r['rss'][n]['rss_max_kb'] or 0) / 1024:.0f}" for n in ROLES))
     # RSS per role at the sustained load: the largest over the load scenarios.
-    runs = [x for x in (single, batch, whs, rate) if x]
+    runs = [x for x in (single, batch, whs, whl, rate) if x]
     for n in ROLES:
         hwm = max((x["rss"][n]["hwm_kb"] or 0 for x in runs), default=0) / 1024
         rss = max((x["rss"][n]["rss_max_kb"] or 0 for x in runs), default=0) / 1024
@@ -446,7 +460,7 @@ def report(work):
 
     out = {"meta": meta, "loadavg_at_end": loadavg_end, "kcat_produce": kp, "kcat_consume": kc,
            "ceiling_single": c1, "ceiling_batch": cb, "single": single, "batch": batch,
-           "warehouse": whs, "latency": rate, "idle": idl,
+           "warehouse": whs, "wh_latency": whl, "latency": rate, "idle": idl,
            "table": [dict(zip(("figure", "value", "target", "ok"), x)) for x in rows], "failures": fails}
     with open(os.path.join(work, "e2e.json"), "w") as f:
         json.dump(out, f, indent=1)
