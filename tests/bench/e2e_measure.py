@@ -63,6 +63,27 @@ def mem(pid):
     return r
 
 
+def threads(pid):
+    """{tid: (name, utime+stime)} of a process's threads."""
+    r = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return r
+    for t in tids:
+        try:
+            with open(f"/proc/{pid}/task/{t}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        v = st.rsplit(")", 1)[1].split()
+        r[t] = (st[st.index("(") + 1:st.rindex(")")], int(v[11]) + int(v[12]))
+    return r
+
+
+ROLES = ["gateway", "processor", "router", "warehouse"]
+
+
 def machine_busy():
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
@@ -90,6 +111,7 @@ class Sampler:
             s["cpu"][name] = t
             m = mem(pid)
             s["rss"][name], s["hwm"][name] = m.get("VmRSS"), m.get("VmHWM")
+        s["threads"] = {n: threads(self.pids[n]) for n in ROLES if n in self.pids}
         s.update(extra or {})
         self.samples.append(s)
         return s
@@ -103,6 +125,18 @@ class Sampler:
                 r[name] = round((b["cpu"][name] - a["cpu"][name]) / TCK / span * 100, 1)
         r["machine"] = round((b["machine"] - a["machine"]) / TCK / span * 100, 1)
         r["other"] = round(max(0.0, r["machine"] - sum(v for k, v in r.items() if k != "machine")), 1)
+        return r
+
+    def busiest_threads(self, a, b):
+        """Each role's busiest thread between samples a and b: [name, % of one core]."""
+        span = (b["mono_ns"] - a["mono_ns"]) / 1e9
+        r = {}
+        for role, th in b.get("threads", {}).items():
+            before = a.get("threads", {}).get(role, {})
+            best = max(((n, t - before.get(tid, (n, 0))[1]) for tid, (n, t) in th.items()),
+                       key=lambda x: x[1], default=None)
+            if best:
+                r[role] = [best[0], round(best[1] / TCK / span * 100, 1)]
         return r
 
 
@@ -316,6 +350,7 @@ def scenario(spec, out):
          "events_per_s": round(n_acked / seconds) if seconds else None,
          "ingest_events_per_s": round(n_acked / res["seconds"]),
          "cpu_pct": sampler.cpu_pct(first, done), "cpu_pct_load": sampler.cpu_pct(first, load_end),
+         "busiest_threads": sampler.busiest_threads(first, done),
          "rss": rss}
     r.update(quantiles(got.lat))
     r["events_per_s_steady"] = steady_rate(got.arrivals if not wh else None, sampler.samples, base)
@@ -326,7 +361,7 @@ def scenario(spec, out):
             r["probe"] = None
     with open(out + ".samples.jsonl", "w") as f:
         for x in sampler.samples:
-            f.write(json.dumps(x) + "\n")
+            f.write(json.dumps({k: v for k, v in x.items() if k != "threads"}) + "\n")
     with open(out, "w") as f:
         json.dump(r, f)
     print(json.dumps({k: v for k, v in r.items() if k not in ("rss", "loadgen")}), file=sys.stderr)
@@ -341,9 +376,6 @@ def idle(pids, seconds, out):
          "rss": {n: {"rss_kb": b["rss"].get(n), "hwm_kb": b["hwm"].get(n)} for n in pids}}
     with open(out, "w") as f:
         json.dump(r, f)
-
-
-ROLES = ["gateway", "processor", "router", "warehouse"]
 
 
 def report(work):
@@ -405,8 +437,15 @@ def report(work):
             " / ".join(f"{cpu.get(n, 0):.0f}" for n in ("broker", "postgres", "sink", "loadgen")))
         row(f"{title}: CPU other processes / whole machine (of {meta['cpus'] * 100}%)",
             f"{cpu.get('other', 0):.0f} / {cpu.get('machine', 0):.0f}")
+        busy(r, title)
         row(f"{title}: RSS max gw / proc / router / wh (MB)",
             " / ".join(f"{(r['rss'][n]['rss_max_kb'] or 0) / 1024:.0f}" for n in ROLES))
+
+    def busy(r, title):
+        bt = r.get("busiest_threads") or {}
+        label = f"{title}: " if title.strip() else "  "
+        row(f"{label}busiest thread of gw / proc / router / wh (%)",
+            " / ".join(f"{bt[n][0][:15]} {bt[n][1]:.0f}" if n in bt else "-" for n in ROLES))
 
     scen(single, "1 event/request", 20000)
     scen(batch, f"batched ({meta['batch_size']}/request)", 50000)
@@ -444,6 +483,7 @@ def report(work):
             " / ".join(f"{cpu.get(n, 0):.0f}" for n in ("broker", "postgres", "sink", "loadgen")))
         row(f"  CPU other processes / whole machine (of {meta['cpus'] * 100}%)",
             f"{cpu.get('other', 0):.0f} / {cpu.get('machine', 0):.0f}")
+        busy(r, " ")
         row("  RSS max gw / proc / router / wh (MB)",
             " / ".join(f"{(r['rss'][n]['rss_max_kb'] or 0) / 1024:.0f}" for n in ROLES))
     # RSS per role at the sustained load: the largest over the load scenarios.
