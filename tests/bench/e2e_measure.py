@@ -438,6 +438,7 @@ def report(work):
         row(f"{title}: CPU other processes / whole machine (of {meta['cpus'] * 100}%)",
             f"{cpu.get('other', 0):.0f} / {cpu.get('machine', 0):.0f}")
         busy(r, title)
+        per_event(r, title)
         row(f"{title}: RSS max gw / proc / router / wh (MB)",
             " / ".join(f"{(r['rss'][n]['rss_max_kb'] or 0) / 1024:.0f}" for n in ROLES))
 
@@ -446,6 +447,19 @@ def report(work):
         label = f"{title}: " if title.strip() else "  "
         row(f"{label}busiest thread of gw / proc / router / wh (%)",
             " / ".join(f"{bt[n][0][:15]} {bt[n][1]:.0f}" if n in bt else "-" for n in ROLES))
+
+    def per_event(r, title):
+        """CPU time per event end to end, per process, and what all of it allows on this machine."""
+        cpu, eps = r["cpu_pct"], r.get("events_per_s")
+        if not eps:
+            return
+        names = ROLES + ["broker", "postgres", "sink"]
+        us = {n: cpu.get(n, 0) / 100 * 1e6 / eps for n in names}
+        total = sum(us.values())
+        row(f"{title}: CPU per event gw / proc / router / wh / broker / pg / sink (us)",
+            " / ".join(f"{us[n]:.0f}" for n in names))
+        row(f"{title}: all of it per event (us) -> ev/s if {meta['cpus']} CPUs were its alone",
+            f"{total:.0f} -> {num(meta['cpus'] * 1e6 / total) if total else '-'}")
 
     scen(single, "1 event/request", 20000)
     scen(batch, f"batched ({meta['batch_size']}/request)", 50000)
