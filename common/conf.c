@@ -202,6 +202,15 @@ static const sl_conf_opt_t options[] = {
      "Backoff before a failed upload is tried again; it doubles with each attempt."},
     {"warehouse.max_buffered_events", SL_CONF_INT, "200000", 100, 100000000, NULL, 0,
      "Events a warehouse instance holds before it writes staging files early."},
+    {"warehouse.workers", SL_CONF_INT, "2", 1, 64, NULL, 0,
+     "Uploads a warehouse instance loads at once (each of another destination, or of another "
+     "instance's work); each worker has its own Postgres connection for the bookkeeping."},
+    {"warehouse.load_parallelism", SL_CONF_INT, "2", 1, 64, NULL, 0,
+     "Tables of one upload loaded at once, each over its own connection to the warehouse (one "
+     "COPY in one transaction per table); a worker may hold this many warehouse connections."},
+    {"warehouse.lease", SL_CONF_DURATION, "20s", 2000, 3600000, NULL, 0,
+     "How long an upload claim lasts unless renewed (every quarter of it): the uploads of an "
+     "instance that died are taken over by another once it lapses."},
 };
 
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))

@@ -418,13 +418,15 @@ static void id_index_name(const char *table, char *out, size_t out_size)
 
 /* Reads the table's columns once and decides, per staging column, its warehouse type and
  * whether values need converting. Creates the namespace if it is not known to exist. */
-static int plan(load_t *l)
+/* Creates the namespace unless it is known to exist (l->ns_checked then says it was looked
+ * at), inside the load's transaction. */
+static int ensure_ns(load_t *l)
 {
     wh_pg_t *w = l->w;
     bool ns_known = false;
     for (size_t i = 0; i < w->n_known_ns && !ns_known; i++)
         ns_known = strcmp(w->known_ns[i], l->ns) == 0;
-    const char *p[] = {l->ns, l->table};
+    const char *p[] = {l->ns};
     PGresult *r = NULL;
     int rc;
     if (!ns_known) {
@@ -443,7 +445,24 @@ static int plan(load_t *l)
         }
         l->ns_checked = true;
     }
-    if ((rc = lock_name(l, "table", l->table)))
+    return 0;
+}
+
+static void ns_known(load_t *l)
+{
+    if (!l->ns_checked)
+        return;
+    wh_pg_t *w = l->w;
+    w->known_ns = sl_realloc(w->known_ns, (w->n_known_ns + 1) * sizeof(char *));
+    w->known_ns[w->n_known_ns++] = sl_strdup(l->ns);
+}
+
+static int plan(load_t *l)
+{
+    const char *p[] = {l->ns, l->table};
+    PGresult *r = NULL;
+    int rc;
+    if ((rc = ensure_ns(l)) || (rc = lock_name(l, "table", l->table)))
         return rc;
     rc = run(l, "could not read its columns",
              "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), "
@@ -757,15 +776,59 @@ static int reopen(load_t *l)
     return 0;
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Whether every row of the file has an id and no two the same (reading it once more): then
+ * the users of a file whose ids are all new are its rows as they are, and load straight into
+ * the table like any other table's rows. */
+static int ids_unique(load_t *l, bool *unique)
+{
+    char err[256] = "";
+    wh_staging_reader_t *r = wh_staging_open(l->path, err, sizeof(err));
+    if (!r)
+        return sl_err_set(l->errstr, l->errstr_size, SL_ERR_INVALID,
+                          "could not load table \"%s\".\"%s\": %s", l->ns, l->table, err);
+    char **ids = NULL;
+    size_t n = 0, cap = 0;
+    const char *const *v;
+    int got;
+    *unique = true;
+    while (*unique && (got = wh_staging_next(r, &v, err, sizeof(err))) == 1) {
+        if (!v[l->id_col]) {
+            *unique = false;
+            break;
+        }
+        if (n == cap)
+            ids = sl_realloc(ids, (cap = cap ? cap * 2 : 1024) * sizeof(*ids));
+        ids[n++] = sl_strdup(v[l->id_col]);
+    }
+    wh_staging_close(r);
+    if (*unique) {
+        qsort(ids, n, sizeof(*ids), cmp_str);
+        for (size_t i = 1; i < n && *unique; i++)
+            *unique = strcmp(ids[i - 1], ids[i]) != 0;
+    }
+    for (size_t i = 0; i < n; i++)
+        free(ids[i]);
+    free(ids);
+    return 0; /* a file that can't be read fails in the load itself */
+}
+
 /* Loads the rows. Straight into the table when it has a unique index on id and the file's
- * first id is not there yet: the usual case, at the speed of a plain COPY. Otherwise, and when
- * that COPY meets an id already loaded (unique_violation), through the temporary table. */
+ * first id is not there yet (for `users`, when the file's ids are also unique and never NULL):
+ * the usual case, at the speed of a plain COPY. Otherwise, and when that COPY meets an id
+ * already loaded (unique_violation), through the temporary table (for `users`, the upsert). */
 static int load_rows(load_t *l, long *rows)
 {
     bool users = strcmp(l->table, USERS) == 0 && l->id_col >= 0;
-    bool direct = !users && l->id_col >= 0 && l->cols[l->id_col].unique;
+    bool direct = l->id_col >= 0 && l->cols[l->id_col].unique;
     long n = 0;
     int rc;
+    if (direct && users && (rc = ids_unique(l, &direct)))
+        return rc;
     if (direct) {
         char err[256] = "";
         int got = wh_staging_next(l->r, &l->first, err, sizeof(err));
@@ -844,6 +907,29 @@ static int open_staging(load_t *l)
     return 0;
 }
 
+int wh_pg_namespace_ensure(wh_pg_t *w, const char *ns, char *errstr, size_t errstr_size)
+{
+    load_t l = {.w = w, .ns = ns, .errstr = errstr, .errstr_size = errstr_size};
+    int rc = 0;
+    if (!name_ok(ns))
+        return sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
+                          "bad namespace \"%s\": names must have 1 to %d bytes", ns,
+                          NAME_MAX_BYTES);
+    if (!(l.c = conn_get(w, &rc, errstr, errstr_size)))
+        return rc;
+    if (!(l.qns = quote(&l, ns)))
+        return SL_ERR_INVALID;
+    if (!(rc = run(&l, "could not begin", "BEGIN", 0, NULL, NULL))) {
+        if (!(rc = ensure_ns(&l)) && !(rc = run(&l, "could not commit", "COMMIT", 0, NULL, NULL)))
+            ns_known(&l);
+        else if (PQstatus(l.c) == CONNECTION_OK)
+            PQclear(PQexec(l.c, "ROLLBACK"));
+    }
+    PQfreemem(l.qns);
+    sl_buf_free(&l.sql);
+    return rc;
+}
+
 long wh_pg_load(wh_pg_t *w, const char *ns, const char *table, const char *staging_path,
                 char *errstr, size_t errstr_size)
 {
@@ -883,10 +969,8 @@ long wh_pg_load(wh_pg_t *w, const char *ns, const char *table, const char *stagi
         goto out;
     rc = run(&l, "could not commit", "COMMIT", 0, NULL, NULL);
     in_tx = rc != 0;
-    if (!rc && l.ns_checked) {
-        w->known_ns = sl_realloc(w->known_ns, (w->n_known_ns + 1) * sizeof(char *));
-        w->known_ns[w->n_known_ns++] = sl_strdup(ns);
-    }
+    if (!rc)
+        ns_known(&l);
 out:
     if (in_tx && PQstatus(l.c) == CONNECTION_OK)
         PQclear(PQexec(l.c, "ROLLBACK"));

@@ -17,11 +17,10 @@
  * meets a known id, COPYed into a temporary table and moved with INSERT ... ON CONFLICT (id) DO
  * NOTHING (NOT EXISTS for a table without the index). `users` is upserted by id: each column
  * takes its latest non-NULL value by received_at (then file order); an older or NULL value
- * never replaces a newer one. The table's columns are read from the catalog once per load.
- * Loads of one table are serialised across processes by an advisory lock; different tables
- * load in parallel.
- * Every identifier is quoted (PQescapeIdentifier), so names from user data can never change a
- * statement.
+ * never replaces a newer one (a file of users all new, each once, is COPYed straight in). The
+ * table's columns are read from the catalog once per load. Loads of one table are serialised across
+ * processes by an advisory lock; different tables load in parallel. Every identifier is quoted
+ * (PQescapeIdentifier), so names from user data can never change a statement.
  */
 #ifndef WH_PGLOAD_H
 #define WH_PGLOAD_H
@@ -50,6 +49,11 @@ int wh_pg_ping(wh_pg_t *w, char *errstr, size_t errstr_size);
 
 /* Closes the connection and frees w (NULL is fine). */
 void wh_pg_close(wh_pg_t *w);
+
+/* Creates namespace ns unless it exists, in a transaction of its own (wh_pg_load() does it in
+ * the load's transaction, where a namespace being made holds up loads of its other tables until
+ * the first load commits). 0 or an SL_ERR_* with errstr. */
+int wh_pg_namespace_ensure(wh_pg_t *w, const char *ns, char *errstr, size_t errstr_size);
 
 /* Loads the staging file at staging_path (warehouse/staging.h) into table `table` of namespace
  * `ns`, as described at the top, in one transaction. ns, table and the file's column names

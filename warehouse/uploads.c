@@ -35,6 +35,24 @@ int wh_uploads_next_id(sl_pg_t *pg, int64_t *id, char *errstr, size_t errstr_siz
     return 0;
 }
 
+int wh_uploads_state(sl_pg_t *pg, int64_t id, char *state, size_t state_size, char *errstr,
+                     size_t errstr_size)
+{
+    char ids[24];
+    snprintf(ids, sizeof(ids), "%lld", (long long)id);
+    const char *p[] = {ids};
+    PGresult *r;
+    int rc = sl_pg_exec(pg, "SELECT state FROM sluice_wh_uploads WHERE id = $1::bigint", 1, p, &r,
+                        errstr, errstr_size);
+    if (rc)
+        return rc;
+    int found = PQntuples(r) > 0;
+    if (found)
+        snprintf(state, state_size, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return found;
+}
+
 static void ms_param(char *buf, size_t n, int64_t ms)
 {
     if (ms > 0)

@@ -53,6 +53,10 @@ typedef struct wh_upload_new {
 /* Reserves the id of the next upload (its staging directory is named after it). */
 int wh_uploads_next_id(sl_pg_t *pg, int64_t *id, char *errstr, size_t errstr_size);
 
+/* The state of upload id: 1 with state, 0 when no upload has that id, or an SL_ERR_*. */
+int wh_uploads_state(sl_pg_t *pg, int64_t id, char *state, size_t state_size, char *errstr,
+                     size_t errstr_size);
+
 /* Records upload id (state waiting) with its staging files, in one statement: all or nothing.
  * instance names the recorder in the upload's history. */
 int wh_uploads_record(sl_pg_t *pg, int64_t id, const wh_upload_new_t *u, const char *instance,

@@ -1,7 +1,8 @@
 /*
  * The warehouse role (see warehouse.h). Threads: one consumer (buffers rows per (source,
- * destination), writes staging files and records uploads, then commits), WH_WORKERS upload
- * workers (claim, generate, export), and one keeper (renews the leases of this instance's
+ * destination), writes staging files and records uploads, then commits), warehouse.workers
+ * upload workers (claim, generate, export; each loads an upload's tables over up to
+ * warehouse.load_parallelism connections), and one keeper (renews the leases of this instance's
  * claims, refreshes the upload metrics). Each thread has its own Postgres connection.
  */
 #include "warehouse/warehouse.h"
@@ -17,11 +18,14 @@
 #include "common/metrics.h"
 #include "common/pg.h"
 #include "common/timeutil.h"
+#include "warehouse/loadall.h"
 #include "warehouse/pgload.h"
+#include "warehouse/schedule.h"
 #include "warehouse/schema.h"
 #include "warehouse/staging.h"
 #include "warehouse/uploads.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -33,15 +37,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define WH_WORKERS         2
-#define WH_LEASE_MS        20000 /* a claim not renewed for this long is taken over */
-#define WH_RENEW_MS        5000
 #define WH_METRICS_MS      2000
 #define WH_IDLE_CLAIM_MS   1000 /* workers look for due uploads at least this often */
 #define WH_POLL_BATCH      1000
 #define WH_COMMIT_EVERY_MS 1000
 #define WH_FLUSH_RETRY_MS  1000 /* first wait after a failed flush; doubles up to 30 s */
 #define WH_DRAIN_MS        10000
+/* A staging directory of no upload this old is a crashed flush's: its events were not committed
+ * in Kafka and are consumed again, so its files are garbage. Younger, it may be a flush of
+ * another instance writing its files right now. */
+#define WH_ORPHAN_AGE_MS   60000
+#define WH_ORPHAN_EVERY_MS (5 * 60 * 1000)
 
 /* One value of a buffered row: its column, its type and its text in the table's arena. */
 typedef struct wh_cell {
@@ -78,7 +84,8 @@ typedef struct wh_buffer {
     size_t ntables, tcap;
     wh_msg_t *msgs; /* the messages whose rows these are, marked done once recorded */
     size_t nmsgs, mcap;
-    int64_t started_mono;                  /* when its first event was consumed */
+    int64_t started_mono, started_ms;      /* when its first event was consumed */
+    bool warned_start;                     /* about a bad syncStartAt */
     int64_t first_event_ms, last_event_ms; /* receivedAt range */
     int64_t retry_mono;                    /* after a failed flush: not before this */
     int64_t retry_wait_ms;
@@ -111,7 +118,9 @@ struct wh_warehouse {
         char claim[300];
         sl_pg_t *pg;
         pthread_t thread;
-    } workers[WH_WORKERS];
+    } * workers;
+    int nworkers, load_parallelism;
+    int64_t lease_ms; /* a claim not renewed for this long is taken over; renewed every 1/4 */
     sl_pg_t *keeper_pg;
     pthread_t keeper_thread;
     pthread_mutex_t mu;
@@ -145,6 +154,7 @@ static wh_buffer_t *buffer_get(wh_warehouse_t *wh, const char *source_id, const 
     b->dest_id = sl_strdup(dest_id);
     b->dest_type = sl_strdup(dest_type ? dest_type : "POSTGRES");
     b->started_mono = sl_time_mono_ms();
+    b->started_ms = sl_time_now_ms();
     b->m_events =
         dest_counter("sluice_warehouse_events_total",
                      "Events of warehouse destinations consumed into staging buffers", dest_id);
@@ -469,19 +479,33 @@ static void namespace_of(wh_warehouse_t *wh, const char *source_id, const char *
         sl_workspace_unref(w);
 }
 
-/* How often dest_id syncs: its syncFrequency (minutes), else warehouse.sync_interval. */
-static int64_t sync_ms(wh_warehouse_t *wh, sl_workspace_t *w, const char *dest_id)
+/* Whether b's sync is due: its destination's syncFrequency (minutes), else
+ * warehouse.sync_interval, from syncStartAt ("HH:MM" UTC) when the config has it (schedule.h),
+ * else from b's first event. */
+static bool sync_due(wh_warehouse_t *wh, sl_workspace_t *w, wh_buffer_t *b, int64_t now_mono)
 {
-    const sl_destination_t *d = w ? sl_workspace_destination_by_id(w, dest_id) : NULL;
+    const sl_destination_t *d = w ? sl_workspace_destination_by_id(w, b->dest_id) : NULL;
+    int64_t freq = wh->sync_ms;
     json_object *v;
-    if (!d || !json_object_object_get_ex(d->config, "syncFrequency", &v))
-        return wh->sync_ms;
-    double minutes = json_object_is_type(v, json_type_string)
-                         ? strtod(json_object_get_string(v), NULL)
-                         : json_object_get_double(v);
-    if (!(minutes > 0))
-        return wh->sync_ms;
-    return (int64_t)(minutes * 60000.0);
+    if (d && json_object_object_get_ex(d->config, "syncFrequency", &v)) {
+        double minutes = json_object_is_type(v, json_type_string)
+                             ? strtod(json_object_get_string(v), NULL)
+                             : json_object_get_double(v);
+        if (minutes > 0)
+            freq = (int64_t)(minutes * 60000.0);
+    }
+    const char *start = d ? sl_jsonc_str(d->config, "syncStartAt") : NULL;
+    int start_min = start && *start ? wh_sync_start_parse(start) : -1;
+    if (start && *start && start_min < 0 && !b->warned_start) {
+        sl_warn("warehouse",
+                "destination %s: syncStartAt \"%s\" is not a time of day \"HH:MM\" (UTC): "
+                "ignored, syncing every %lld s from the first event",
+                b->dest_id, start, (long long)(freq / 1000));
+        b->warned_start = true;
+    }
+    if (start_min < 0)
+        return now_mono - b->started_mono >= freq;
+    return wh_sync_due(b->started_ms, sl_time_now_ms(), start_min, freq);
 }
 
 static void offsets_json(const wh_buffer_t *b, sl_buf_t *out)
@@ -654,7 +678,7 @@ static void flush_due(wh_warehouse_t *wh, bool all)
         next = b->next;
         if (!all && now < b->retry_mono)
             continue;
-        if (all || full || now - b->started_mono >= sync_ms(wh, w, b->dest_id))
+        if (all || full || sync_due(wh, w, b, now))
             any |= flush(wh, b) == 0;
     }
     if (w)
@@ -799,66 +823,88 @@ static int generate(const wh_table_job_t *jobs, size_t n, char *errstr, size_t e
     return 0;
 }
 
-/* Exporting data: each table not loaded yet, in one transaction each (pgload.h). A table that
- * fails does not stop the others. Returns 0 with *rows_loaded (all tables of the upload), or
- * an error naming the tables that failed. */
+/* The bookkeeping of export_tables' loads (loadall.h hooks, called one at a time). */
+typedef struct export_ctx {
+    struct wh_worker *wk;
+    wh_upload_t *u;
+    sl_metric_t *m_rows;
+    int64_t rows_loaded;
+    sl_buf_t failed; /* "table T: why; ..." */
+} export_ctx_t;
+
+static void export_started(wh_load_task_t *t, void *opaque)
+{
+    export_ctx_t *x = opaque;
+    char err[512];
+    wh_uploads_table_state(x->wk->pg, x->u->id, t->table, WH_EXPORTING, 0, NULL, err, sizeof(err));
+}
+
+static void export_finished(wh_load_task_t *t, void *opaque)
+{
+    export_ctx_t *x = opaque;
+    char err[512];
+    if (t->loaded < 0) {
+        sl_warn("warehouse", "upload %lld: table %s.%s could not be loaded: %s",
+                (long long)x->u->id, x->u->namespace, t->table, t->error);
+        wh_uploads_table_state(x->wk->pg, x->u->id, t->table, WH_EXPORTING_FAILED, 0, t->error, err,
+                               sizeof(err));
+        sl_buf_printf(&x->failed, "%stable %s: %s", x->failed.len ? "; " : "", t->table, t->error);
+        return;
+    }
+    if (wh_uploads_table_state(x->wk->pg, x->u->id, t->table, WH_EXPORTED, t->loaded, NULL, err,
+                               sizeof(err)) != 0)
+        sl_buf_printf(&x->failed, "%stable %s: loaded, but not recorded: %s",
+                      x->failed.len ? "; " : "", t->table, err);
+    x->rows_loaded += t->loaded;
+    sl_metrics_add(x->m_rows, (double)t->loaded);
+}
+
+/* Exporting data: each table not loaded yet, in one transaction each (pgload.h), up to
+ * warehouse.load_parallelism at once (loadall.h). A table that fails does not stop the others.
+ * Returns 0 with *rows_loaded (all tables of the upload), or an error naming the tables that
+ * failed. */
 static int export_tables(struct wh_worker *wk, wh_upload_t *u, wh_table_job_t *jobs, size_t n,
                          int64_t *rows_loaded, char *errstr, size_t errstr_size)
 {
     wh_warehouse_t *wh = wk->wh;
-    char err[1024];
     int rc = 0;
     sl_workspace_t *w = sl_wsconf_get(wh->ws);
     const sl_destination_t *d = w ? sl_workspace_destination_by_id(w, u->destination_id) : NULL;
-    wh_pg_t *pg = NULL;
     if (!d) {
         rc = sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
                         "destination %s is not in the workspace config", u->destination_id);
         goto out;
     }
-    if (!(pg = wh_pg_connect(d->config, err, sizeof(err)))) {
-        rc = sl_err_set(errstr, errstr_size, SL_ERR_INVALID, "destination %s: %s",
-                        u->destination_id, err);
-        goto out;
-    }
-    sl_metric_t *m_rows = dest_counter("sluice_warehouse_rows_loaded_total",
-                                       "Rows written into warehouse tables", u->destination_id);
-    sl_buf_t failed = SL_BUF_INIT;
-    *rows_loaded = 0;
+    export_ctx_t x = {.wk = wk,
+                      .u = u,
+                      .m_rows =
+                          dest_counter("sluice_warehouse_rows_loaded_total",
+                                       "Rows written into warehouse tables", u->destination_id),
+                      .failed = SL_BUF_INIT};
+    wh_load_task_t *tasks = sl_calloc(n ? n : 1, sizeof(*tasks));
     for (size_t i = 0; i < n; i++) {
-        wh_table_job_t *j = &jobs[i];
-        if (strcmp(j->state, WH_EXPORTED) == 0) {
-            *rows_loaded += j->rows_loaded;
-            continue;
-        }
-        if (atomic_load(&wh->stop)) {
-            rc = SL_ERR_TRANSIENT;
-            sl_err_set(errstr, errstr_size, rc, "stopping");
-            break;
-        }
-        wh_uploads_table_state(wk->pg, u->id, j->table, WH_EXPORTING, 0, NULL, err, sizeof(err));
-        long loaded = wh_pg_load(pg, u->namespace, j->table, j->path, err, sizeof(err));
-        if (loaded < 0) {
-            sl_warn("warehouse", "upload %lld: table %s.%s could not be loaded: %s",
-                    (long long)u->id, u->namespace, j->table, err);
-            wh_uploads_table_state(wk->pg, u->id, j->table, WH_EXPORTING_FAILED, 0, err, err,
-                                   sizeof(err));
-            sl_buf_printf(&failed, "%stable %s: %s", failed.len ? "; " : "", j->table, err);
-            continue;
-        }
-        char err2[512];
-        if (wh_uploads_table_state(wk->pg, u->id, j->table, WH_EXPORTED, loaded, NULL, err2,
-                                   sizeof(err2)) != 0)
-            sl_buf_printf(&failed, "%stable %s: loaded, but not recorded: %s",
-                          failed.len ? "; " : "", j->table, err2);
-        *rows_loaded += loaded;
-        sl_metrics_add(m_rows, (double)loaded);
+        tasks[i] = (wh_load_task_t){.table = jobs[i].table,
+                                    .path = jobs[i].path,
+                                    .rows = jobs[i].rows,
+                                    .skip = strcmp(jobs[i].state, WH_EXPORTED) == 0};
+        if (tasks[i].skip)
+            x.rows_loaded += jobs[i].rows_loaded;
     }
-    if (!rc && failed.len)
-        rc = sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT, "%s", failed.data);
-    sl_buf_free(&failed);
+    wh_load_hooks_t hooks = {
+        .started = export_started, .finished = export_finished, .opaque = &x, .stop = &wh->stop};
+    char err[1024];
+    rc = wh_pg_load_all(d->config, u->namespace, tasks, n, wh->load_parallelism, &hooks, err,
+                        sizeof(err));
+    if (rc == SL_ERR_INVALID)
+        sl_err_set(errstr, errstr_size, rc, "destination %s: %s", u->destination_id, err);
+    else if (rc)
+        sl_err_set(errstr, errstr_size, rc, "%s", err);
+    else if (x.failed.len)
+        rc = sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT, "%s", x.failed.data);
+    *rows_loaded = x.rows_loaded;
+    sl_buf_free(&x.failed);
+    free(tasks);
 out:
-    wh_pg_close(pg);
     if (w)
         sl_workspace_unref(w);
     return rc;
@@ -878,7 +924,7 @@ static void run_upload(struct wh_worker *wk, wh_upload_t *u)
     int64_t rows = 0;
     sl_info("warehouse", "upload %lld claimed by %s: destination=%s namespace=%s state=%s",
             (long long)u->id, wk->claim, u->destination_id, u->namespace, u->state);
-    int rc = wh_uploads_set_state(wk->pg, u, step, true, WH_LEASE_MS, err, sizeof(err));
+    int rc = wh_uploads_set_state(wk->pg, u, step, true, wh->lease_ms, err, sizeof(err));
     if (rc)
         goto lost;
     if ((rc = wh_uploads_tables(wk->pg, u->id, &jobs, &n, err, sizeof(err))) != 0)
@@ -888,7 +934,7 @@ static void run_upload(struct wh_worker *wk, wh_upload_t *u)
             goto failed;
         step = WH_EXPORTING;
         failed_state = WH_EXPORTING_FAILED;
-        if ((rc = wh_uploads_set_state(wk->pg, u, step, false, WH_LEASE_MS, err, sizeof(err))))
+        if ((rc = wh_uploads_set_state(wk->pg, u, step, false, wh->lease_ms, err, sizeof(err))))
             goto lost;
     }
     rc = export_tables(wk, u, jobs, n, &rows, err, sizeof(err));
@@ -949,7 +995,7 @@ static void *worker_main(void *arg)
     bool reported = false;
     while (!atomic_load(&wh->stop)) {
         wh_upload_t u = {0};
-        int rc = wh_uploads_claim(wk->pg, wk->claim, WH_LEASE_MS, &u, err, sizeof(err));
+        int rc = wh_uploads_claim(wk->pg, wk->claim, wh->lease_ms, &u, err, sizeof(err));
         if (rc == 1) {
             reported = false;
             run_upload(wk, &u);
@@ -972,6 +1018,89 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* --- staging directories left behind --- */
+
+static bool all_digits(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if (*s < '0' || *s > '9')
+            return false;
+    return true;
+}
+
+/* Removes the files of staging directory dir and dir itself. */
+static void remove_dir_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    char path[PATH_MAX];
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 &&
+            snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) < (int)sizeof(path))
+            unlink(path);
+    closedir(d);
+    rmdir(dir);
+}
+
+/*
+ * Staging directories (staging_dir/<destination>/<upload id>) that nothing will read again: of
+ * an upload id that was never recorded (a crash between writing the files and recording the
+ * upload; the events were not committed, so they are consumed again) once older than
+ * WH_ORPHAN_AGE_MS, and of an upload already exported (a crash before its files were removed).
+ * Returns the number removed.
+ */
+static int clean_staging(wh_warehouse_t *wh, sl_pg_t *pg)
+{
+    DIR *top = opendir(wh->staging_dir);
+    if (!top)
+        return 0;
+    int removed = 0;
+    int64_t now = sl_time_now_ms();
+    struct dirent *de;
+    char dest[PATH_MAX], dir[PATH_MAX], err[512], state[64];
+    while ((de = readdir(top))) {
+        if (de->d_name[0] == '.' ||
+            snprintf(dest, sizeof(dest), "%s/%s", wh->staging_dir, de->d_name) >= (int)sizeof(dest))
+            continue;
+        DIR *dd = opendir(dest);
+        if (!dd)
+            continue;
+        struct dirent *ue;
+        while ((ue = readdir(dd))) {
+            struct stat st;
+            if (!all_digits(ue->d_name) ||
+                snprintf(dir, sizeof(dir), "%s/%s", dest, ue->d_name) >= (int)sizeof(dir) ||
+                stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+                continue;
+            int64_t age = now - ((int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000);
+            int found = wh_uploads_state(pg, strtoll(ue->d_name, NULL, 10), state, sizeof(state),
+                                         err, sizeof(err));
+            if (found < 0) {
+                sl_warn("warehouse", "could not look for staging directories left behind: %s", err);
+                closedir(dd);
+                closedir(top);
+                return removed;
+            }
+            if ((found == 0 && age >= WH_ORPHAN_AGE_MS) ||
+                (found == 1 && strcmp(state, WH_EXPORTED) == 0)) {
+                remove_dir_files(dir);
+                removed++;
+                sl_info("warehouse", "removed staging directory %s: %s", dir,
+                        found ? "its upload is exported"
+                              : "no upload was recorded with it (a crash while it was written; "
+                                "its events are consumed again)");
+            }
+        }
+        closedir(dd);
+    }
+    closedir(top);
+    return removed;
+}
+
 /* --- keeper --- */
 
 static void set_state_gauge(const char *state, int64_t n, void *opaque)
@@ -988,15 +1117,19 @@ static void *keeper_main(void *arg)
 {
     wh_warehouse_t *wh = arg;
     char err[1024];
-    int64_t last_renew = 0, last_metrics = 0;
+    int64_t last_renew = 0, last_metrics = 0, last_clean = sl_time_mono_ms();
     pthread_mutex_lock(&wh->mu);
     while (!atomic_load(&wh->stop)) {
         pthread_mutex_unlock(&wh->mu);
         int64_t now = sl_time_mono_ms();
-        if (now - last_renew >= WH_RENEW_MS) {
-            if (wh_uploads_renew(wh->keeper_pg, wh->instance, WH_LEASE_MS, err, sizeof(err)))
+        if (now - last_renew >= wh->lease_ms / 4) {
+            if (wh_uploads_renew(wh->keeper_pg, wh->instance, wh->lease_ms, err, sizeof(err)))
                 sl_warn("warehouse", "could not renew the claims of %s: %s", wh->instance, err);
             last_renew = now;
+        }
+        if (now - last_clean >= WH_ORPHAN_EVERY_MS) {
+            clean_staging(wh, wh->keeper_pg);
+            last_clean = now;
         }
         if (now - last_metrics >= WH_METRICS_MS) {
             for (size_t i = 0; upload_states[i]; i++)
@@ -1023,8 +1156,9 @@ static void warehouse_free(wh_warehouse_t *wh)
         next = b->next;
         buffer_free(b);
     }
-    for (int i = 0; i < WH_WORKERS; i++)
+    for (int i = 0; wh->workers && i < wh->nworkers; i++)
         sl_pg_destroy(wh->workers[i].pg);
+    free(wh->workers);
     sl_pg_destroy(wh->keeper_pg);
     sl_pg_destroy(wh->pg);
     sl_kafka_offsets_destroy(wh->offsets);
@@ -1055,6 +1189,9 @@ wh_warehouse_t *wh_warehouse_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
     wh->sync_ms = sl_conf_duration_ms(conf, "warehouse.sync_interval");
     wh->retry_base_ms = sl_conf_duration_ms(conf, "warehouse.retry_base");
     wh->max_events = (size_t)sl_conf_int(conf, "warehouse.max_buffered_events");
+    wh->lease_ms = sl_conf_duration_ms(conf, "warehouse.lease");
+    wh->nworkers = (int)sl_conf_int(conf, "warehouse.workers");
+    wh->load_parallelism = (int)sl_conf_int(conf, "warehouse.load_parallelism");
     wh->offsets = sl_kafka_offsets_new();
     const char *dsn = sl_conf_str(conf, "postgres.dsn");
     wh->pg = sl_pg_new(dsn);
@@ -1111,6 +1248,8 @@ wh_warehouse_t *wh_warehouse_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
         sl_warn("warehouse", "could not release the claims of an earlier run of %s: %s",
                 wh->instance, err);
 
+    clean_staging(wh, wh->keeper_pg); /* before this instance writes any */
+
     wh->failed_topic = sl_kafka_topic(conf, SL_TOPIC_FAILED);
     wh->producer = sl_kafka_producer_new(conf, dl_report, wh, errstr, errstr_size);
     if (!wh->producer)
@@ -1121,7 +1260,8 @@ wh_warehouse_t *wh_warehouse_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
     if (!wh->consumer)
         goto fail;
     sl_kafka_consumer_on_assign(wh->consumer, on_assign);
-    for (int i = 0; i < WH_WORKERS; i++) {
+    wh->workers = sl_calloc((size_t)wh->nworkers, sizeof(*wh->workers));
+    for (int i = 0; i < wh->nworkers; i++) {
         struct wh_worker *wk = &wh->workers[i];
         wk->wh = wh;
         wk->n = i;
@@ -1129,13 +1269,15 @@ wh_warehouse_t *wh_warehouse_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
         wk->pg = sl_pg_new(dsn);
     }
     pthread_create(&wh->consumer_thread, NULL, consumer_main, wh);
-    for (int i = 0; i < WH_WORKERS; i++)
+    for (int i = 0; i < wh->nworkers; i++)
         pthread_create(&wh->workers[i].thread, NULL, worker_main, &wh->workers[i]);
     pthread_create(&wh->keeper_thread, NULL, keeper_main, wh);
     wh->threads_started = true;
     sl_info("warehouse",
-            "warehouse started: instance=%s group=%s topic=%s staging_dir=%s sync_interval=%lldms",
-            wh->instance, wh->group, wh->topic, wh->staging_dir, (long long)wh->sync_ms);
+            "warehouse started: instance=%s group=%s topic=%s staging_dir=%s sync_interval=%lldms "
+            "workers=%d load_parallelism=%d lease=%lldms",
+            wh->instance, wh->group, wh->topic, wh->staging_dir, (long long)wh->sync_ms,
+            wh->nworkers, wh->load_parallelism, (long long)wh->lease_ms);
     return wh;
 fail:
     warehouse_free(wh);
@@ -1153,7 +1295,7 @@ void wh_warehouse_stop(wh_warehouse_t *wh)
     pthread_join(wh->consumer_thread, NULL); /* drains: buffered events become uploads */
     rd_kafka_consumer_close(wh->consumer);
     sl_kafka_consumer_destroy(wh->consumer);
-    for (int i = 0; i < WH_WORKERS; i++)
+    for (int i = 0; i < wh->nworkers; i++)
         pthread_join(wh->workers[i].thread, NULL);
     pthread_join(wh->keeper_thread, NULL);
     warehouse_free(wh);

@@ -19,8 +19,9 @@ typedef struct wh_warehouse wh_warehouse_t;
  * must outlive the role (destination configs and namespaces are read from it at each sync
  * and each load). Postgres must be migrated. Returns NULL with errstr. Options read:
  * warehouse.staging_dir, .sync_interval, .instance_id, .retry_base, .max_buffered_events,
- * .port (for the default instance id), postgres.dsn and the kafka.* options. Called from
- * the main thread. */
+ * .workers, .load_parallelism, .lease, .port (for the default instance id), postgres.dsn and
+ * the kafka.* options. Removes the staging directories nothing will read again (of no recorded
+ * upload, or of an exported one). Called from the main thread. */
 wh_warehouse_t *wh_warehouse_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errstr,
                                    size_t errstr_size);
 

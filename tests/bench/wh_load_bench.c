@@ -2,29 +2,35 @@
  * sluice-wh-load-bench: the warehouse benchmark's driver (tests/bench/warehouse). Three modes:
  *
  *   sluice-wh-load-bench load --dsn DSN --dir DIR [--events N] [--file-events F] [--rounds R]
- *                             [--pg-pid PID] [--seed S] [--server-copy]
+ *                             [--parallelism P] [--pg-pid PID] [--seed S] [--server-copy]
  *   sluice-wh-load-bench bodies --events N --batch-size B --out FILE [--seed S]
  *   sluice-wh-load-bench probe --url URL --write-key KEY --dsn DSN --ns NS [--table T]
  *                              [--seconds S] [--every-ms M] [--poll-ms P] [--wait S]
  *                              [--first-wait S]
  *
- * load: generates N track events (default 200,000; six event names, 16 properties of every
- * warehouse type, context, ~1.1 KB each), turns them into rows with wh_event_rows() and writes
+ * load: generates N events (default 200,000; the mix of a web shop: 60% track of six event names
+ * with 16 properties of every warehouse type, 20% page, 10% identify, 5% screen, 5% group; a
+ * context of 14 fields; ~1.2 KB each), turns them into rows with wh_event_rows() and writes
  * them with wh_staging_write(), one staging file per table for every F events (default 50,000:
- * one upload's worth, like a sync of the role). Then, timed separately: reading every staging
- * file (wh_staging_open/_next), and R rounds (default 3) of three loads of the same rows into
- * the Postgres at DSN, each into fresh tables of its own namespace: wh_pg_load() of every file
- * (a handle per upload, files in order, one transaction per file, as the role does); a plain
+ * one upload's worth, like a sync of the role; tracks, six event tables, pages, identifies,
+ * users, screens, groups). Then, timed separately: reading every staging file
+ * (wh_staging_open/_next), and R rounds (default 3) of these loads of the same rows into the
+ * Postgres at DSN, each into fresh tables of its own namespace, one upload after another:
+ * wh_pg_load_all() over P connections (--parallelism, default 2: what the role's worker does
+ * with warehouse.load_parallelism = P), and over 1 connection; a plain
  * `COPY t (cols) FROM STDIN (FORMAT csv)` of each file's rows written as CSV, streamed from the
- * CSV file (what psql's \copy does); and with --server-copy a server-side
- * `COPY t (cols) FROM 'file.csv'` too. The COPY tables are made LIKE the loaded ones INCLUDING
- * ALL (same columns, types and unique index on id) before the clock starts; the order of the
- * loads alternates between rounds, and a CHECKPOINT precedes each. Round 1 also loads the first
- * upload's files again with wh_pg_load() (every id already there: 0 rows written, as a retried
- * upload). CPU: this process (getrusage) and, with
- * --pg-pid (the postmaster), the postmaster and its children (/proc). Prints one JSON line.
+ * CSV file (what psql's \copy does), over one connection (the ceiling of the issue) and over P
+ * connections at once (each taking the next file of the upload, largest first); and with
+ * --server-copy a server-side `COPY t (cols) FROM 'file.csv'` too. The COPY tables are made LIKE
+ * the loaded ones INCLUDING ALL (same columns, types and unique index on id) before the clock
+ * starts; the order of the loads is reversed every other round, and a CHECKPOINT precedes each.
+ * Round 1 also loads the first upload's files again with wh_pg_load_all() (every id already
+ * there: 0 rows added, as a retried upload; `users` rows are updated in place). CPU: this
+ * process (getrusage) and, with --pg-pid (the postmaster), the postmaster and its children
+ * (/proc). Prints one JSON line.
  *
- * bodies: N events of the same generator as /v1/batch bodies of B events, one a line (input of
+ * bodies: N track events of the same generator (so each is a row of tracks, which the
+ * end-to-end run counts) as /v1/batch bodies of B events, one a line (input of
  * sluice-loadgen --bodies), with messageIds unique to this seed.
  *
  * probe: sends one event with POST URL/v1/track every M ms (default 250) for S seconds and
@@ -36,6 +42,7 @@
  */
 #include "common/buf.h"
 #include "common/mem.h"
+#include "warehouse/loadall.h"
 #include "warehouse/pgload.h"
 #include "warehouse/schema.h"
 #include "warehouse/staging.h"
@@ -47,6 +54,7 @@
 #include <json-c/json.h>
 #include <libpq-fe.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -137,10 +145,32 @@ static void stamp(int64_t ms, char out[32])
     snprintf(out + n, 32 - n, ".%03dZ", (int)(ms % 1000));
 }
 
-/* Appends event i (a track event as the processor hands it to the warehouse: with receivedAt,
- * request_ip and rudderId) to b, messageId mid. Every property has the same type in every
- * event, so no column is mixed. */
-static void gen_event(rng_t *r, size_t i, const char *mid, sl_buf_t *b)
+typedef enum { EV_TRACK, EV_PAGE, EV_IDENTIFY, EV_SCREEN, EV_GROUP } kind_t;
+static const char *const KINDS[] = {"track", "page", "identify", "screen", "group"};
+static const char *const PAGES[] = {"Home", "Product", "Category", "Cart", "Search", "Account"};
+static const char *const SCREENS[] = {"Home", "Product Detail", "Cart", "Settings", "Orders"};
+static const char *const PLANS[] = {"free", "starter", "pro", "enterprise"};
+static const char *const FIRST[] = {"Ada", "Grace", "Linus", "Barbara", "Ken", "Margaret"};
+static const char *const LAST[] = {"Lovelace", "Hopper", "Torvalds", "Liskov", "Thompson"};
+static const char *const CITIES[] = {"Berlin", "Lyon", "Austin", "Osaka", "Leeds", "Porto"};
+
+/* The mix of an upload of a web shop: 60% track, 20% page, 10% identify, 5% screen, 5% group. */
+static kind_t pick_kind(rng_t *r)
+{
+    unsigned x = below(r, 20);
+    return x < 12   ? EV_TRACK
+           : x < 16 ? EV_PAGE
+           : x < 18 ? EV_IDENTIFY
+           : x < 19 ? EV_SCREEN
+                    : EV_GROUP;
+}
+
+/* Appends event i of kind k (as the processor hands it to the warehouse: with receivedAt,
+ * request_ip and rudderId) to b, messageId mid. Every property or trait has the same type in
+ * every event, so no column is mixed. A track becomes a row of `tracks` and of its event's table,
+ * an identify one of `identifies` and one of `users` (its userId is new: a sign-up), a page,
+ * screen or group one of `pages`, `screens` or `groups`. */
+static void gen_event(rng_t *r, size_t i, const char *mid, kind_t k, sl_buf_t *b)
 {
     char anon[37], rudder[37], ts[32], sent[32], recv[32], added[32], sku[16];
     int64_t ms = (int64_t)i * 37 + below(r, 1000);
@@ -152,9 +182,19 @@ static void gen_event(rng_t *r, size_t i, const char *mid, sl_buf_t *b)
     stamp(ms - 86400000LL * below(r, 30), added);
     snprintf(sku, sizeof(sku), "SKU-%06u", below(r, 1000000));
     const char *cat = PICK(r, CATEGORIES);
-    sl_buf_printf(b, "{\"type\":\"track\",\"event\":\"%s\",\"messageId\":\"%s\",", PICK(r, NAMES),
-                  mid);
-    if (below(r, 10) < 7)
+    sl_buf_printf(b, "{\"type\":\"%s\",", KINDS[k]);
+    if (k == EV_TRACK)
+        sl_buf_printf(b, "\"event\":\"%s\",", PICK(r, NAMES));
+    else if (k == EV_PAGE)
+        sl_buf_printf(b, "\"name\":\"%s\",", PICK(r, PAGES));
+    else if (k == EV_SCREEN)
+        sl_buf_printf(b, "\"name\":\"%s\",", PICK(r, SCREENS));
+    else if (k == EV_GROUP)
+        sl_buf_printf(b, "\"groupId\":\"org-%05u\",", below(r, 2000));
+    sl_buf_printf(b, "\"messageId\":\"%s\",", mid);
+    if (k == EV_IDENTIFY)
+        sl_buf_printf(b, "\"userId\":\"user-%09zu\",", i);
+    else if (below(r, 10) < 7)
         sl_buf_printf(b, "\"userId\":\"user-%05u\",", below(r, 10000));
     sl_buf_printf(b,
                   "\"anonymousId\":\"%s\",\"channel\":\"web\",\"timestamp\":\"%s\","
@@ -173,17 +213,56 @@ static void gen_event(rng_t *r, size_t i, const char *mid, sl_buf_t *b)
                   PICK(r, SOURCES), PICK(r, MEDIUMS));
     double price = 3 + unit(r) * 297;
     unsigned qty = 1 + below(r, 4);
-    sl_buf_printf(b,
-                  "\"properties\":{\"sku\":\"%s\",\"product_id\":\"p-%u\",\"product_name\":\"%s\","
-                  "\"category\":\"%s\",\"brand\":\"%s\",\"price\":%.2f,\"quantity\":%u,"
-                  "\"currency\":\"%s\",\"value\":%.2f,\"discount\":%.2f,\"in_stock\":%s,"
-                  "\"is_gift\":%s,\"rating\":%u,\"position\":%u,\"added_at\":\"%s\","
-                  "\"dimensions\":{\"width\":%.1f,\"height\":%.1f},\"tags\":[\"%s\",\"%s\"]}}",
-                  sku, below(r, 50000), PICK(r, PRODUCTS), cat, PICK(r, BRANDS), price, qty,
-                  below(r, 5) ? "USD" : "EUR", price * qty, unit(r) * 0.3,
-                  below(r, 10) ? "true" : "false", below(r, 20) ? "false" : "true", 1 + below(r, 5),
-                  1 + below(r, 48), added, 5 + unit(r) * 95, 5 + unit(r) * 95, PICK(r, TAGS),
-                  PICK(r, TAGS));
+    switch (k) {
+    case EV_TRACK:
+        sl_buf_printf(
+            b,
+            "\"properties\":{\"sku\":\"%s\",\"product_id\":\"p-%u\",\"product_name\":\"%s\","
+            "\"category\":\"%s\",\"brand\":\"%s\",\"price\":%.2f,\"quantity\":%u,"
+            "\"currency\":\"%s\",\"value\":%.2f,\"discount\":%.2f,\"in_stock\":%s,"
+            "\"is_gift\":%s,\"rating\":%u,\"position\":%u,\"added_at\":\"%s\","
+            "\"dimensions\":{\"width\":%.1f,\"height\":%.1f},\"tags\":[\"%s\",\"%s\"]}}",
+            sku, below(r, 50000), PICK(r, PRODUCTS), cat, PICK(r, BRANDS), price, qty,
+            below(r, 5) ? "USD" : "EUR", price * qty, unit(r) * 0.3,
+            below(r, 10) ? "true" : "false", below(r, 20) ? "false" : "true", 1 + below(r, 5),
+            1 + below(r, 48), added, 5 + unit(r) * 95, 5 + unit(r) * 95, PICK(r, TAGS),
+            PICK(r, TAGS));
+        break;
+    case EV_PAGE:
+        sl_buf_printf(b,
+                      "\"properties\":{\"path\":\"/%s/%s\",\"url\":\"https://shop.example.com/%s/"
+                      "%s\",\"title\":\"%s | Example Shop\",\"referrer\":\"https://www.%s.com/\","
+                      "\"search\":\"\",\"category\":\"%s\",\"load_time_ms\":%u,"
+                      "\"scroll_depth\":%.2f,\"logged_in\":%s}}",
+                      cat, sku, cat, sku, cat, PICK(r, SOURCES), cat, 80 + below(r, 3000), unit(r),
+                      below(r, 2) ? "true" : "false");
+        break;
+    case EV_SCREEN:
+        sl_buf_printf(b,
+                      "\"properties\":{\"category\":\"%s\",\"previous_screen\":\"%s\","
+                      "\"duration_ms\":%u,\"orientation\":\"%s\"}}",
+                      cat, PICK(r, SCREENS), below(r, 60000),
+                      below(r, 4) ? "portrait" : "landscape");
+        break;
+    case EV_IDENTIFY:
+        sl_buf_printf(b,
+                      "\"traits\":{\"email\":\"user%zu@example.com\",\"first_name\":\"%s\","
+                      "\"last_name\":\"%s\",\"plan\":\"%s\",\"age\":%u,\"logins\":%u,"
+                      "\"score\":%.3f,\"verified\":%s,\"created_at\":\"%s\","
+                      "\"company\":{\"name\":\"%s\",\"size\":%u},"
+                      "\"address\":{\"city\":\"%s\",\"country\":\"%s\"}}}",
+                      i, PICK(r, FIRST), PICK(r, LAST), PICK(r, PLANS), 18 + below(r, 60),
+                      below(r, 500), unit(r) * 100, below(r, 3) ? "true" : "false", added,
+                      PICK(r, BRANDS), 1 + below(r, 5000), PICK(r, CITIES), PICK(r, LOCALES) + 3);
+        break;
+    case EV_GROUP:
+        sl_buf_printf(b,
+                      "\"traits\":{\"name\":\"%s %s\",\"industry\":\"%s\",\"employees\":%u,"
+                      "\"plan\":\"%s\",\"mrr\":%.2f,\"trial\":%s}}",
+                      PICK(r, BRANDS), PICK(r, CITIES), cat, 1 + below(r, 20000), PICK(r, PLANS),
+                      unit(r) * 10000, below(r, 5) ? "false" : "true");
+        break;
+    }
 }
 
 /* ---- load: staging files, wh_pg_load and COPY ---- */
@@ -382,6 +461,38 @@ static void write_csv(file_t *f)
     wh_staging_close(r);
 }
 
+/* `COPY ns.table (cols) FROM STDIN (FORMAT csv)` of file f's CSV, streamed from the file as
+ * psql's \copy does; returns the rows copied. */
+static long long copy_stdin(PGconn *c, const char *ns, const file_t *f)
+{
+    char chunk[64 << 10];
+    sl_buf_t q = SL_BUF_INIT;
+    long long rows = 0;
+    sl_buf_printf(&q, "COPY \"%s\".\"%s\" (%s) FROM STDIN (FORMAT csv)", ns, f->table, f->cols);
+    PGresult *r = PQexec(c, q.data);
+    if (PQresultStatus(r) != PGRES_COPY_IN)
+        die("%s: %s", q.data, PQerrorMessage(c));
+    PQclear(r);
+    FILE *in = fopen(f->csv, "r");
+    if (!in)
+        die("%s: %s", f->csv, strerror(errno));
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), in)) > 0)
+        if (PQputCopyData(c, chunk, (int)n) != 1)
+            die("%s: %s", f->csv, PQerrorMessage(c));
+    fclose(in);
+    if (PQputCopyEnd(c, NULL) != 1)
+        die("%s: %s", f->csv, PQerrorMessage(c));
+    while ((r = PQgetResult(c))) {
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+            die("%s: %s", q.data, PQresultErrorMessage(r));
+        rows += atoll(PQcmdTuples(r));
+        PQclear(r);
+    }
+    sl_buf_free(&q);
+    return rows;
+}
+
 /* COPY of every file's CSV into ns: from the client (streamed like psql's \copy) or read by the
  * server itself. Returns false when the server refused (server-side COPY needs a superuser or
  * pg_read_server_files, and the server on this machine). */
@@ -389,7 +500,6 @@ static bool copy_csv(PGconn *c, const char *ns, file_t *files, size_t nfiles, bo
                      phase_t *ph, char *why, size_t why_size)
 {
     sl_buf_t q = SL_BUF_INIT;
-    static char chunk[256 << 10];
     bool ok = true;
     for (size_t i = 0; i < nfiles && ok; i++) {
         file_t *f = &files[i];
@@ -409,49 +519,95 @@ static bool copy_csv(PGconn *c, const char *ns, file_t *files, size_t nfiles, bo
             PQclear(r);
             continue;
         }
-        sl_buf_puts(&q, "STDIN (FORMAT csv)");
-        PGresult *r = PQexec(c, q.data);
-        if (PQresultStatus(r) != PGRES_COPY_IN)
-            die("%s: %s", q.data, PQerrorMessage(c));
-        PQclear(r);
-        FILE *in = fopen(f->csv, "r");
-        if (!in)
-            die("%s: %s", f->csv, strerror(errno));
-        size_t n;
-        while ((n = fread(chunk, 1, sizeof(chunk), in)) > 0)
-            if (PQputCopyData(c, chunk, (int)n) != 1)
-                die("%s: %s", f->csv, PQerrorMessage(c));
-        fclose(in);
-        if (PQputCopyEnd(c, NULL) != 1)
-            die("%s: %s", f->csv, PQerrorMessage(c));
-        while ((r = PQgetResult(c))) {
-            if (PQresultStatus(r) != PGRES_COMMAND_OK)
-                die("%s: %s", q.data, PQresultErrorMessage(r));
-            ph->rows += atoll(PQcmdTuples(r));
-            PQclear(r);
-        }
+        ph->rows += copy_stdin(c, ns, f);
     }
     sl_buf_free(&q);
     return ok;
 }
 
-/* wh_pg_load() of every file into ns, one handle per upload as the role has. */
-static void pg_load(json_object *cfg, const char *ns, file_t *files, size_t nfiles, phase_t *ph)
+/* Every upload's files into ns with wh_pg_load_all() over `parallelism` connections, one upload
+ * after another, as the role's worker does (loadall.h: the largest tables first, `users` last,
+ * one COPY in one transaction per table). */
+static void pg_load(json_object *cfg, const char *ns, file_t *files, size_t nfiles, int parallelism,
+                    phase_t *ph)
 {
     char err[1024];
-    wh_pg_t *w = NULL;
-    for (size_t i = 0; i < nfiles; i++) {
-        if (!w || (i && files[i].upload != files[i - 1].upload)) {
-            wh_pg_close(w);
-            if (!(w = wh_pg_connect(cfg, err, sizeof(err))))
-                die("%s%s", "wh_pg_connect: ", err);
+    wh_load_task_t *tasks = sl_calloc(nfiles ? nfiles : 1, sizeof(*tasks));
+    for (size_t i = 0, end; i < nfiles; i = end) {
+        for (end = i; end < nfiles && files[end].upload == files[i].upload; end++)
+            tasks[end - i] = (wh_load_task_t){.table = files[end].table,
+                                              .path = files[end].path,
+                                              .rows = (int64_t)files[end].rows};
+        if (wh_pg_load_all(cfg, ns, tasks, end - i, parallelism, NULL, err, sizeof(err)) != 0)
+            die("wh_pg_load_all: %s%s", err, "");
+        for (size_t k = 0; k < end - i; k++) {
+            if (tasks[k].loaded < 0)
+                die("wh_pg_load %s: %s", files[i + k].path, tasks[k].error);
+            ph->rows += tasks[k].loaded;
         }
-        long n = wh_pg_load(w, ns, files[i].table, files[i].path, err, sizeof(err));
-        if (n < 0)
-            die("wh_pg_load %s: %s", files[i].path, err);
-        ph->rows += n;
     }
-    wh_pg_close(w);
+    free(tasks);
+}
+
+/* The CSV COPYs of one upload over several connections: each takes the next file, largest
+ * first, as wh_pg_load_all() does. */
+typedef struct {
+    PGconn *c;
+    const char *ns;
+    file_t *files;
+    const size_t *order;
+    size_t n, *next;
+    long long rows;
+    pthread_mutex_t *mu;
+} copier_t;
+
+static void *copier_main(void *arg)
+{
+    copier_t *cp = arg;
+    for (;;) {
+        pthread_mutex_lock(cp->mu);
+        size_t k = (*cp->next)++;
+        pthread_mutex_unlock(cp->mu);
+        if (k >= cp->n)
+            return NULL;
+        cp->rows += copy_stdin(cp->c, cp->ns, &cp->files[cp->order[k]]);
+    }
+}
+
+/* COPY FROM STDIN of every upload's CSV files into ns over the nconns connections conns, one
+ * upload after another. */
+static void copy_parallel(PGconn **conns, int nconns, const char *ns, file_t *files, size_t nfiles,
+                          phase_t *ph)
+{
+    size_t *order = sl_malloc((nfiles ? nfiles : 1) * sizeof(*order));
+    copier_t cps[64];
+    pthread_t th[64];
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    for (size_t i = 0, end; i < nfiles; i = end) {
+        size_t n = 0, next = 0;
+        for (end = i; end < nfiles && files[end].upload == files[i].upload; end++) {
+            size_t k = n++;
+            for (; k > 0 && files[order[k - 1]].rows < files[end].rows; k--)
+                order[k] = order[k - 1];
+            order[k] = end;
+        }
+        for (int t = 0; t < nconns; t++) {
+            cps[t] = (copier_t){.c = conns[t],
+                                .ns = ns,
+                                .files = files,
+                                .order = order,
+                                .n = n,
+                                .next = &next,
+                                .mu = &mu};
+            if (pthread_create(&th[t], NULL, copier_main, &cps[t]) != 0)
+                die("%s%s", "pthread_create failed", "");
+        }
+        for (int t = 0; t < nconns; t++) {
+            pthread_join(th[t], NULL);
+            ph->rows += cps[t].rows;
+        }
+    }
+    free(order);
 }
 
 typedef struct {
@@ -470,21 +626,21 @@ static int cmd_load(int argc, char **argv)
 {
     const char *dsn = NULL, *dir = NULL;
     long events = 200000, file_events = 50000, rounds = 3, seed = 1;
-    static const struct option opts[] = {{"dsn", required_argument, 0, 'd'},
-                                         {"dir", required_argument, 0, 'D'},
-                                         {"events", required_argument, 0, 'n'},
-                                         {"file-events", required_argument, 0, 'f'},
-                                         {"rounds", required_argument, 0, 'r'},
-                                         {"pg-pid", required_argument, 0, 'p'},
-                                         {"seed", required_argument, 0, 's'},
-                                         {"server-copy", no_argument, 0, 'S'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"dsn", required_argument, 0, 'd'},         {"dir", required_argument, 0, 'D'},
+        {"events", required_argument, 0, 'n'},      {"file-events", required_argument, 0, 'f'},
+        {"rounds", required_argument, 0, 'r'},      {"pg-pid", required_argument, 0, 'p'},
+        {"seed", required_argument, 0, 's'},        {"server-copy", no_argument, 0, 'S'},
+        {"parallelism", required_argument, 0, 'P'}, {0, 0, 0, 0}};
     bool server_copy = false;
-    int o;
+    int o, parallelism = 2;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
         case 'S':
             server_copy = true;
+            break;
+        case 'P':
+            parallelism = atoi(optarg);
             break;
         case 'd':
             dsn = optarg;
@@ -511,10 +667,11 @@ static int cmd_load(int argc, char **argv)
             return 2;
         }
     }
-    if (!dsn || !dir || events < 1 || file_events < 1 || rounds < 1 || rounds > 20) {
+    if (!dsn || !dir || events < 1 || file_events < 1 || rounds < 1 || rounds > 20 ||
+        parallelism < 1 || parallelism > 64) {
         fprintf(stderr, "usage: sluice-wh-load-bench load --dsn DSN --dir DIR [--events N] "
-                        "[--file-events F] [--rounds R] [--pg-pid PID] [--seed S] "
-                        "[--server-copy]\n");
+                        "[--file-events F] [--rounds R] [--parallelism P] [--pg-pid PID] "
+                        "[--seed S] [--server-copy]\n");
         return 2;
     }
     /* The destination config of the same server and database as DSN. */
@@ -563,7 +720,7 @@ static int cmd_load(int argc, char **argv)
             char mid[37];
             uuid(&rng, mid);
             off[i] = ev.len;
-            gen_event(&rng, (size_t)(done + i), mid, &ev);
+            gen_event(&rng, (size_t)(done + i), mid, pick_kind(&rng), &ev);
         }
         off[n] = ev.len;
         event_bytes += (long long)ev.len;
@@ -653,27 +810,38 @@ static int cmd_load(int argc, char **argv)
     fprintf(stderr, "[wh-load-bench] staging read %.0f rows/s; CSV written\n",
             (double)rd.rows / rd.wall);
 
-    /* The rounds. */
-    phase_t *ld = sl_calloc((size_t)rounds, sizeof(phase_t));
-    phase_t *cs = sl_calloc((size_t)rounds, sizeof(phase_t));
-    phase_t *cf = sl_calloc((size_t)rounds, sizeof(phase_t));
+    /* The rounds: every kind of load once per round, in an order reversed every other round. */
+    enum { K_LOAD, K_STDIN, K_FILE, K_PARALLEL, K_LOAD1, NKINDS };
+    static const char *const kind_names[NKINDS] = {"load", "copy_stdin", "copy_file",
+                                                   "copy_parallel", "load_1"};
+    static const char *const kind_labels[NKINDS] = {"wh_pg_load_all", "COPY FROM STDIN",
+                                                    "COPY FROM file", "parallel COPY FROM STDIN",
+                                                    "wh_pg_load_all, 1 connection"};
+    phase_t *ph_all[NKINDS];
+    for (int k = 0; k < NKINDS; k++)
+        ph_all[k] = sl_calloc((size_t)rounds, sizeof(phase_t));
+    PGconn **conns = sl_calloc((size_t)parallelism, sizeof(*conns));
+    for (int i = 0; i < parallelism; i++) {
+        conns[i] = PQconnectdb(dsn);
+        if (PQstatus(conns[i]) != CONNECTION_OK)
+            die("%s: %s", dsn, PQerrorMessage(conns[i]));
+        PQsetNoticeProcessor(conns[i], quiet, NULL);
+    }
     phase_t reload = {0};
-    long long reload_rows = -1;
+    long long reload_rows = -1, reload_added = -1;
     bool server_ok = server_copy;
     char why[512] = "not run (--server-copy)";
     sqlf(c, false, "DROP SCHEMA IF EXISTS wh_tmpl CASCADE", NULL, NULL);
     for (long r = 0; r < rounds; r++) {
-        char ns_l[32], ns_s[32], ns_f[32];
-        snprintf(ns_l, sizeof(ns_l), "wh_load_%ld", r + 1);
-        snprintf(ns_s, sizeof(ns_s), "wh_copy_stdin_%ld", r + 1);
-        snprintf(ns_f, sizeof(ns_f), "wh_copy_file_%ld", r + 1);
-        for (int step = 0; step < 3; step++) {
-            int what = r % 2 == 0 ? step : 2 - step; /* 0 load, 1 stdin, 2 file */
-            if (what == 2 && !server_ok)
+        for (int step = 0; step < NKINDS; step++) {
+            int what = r % 2 == 0 ? step : NKINDS - 1 - step;
+            if (what == K_FILE && !server_ok)
                 continue;
-            const char *ns = what == 0 ? ns_l : what == 1 ? ns_s : ns_f;
+            bool loader = what == K_LOAD || what == K_LOAD1;
+            char ns[64];
+            snprintf(ns, sizeof(ns), "wh_%s_%ld", kind_names[what], r + 1);
             sqlf(c, true, "DROP SCHEMA IF EXISTS \"%s\" CASCADE", ns, NULL);
-            if (what != 0) {
+            if (!loader) {
                 sqlf(c, true, "CREATE SCHEMA \"%s\"", ns, NULL);
                 for (size_t i = 0; i < nfiles; i++)
                     if (first_of(files, i)) {
@@ -685,14 +853,16 @@ static int cmd_load(int argc, char **argv)
                     }
             }
             PQclear(sql(c, "CHECKPOINT", false));
-            phase_t *ph = what == 0 ? &ld[r] : what == 1 ? &cs[r] : &cf[r];
+            phase_t *ph = &ph_all[what][r];
             phase_start(ph);
-            if (what == 0)
-                pg_load(cfg, ns, files, nfiles, ph);
-            else if (!copy_csv(c, ns, files, nfiles, what == 2, ph, why, sizeof(why)))
+            if (loader)
+                pg_load(cfg, ns, files, nfiles, what == K_LOAD ? parallelism : 1, ph);
+            else if (what == K_PARALLEL)
+                copy_parallel(conns, parallelism, ns, files, nfiles, ph);
+            else if (!copy_csv(c, ns, files, nfiles, what == K_FILE, ph, why, sizeof(why)))
                 server_ok = false;
             phase_end(ph);
-            if (what == 2 && !server_ok) {
+            if (what == K_FILE && !server_ok) {
                 fprintf(stderr, "[wh-load-bench] no server-side COPY: %s", why);
                 sqlf(c, false, "DROP SCHEMA IF EXISTS \"%s\" CASCADE", ns, NULL);
                 continue;
@@ -705,12 +875,9 @@ static int cmd_load(int argc, char **argv)
                         ns, ph->rows, in_db, total_rows);
                 exit(1);
             }
-            fprintf(stderr, "[wh-load-bench] round %ld: %s %.0f rows/s\n", r + 1,
-                    what == 0   ? "wh_pg_load"
-                    : what == 1 ? "COPY FROM STDIN"
-                                : "COPY FROM file",
+            fprintf(stderr, "[wh-load-bench] round %ld: %s %.0f rows/s\n", r + 1, kind_labels[what],
                     (double)ph->rows / ph->wall);
-            if (what == 0 && r == 0) {
+            if (what == K_LOAD && r == 0) {
                 sqlf(c, true, "CREATE SCHEMA wh_tmpl", NULL, NULL);
                 for (size_t i = 0; i < nfiles; i++)
                     if (first_of(files, i)) {
@@ -727,17 +894,23 @@ static int cmd_load(int argc, char **argv)
                     rows0 += (long long)files[n0++].rows;
                 PQclear(sql(c, "CHECKPOINT", false));
                 phase_start(&reload);
-                pg_load(cfg, ns, files, n0, &reload);
+                pg_load(cfg, ns, files, n0, parallelism, &reload);
                 phase_end(&reload);
                 reload_rows = reload.rows;
+                reload_added = count_rows(c, ns, files, nfiles) - in_db;
                 reload.rows = rows0; /* rows read and checked, for rows/s */
-                fprintf(stderr, "[wh-load-bench] reload: %lld rows written, %.0f rows/s\n",
-                        reload_rows, (double)rows0 / reload.wall);
+                fprintf(stderr,
+                        "[wh-load-bench] reload: %lld rows written (users updated in place), "
+                        "%lld added, %.0f rows/s\n",
+                        reload_rows, reload_added, (double)rows0 / reload.wall);
             }
             sqlf(c, false, "DROP SCHEMA IF EXISTS \"%s\" CASCADE", ns, NULL);
         }
     }
     sqlf(c, false, "DROP SCHEMA IF EXISTS wh_tmpl CASCADE", NULL, NULL);
+    for (int i = 0; i < parallelism; i++)
+        PQfinish(conns[i]);
+    free(conns);
 
     /* Per-table columns (of its first file) and rows, for the report. */
     sl_buf_t out = SL_BUF_INIT;
@@ -767,34 +940,35 @@ static int cmd_load(int argc, char **argv)
         first = false;
     }
     sl_buf_puts(&out, "]");
-    const char *names[] = {"load", "copy_stdin", "copy_file"};
-    phase_t *all[] = {ld, cs, cf};
-    for (int k = 0; k < 3; k++) {
-        if (k == 2 && !server_ok) {
+    sl_buf_printf(&out, ",\"parallelism\":%d", parallelism);
+    for (int k = 0; k < NKINDS; k++) {
+        if (k == K_FILE && !server_ok) {
             sl_buf_printf(&out, ",\"copy_file\":null,\"copy_file_error\":");
             sl_buf_json_str(&out, why, strcspn(why, "\n"));
             continue;
         }
+        phase_t *all = ph_all[k];
         /* the median round by rows/s, and every round */
         double *v = sl_calloc((size_t)rounds, sizeof(double));
         for (long r = 0; r < rounds; r++)
-            v[r] = (double)all[k][r].rows / all[k][r].wall;
+            v[r] = (double)all[r].rows / all[r].wall;
         qsort(v, (size_t)rounds, sizeof(double), cmp_double);
         long med = 0;
         for (long r = 0; r < rounds; r++)
-            if ((double)all[k][r].rows / all[k][r].wall == v[rounds / 2])
+            if ((double)all[r].rows / all[r].wall == v[rounds / 2])
                 med = r;
         free(v);
         sl_buf_putc(&out, ',');
-        phase_json(&out, names[k], &all[k][med]);
-        sl_buf_printf(&out, ",\"%s_rounds\":[", names[k]);
+        phase_json(&out, kind_names[k], &all[med]);
+        sl_buf_printf(&out, ",\"%s_rounds\":[", kind_names[k]);
         for (long r = 0; r < rounds; r++)
-            sl_buf_printf(&out, "%s%.0f", r ? "," : "", (double)all[k][r].rows / all[k][r].wall);
+            sl_buf_printf(&out, "%s%.0f", r ? "," : "", (double)all[r].rows / all[r].wall);
         sl_buf_puts(&out, "]");
     }
     sl_buf_putc(&out, ',');
     phase_json(&out, "reload", &reload);
-    sl_buf_printf(&out, ",\"reload_rows_written\":%lld}", reload_rows);
+    sl_buf_printf(&out, ",\"reload_rows_written\":%lld,\"reload_rows_added\":%lld}", reload_rows,
+                  reload_added);
     puts(out.data);
     sl_buf_free(&out);
 
@@ -806,9 +980,8 @@ static int cmd_load(int argc, char **argv)
     rmdir(sdir);
     rmdir(cdir);
     free(files);
-    free(ld);
-    free(cs);
-    free(cf);
+    for (int k = 0; k < NKINDS; k++)
+        free(ph_all[k]);
     json_object_put(cfg);
     PQfinish(c);
     return 0;
@@ -860,7 +1033,7 @@ static int cmd_bodies(int argc, char **argv)
         uuid(&rng, mid);
         sl_buf_puts(&b, i % batch == 0 ? "{\"batch\":[" : ",");
         size_t at = b.len;
-        gen_event(&rng, (size_t)i, mid, &b);
+        gen_event(&rng, (size_t)i, mid, EV_TRACK, &b);
         bytes += (long long)(b.len - at);
         if (i % batch == batch - 1 || i == events - 1) {
             sl_buf_puts(&b, "]}\n");
@@ -895,7 +1068,7 @@ static double send_probe(CURL *h, const char *url, rng_t *rng, size_t i, const c
                          long *status)
 {
     sl_buf_t b = SL_BUF_INIT;
-    gen_event(rng, i, id, &b);
+    gen_event(rng, i, id, EV_TRACK, &b);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, b.data);
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)b.len);

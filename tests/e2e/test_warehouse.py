@@ -9,9 +9,12 @@ a Postgres warehouse (a second database on the test Postgres), checked with SQL.
   --case crash     SIGKILL of the warehouse during uploads, restart: no row lost or doubled
   --case takeover  two warehouse instances; the one loading an upload is SIGKILLed while its
                    load waits on a lock: the other takes the upload over when the lease
-                   lapses and loads it, every row once
+                   (warehouse.lease, 5 s here) lapses and loads it, every row once
   --case commands  `sluice warehouse uploads` (text and --json); an upload that fails is
                    retried with backoff, aborted, and `sluice warehouse retry` loads it
+  --case options   warehouse.workers, .load_parallelism and .lease: three uploads claimed at
+                   once, an upload's tables loading in parallel, 3 s claims
+  --case orphans   staging directories left by a crash are removed at start
 """
 import argparse
 import json
@@ -389,7 +392,8 @@ def case_takeover(env):
     gw = env.start("gateway", name="gateway")
     pr = env.start("processor", name="processor", **kafka)
     ws = {i: env.start("warehouse", name=f"warehouse-{i}",
-                       **wh_env(env, SLUICE_WAREHOUSE_INSTANCE_ID=f"e2e-wh-{i}"))
+                       **wh_env(env, SLUICE_WAREHOUSE_INSTANCE_ID=f"e2e-wh-{i}",
+                                SLUICE_WAREHOUSE_LEASE="5s"))
           for i in ("a", "b")}
     for proc in [gw, pr] + list(ws.values()):
         env.wait_healthy(proc)
@@ -428,7 +432,7 @@ def case_takeover(env):
                "'%pg_sleep(60)%' AND pid <> pg_backend_pid()")
         locker.kill()
         locker.wait()
-    wh.wait_count("tk", "tracks", 201, timeout=35)
+    wh.wait_count("tk", "tracks", 201, timeout=25)
     wh.wait_count("tk", "item_viewed", 201, timeout=5)
     took = time.time() - killed_at
     hist = h.psql(env.dsn, f"SELECT state, instance FROM sluice_wh_upload_events WHERE "
@@ -554,8 +558,121 @@ def case_badevents(env):
         h.fail("sluice all did not stop cleanly")
 
 
+def lock_tables(wh, tables):
+    """A psql session holding tables ACCESS EXCLUSIVE until unlock(); waits for the lock."""
+    locker = subprocess.Popen(["psql", wh.dsn, "-X", "-q", "-c",
+                               f"BEGIN; LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE "
+                               "MODE; SELECT pg_sleep(60)"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    h.wait_for("the locks", lambda: wh.one(
+        "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND granted AND "
+        "relation IS NOT NULL AND locktype = 'relation' AND pid <> pg_backend_pid()") != "0", 10)
+
+    def unlock():
+        # The server ends the lock's transaction (a killed psql leaves its backend asleep).
+        wh.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE "
+               "'%pg_sleep(60)%' AND pid <> pg_backend_pid()")
+        locker.kill()
+        locker.wait()
+    return unlock
+
+
+def case_options(env):
+    """warehouse.workers, .load_parallelism and .lease: three destinations' uploads are claimed
+    at once by workers #0, #1 and #2 with a 3 s lease, and while each upload's first table
+    (item_viewed, before tracks by name at equal size) waits on a lock, its tracks loads over a
+    second connection."""
+    wh = Warehouse(env)
+    nss = ["o1", "o2", "o3"]
+    env.write_workspace(config([pg_dest(f"d-{n}", wh, namespace=n) for n in nss]))
+    h.create_topics(env)
+    p = env.start("all", **wh_env(env, SLUICE_WAREHOUSE_WORKERS="3",
+                                  SLUICE_WAREHOUSE_LOAD_PARALLELISM="2",
+                                  SLUICE_WAREHOUSE_LEASE="3s"))
+    env.wait_healthy(p)
+    send(p, "/v1/track", {"userId": "u0", "event": "Item Viewed", "messageId": "o-0"})
+    for n in nss:
+        wh.wait_count(n, "item_viewed", 1)
+    wait_uploads_settled(env, p)
+    unlock = lock_tables(wh, [f"{n}.item_viewed" for n in nss])
+    try:
+        send(p, "/v1/track", {"userId": "u1", "event": "Item Viewed", "messageId": "o-1"})
+        for n in nss:  # tracks loads beside the blocked item_viewed
+            wh.wait_count(n, "tracks", 2, timeout=20)
+
+        def held():
+            r = h.psql(env.dsn, "SELECT u.claimed_by, extract(epoch FROM u.claimed_until - "
+                       "now()), t.state FROM sluice_wh_uploads u JOIN sluice_wh_table_uploads "
+                       "t ON t.upload_id = u.id AND t.table_name = 'tracks' WHERE u.state = "
+                       "'exporting_data' AND u.claimed_by IS NOT NULL")
+            return r if len(r) == 3 else None
+        rows = h.wait_for("three uploads claimed at once", held, 20, interval=0.2)
+        h.log("claims:", rows)
+        claims = sorted(r[0] for r in rows)
+        if claims != [f"e2e-wh-1#{i}" for i in range(3)]:
+            h.fail(f"three workers should hold the uploads: {claims}")
+        if any(float(r[1]) > 3.5 for r in rows):
+            h.fail(f"the claims should last warehouse.lease (3 s): {rows}")
+        if any(r[2] != "exported_data" for r in rows):
+            h.fail(f"tracks should be loaded while item_viewed waits: {rows}")
+        # (reading item_viewed would wait on the lock too)
+        waiting = h.psql(env.dsn, "SELECT t.state FROM sluice_wh_uploads u JOIN "
+                         "sluice_wh_table_uploads t ON t.upload_id = u.id AND t.table_name = "
+                         "'item_viewed' WHERE u.state = 'exporting_data'")
+        if [r[0] for r in waiting] != ["exporting_data"] * 3:
+            h.fail(f"item_viewed should be loading in each upload: {waiting}")
+    finally:
+        unlock()
+    for n in nss:
+        wh.wait_count(n, "item_viewed", 2)
+    wait_uploads_settled(env, p)
+    if p.stop() != 0:
+        h.fail("sluice all did not stop cleanly")
+
+
+def case_orphans(env):
+    """Staging directories of a crashed flush (no upload recorded with their id) are removed at
+    start once a minute old (younger, another instance may be writing them); so is the one of
+    an upload exported before its files were removed."""
+    wh = Warehouse(env)
+    env.write_workspace(config([pg_dest("d-pg", wh, namespace="orph")]))
+    h.create_topics(env)
+    staging = os.path.join(env.workdir, "staging")
+
+    def make_dir(upload_id, age_s):
+        d = os.path.join(staging, "d-pg", str(upload_id))
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "tracks.avro"), "wb") as f:
+            f.write(b"Obj\x01 left by a crash")
+        t = time.time() - age_s
+        os.utime(d, (t, t))
+        return d
+    old, fresh = make_dir(900000001, 3600), make_dir(900000002, 0)
+
+    def restart_and_check(gone, why):
+        p = env.start("all", **wh_env(env))
+        env.wait_healthy(p)
+        if os.path.exists(gone):
+            h.fail(f"the staging directory {gone} ({why}) is still there")
+        if not os.path.exists(fresh):
+            h.fail(f"the staging directory {fresh}, a minute old at most, was removed")
+        return p
+    p = restart_and_check(old, "of no upload, an hour old")
+    send(p, "/v1/track", {"userId": "u1", "event": "Signed Up", "messageId": "or-1"})
+    wh.wait_count("orph", "signed_up", 1)
+    wait_uploads_settled(env, p)
+    if p.stop() != 0:
+        h.fail("sluice all did not stop cleanly")
+    done = make_dir(uploads(env, p)[0]["id"], 0)  # exported, its files not removed
+    p = restart_and_check(done, "of an exported upload")
+    if wh.count("orph", "signed_up") != 1:
+        h.fail("rows changed")
+    if p.stop() != 0:
+        h.fail("sluice all did not stop cleanly")
+
 CASES = {"types": case_types, "evolve": case_evolve, "crash": case_crash,
-         "takeover": case_takeover, "commands": case_commands, "badevents": case_badevents}
+         "takeover": case_takeover, "commands": case_commands, "badevents": case_badevents,
+         "options": case_options, "orphans": case_orphans}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()

@@ -476,6 +476,14 @@ static void test_users(void **state)
                           "analytics.users WHERE id = 'u1'"),
                         "Anne|ann@a.example|pro|41|2024-05-01 12:00:00+00");
     assert_string_equal(q("SELECT count(*) FROM analytics.users"), "2");
+    /* Each id once, the first new, a later one known: the straight COPY meets u1 and the file
+     * is upserted after all. */
+    f = STAGE("users", row3("users", "u3", "2024-05-02T10:00:00Z", "name", WH_STRING, "Cy"),
+              row3("users", "u1", "2024-05-02T10:00:00Z", "name", WH_STRING, "Ann B"));
+    assert_int_equal(load("analytics", "users", f), 2);
+    assert_string_equal(q("SELECT string_agg(concat_ws('|', id, name, email), ',' ORDER BY id) "
+                          "FROM analytics.users"),
+                        "u1|Ann B|ann@a.example,u2|Bob,u3|Cy");
 }
 
 static void test_two_namespaces(void **state)
