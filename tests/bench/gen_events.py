@@ -2,7 +2,7 @@
 """Writes synthetic Segment track events for the gateway benchmark (tests/bench/run).
 
     gen_events.py --count N [--seed S] [--users U] [--events FILE] [--track FILE]
-                  [--batch FILE] [--batch-size 100] [--kcat FILE]
+                  [--batch FILE] [--batch-size 100] [--kcat FILE] [--stamp]
 
 Events are about 500 bytes of compact JSON: userId or anonymousId drawn from ~U users (10,000),
 an event name, a few properties, context with library/page/userAgent, a timestamp and a
@@ -11,6 +11,8 @@ messageId. Outputs, each one record per line:
   --track   request bodies for /v1/track: one event each (the same lines as --events)
   --batch   request bodies for /v1/batch: {"batch":[...]} of --batch-size events each
   --kcat    "key<TAB>event" for `kcat -P -K '\\t'`, keyed by the user like the gateway does
+--stamp gives every event the messageId STAMP, which `sluice-loadgen --stamp` replaces in each
+request with a sequence number and the send time (the end-to-end benchmark, tests/bench/e2e).
 Python 3 standard library only; the same seed gives the same files.
 """
 import argparse
@@ -41,9 +43,10 @@ AGENTS = [
 CATEGORIES = ["shoes", "outerwear", "accessories", "kitchen", "garden", "books", "toys"]
 SLUGS = ["kafka-at-scale", "event-pipelines", "ordering-guarantees", "why-c", "cdp-101"]
 TARGET = 500
+STAMP = "e2e-SSSSSSSSSSSS-TTTTTTTTTTTTTTTTTTT"  # loadgen.c STAMP_PLACEHOLDER, as long as a UUID
 
 
-def make_event(rng, users, base, i):
+def make_event(rng, users, base, i, stamp=False):
     u = rng.randrange(users)
     name, path = rng.choice(EVENTS)
     sku = "SKU-%06d" % rng.randrange(1000000)
@@ -68,6 +71,8 @@ def make_event(rng, users, base, i):
     ts = base + timedelta(milliseconds=i * 37 + rng.randrange(1000))
     ev["timestamp"] = ts.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (ts.microsecond // 1000)
     ev["messageId"] = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    if stamp:
+        ev["messageId"] = STAMP
     text = json.dumps(ev, separators=(",", ":"))
     # Pad or trim a free-text property so the event lands at about TARGET bytes (+-10%).
     want = TARGET + rng.randrange(-50, 51)
@@ -88,6 +93,7 @@ def main():
     ap.add_argument("--batch")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--kcat")
+    ap.add_argument("--stamp", action="store_true")
     a = ap.parse_args()
 
     rng = random.Random(a.seed)
@@ -97,7 +103,7 @@ def main():
     batch = []
     total = 0
     for i in range(a.count):
-        ev, text = make_event(rng, a.users, base, i)
+        ev, text = make_event(rng, a.users, base, i, a.stamp)
         total += len(text)
         for k in ("events", "track"):
             if k in files:

@@ -4,7 +4,7 @@
  *
  *   sluice-loadgen --url http://127.0.0.1:8080/v1/batch --connections 8 --duration 15
  *                  [--rate R] [--warmup S] [--body FILE | --bodies FILE] [--header 'N: v']...
- *                  [--timeout S]
+ *                  [--timeout S] [--drain S] [--stamp] [--unacked FILE]
  *
  * With --rate 0 (the default) it runs closed loop: each connection sends its next request as
  * soon as the previous answer is in, and latency is measured from the send. With --rate R it
@@ -20,6 +20,18 @@
  * warmup); `ok` the 2xx ones. `total_ok` counts every 2xx, warmup included, and `unfinished`
  * the requests of the window still unanswered (in flight or, open loop, not yet sent) at the end;
  * `loadgen_cpu_pct` is this process's own CPU use (near 100: it is the bottleneck).
+ * --drain S: after the window no request is started, but the answers to those in flight are
+ * waited for, S seconds at most (they count in `requests`, `ok` and the latencies).
+ *
+ * --stamp (the end-to-end benchmark, tests/bench/e2e): every occurrence in a body of the 36
+ * characters STAMP_PLACEHOLDER (gen_events.py --stamp puts it in each event's messageId) is
+ * replaced, in each request as it is started, by "e2e-<seq>-<ns>": seq (12 digits) numbers the
+ * stamped events of the run from 0, each once; ns (19 digits) is the request's start in
+ * CLOCK_MONOTONIC nanoseconds: its scheduled send time open loop, its send time closed loop (the
+ * same start its latency is measured from). A receiver on the machine reads when each event was
+ * sent from its messageId. `stamped` in the JSON counts the numbers given out; --unacked FILE
+ * lists the ones whose request got no 2xx (non-2xx, error, timeout or still unanswered at the
+ * end), one request a line: "FIRST COUNT". Every other number was answered 2xx.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -44,6 +56,9 @@
 #define NS_PER_S  1000000000LL
 #define NS_PER_MS 1000000LL
 #define NS_PER_US 1000LL
+
+#define STAMP_PLACEHOLDER "e2e-SSSSSSSSSSSS-TTTTTTTTTTTTTTTTTTT"
+#define STAMP_LEN         36
 
 /* ---- latency histogram: log-linear, 128 linear sub-buckets per power of two ---- */
 
@@ -115,17 +130,22 @@ typedef struct conn {
     bool want_out;   /* EPOLLOUT currently registered */
     const char *req; /* the request being sent (not owned) */
     size_t req_len, req_off;
-    int64_t start_ns;   /* send time (closed loop) or scheduled time (open loop) */
-    bool has_request;   /* a request is assigned (maybe waiting for the connection) */
-    int64_t retry_at;   /* C_BACKOFF: when to reconnect */
+    int64_t start_ns; /* send time (closed loop) or scheduled time (open loop) */
+    bool has_request; /* a request is assigned (maybe waiting for the connection) */
+    int64_t retry_at; /* C_BACKOFF: when to reconnect */
     char *rbuf;
     size_t rlen, rcap;
     struct conn *next_idle;
+    char *own; /* --stamp: this connection's stamped copy of the request */
+    size_t own_cap;
+    uint64_t seq_first, seq_n; /* --stamp: the stamp numbers of the request */
 } conn_t;
 
 typedef struct {
     char *data;
     size_t len;
+    size_t *stamps; /* --stamp: offsets of the placeholders */
+    size_t nstamps;
 } req_t;
 
 static struct {
@@ -136,13 +156,16 @@ static struct {
     int epfd;
     double rate;
     int64_t interval_ns;
-    int64_t next_due;   /* open loop: scheduled time of the next request */
+    int64_t next_due; /* open loop: scheduled time of the next request */
     int64_t window_start, window_end;
     int64_t timeout_ns;
-    conn_t *idle;       /* open loop: connections free for a request */
+    conn_t *idle; /* open loop: connections free for a request */
     hist_t hist;
     uint64_t ok, non2xx, errors, total_ok, total_answers;
     bool first_non2xx_shown, first_error_shown;
+    bool stamp;
+    uint64_t next_seq;
+    FILE *unacked;
 } g;
 
 static int64_t now_ns(void)
@@ -206,6 +229,14 @@ static void ep_set(conn_t *c, bool out)
     epoll_ctl(g.epfd, EPOLL_CTL_MOD, c->fd, &ev);
 }
 
+static bool any_in_flight(const conn_t *conns, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (conns[i].has_request)
+            return true;
+    return false;
+}
+
 static bool in_window(int64_t start)
 {
     return start >= g.window_start && start < g.window_end;
@@ -213,6 +244,14 @@ static bool in_window(int64_t start)
 
 static void conn_connect(conn_t *c);
 static void conn_send(conn_t *c);
+
+/* --unacked: the stamp numbers of a request that got no 2xx. */
+static void note_unacked(const conn_t *c)
+{
+    if (g.unacked && c->seq_n)
+        fprintf(g.unacked, "%llu %llu\n", (unsigned long long)c->seq_first,
+                (unsigned long long)c->seq_n);
+}
 static void conn_begin(conn_t *c, int64_t start);
 
 static void conn_close(conn_t *c)
@@ -233,6 +272,8 @@ static void conn_fail(conn_t *c, const char *what, int err)
     int64_t now = now_ns();
     if (c->has_request ? in_window(c->start_ns) : in_window(now))
         g.errors++; /* a failed request, or a failed connect before one could be sent */
+    if (c->has_request)
+        note_unacked(c);
     c->has_request = false;
     if (!g.first_error_shown) {
         g.first_error_shown = true;
@@ -292,6 +333,22 @@ static void conn_begin(conn_t *c, int64_t start)
     g.next_req = (g.next_req + 1) % g.nreqs;
     c->req = r->data;
     c->req_len = r->len;
+    c->seq_n = 0;
+    if (g.stamp && r->nstamps) {
+        /* A copy of its own: the same body may be in flight on another connection. */
+        if (c->own_cap < r->len + 1)
+            c->own = xrealloc(c->own, c->own_cap = r->len + 1);
+        memcpy(c->own, r->data, r->len);
+        c->seq_first = g.next_seq;
+        c->seq_n = r->nstamps;
+        for (size_t i = 0; i < r->nstamps; i++) {
+            char s[STAMP_LEN + 1];
+            snprintf(s, sizeof(s), "e2e-%012llu-%019lld",
+                     (unsigned long long)(g.next_seq++ % 1000000000000ULL), (long long)start);
+            memcpy(c->own + r->stamps[i], s, STAMP_LEN);
+        }
+        c->req = c->own;
+    }
     c->req_off = 0;
     c->start_ns = start;
     c->has_request = true;
@@ -445,6 +502,8 @@ static void conn_read(conn_t *c, int64_t now)
         else
             g.non2xx++;
     }
+    if (!is_ok)
+        note_unacked(c);
     if (!is_ok && !g.first_non2xx_shown) {
         g.first_non2xx_shown = true;
         size_t show = c->rlen < 300 ? c->rlen : 300;
@@ -548,14 +607,24 @@ static void build_requests(const char *host, const char *path, char **headers, i
             memcpy(r + k, bodies[i], blen);
         g.reqs[i].data = r;
         g.reqs[i].len = (size_t)k + blen;
+        g.reqs[i].stamps = NULL;
+        g.reqs[i].nstamps = 0;
+        for (size_t off = (size_t)k; g.stamp && off + STAMP_LEN <= g.reqs[i].len;) {
+            char *at = memmem(r + off, g.reqs[i].len - off, STAMP_PLACEHOLDER, STAMP_LEN);
+            if (!at)
+                break;
+            g.reqs[i].stamps = xrealloc(g.reqs[i].stamps, (g.reqs[i].nstamps + 1) * sizeof(size_t));
+            g.reqs[i].stamps[g.reqs[i].nstamps++] = (size_t)(at - r);
+            off = (size_t)(at - r) + STAMP_LEN;
+        }
     }
     free(bodies);
     free(lens);
     free(text);
 }
 
-static void parse_url(const char *url, char *host, size_t hostcap, char *hostport,
-                      size_t hpcap, const char **path)
+static void parse_url(const char *url, char *host, size_t hostcap, char *hostport, size_t hpcap,
+                      const char **path)
 {
     if (strncmp(url, "http://", 7) != 0)
         die("--url must start with http:// (got \"%s\")", url);
@@ -593,7 +662,11 @@ static void usage(void)
           "  --rate R   requests/s in total, open loop, latency from the scheduled send time;\n"
           "             0 (default) is closed loop, as fast as the server answers\n"
           "  --body     one request body; --bodies: one body per line, used in turn\n"
-          "  without a body the requests are GETs\n",
+          "  without a body the requests are GETs\n"
+          "  --stamp    give each event's messageId placeholder (" STAMP_PLACEHOLDER ")\n"
+          "             a sequence number and the request's start (monotonic ns)\n"
+          "  --unacked FILE  with --stamp: the numbers whose request got no 2xx\n"
+          "  --drain S  after the window, wait up to S seconds for the answers in flight\n",
           stderr);
     exit(2);
 }
@@ -621,18 +694,20 @@ int main(int argc, char **argv)
 {
     const char *url = NULL, *body = NULL, *bodies = NULL;
     int nconns = 1;
-    double duration = 10, warmup = 0, timeout = 30;
+    double duration = 10, warmup = 0, timeout = 30, drain = 0;
     char **headers = NULL;
     int nheaders = 0;
     static const struct option opts[] = {
-        {"url", required_argument, 0, 'u'},     {"connections", required_argument, 0, 'c'},
+        {"url", required_argument, 0, 'u'},      {"connections", required_argument, 0, 'c'},
         {"duration", required_argument, 0, 'd'}, {"rate", required_argument, 0, 'r'},
-        {"body", required_argument, 0, 'b'},    {"bodies", required_argument, 0, 'B'},
-        {"header", required_argument, 0, 'H'},  {"warmup", required_argument, 0, 'w'},
-        {"timeout", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+        {"body", required_argument, 0, 'b'},     {"bodies", required_argument, 0, 'B'},
+        {"header", required_argument, 0, 'H'},   {"warmup", required_argument, 0, 'w'},
+        {"timeout", required_argument, 0, 't'},  {"help", no_argument, 0, 'h'},
+        {"stamp", no_argument, 0, 's'},          {"unacked", required_argument, 0, 'U'},
+        {"drain", required_argument, 0, 'D'},    {0, 0, 0, 0}};
+    const char *unacked = NULL;
     int o;
-    while ((o = getopt_long(argc, argv, "u:c:d:r:b:B:H:w:t:h", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "u:c:d:r:b:B:H:w:t:hsU:D:", opts, NULL)) != -1) {
         switch (o) {
         case 'u':
             url = optarg;
@@ -662,13 +737,24 @@ int main(int argc, char **argv)
         case 't':
             timeout = atof(optarg);
             break;
+        case 's':
+            g.stamp = true;
+            break;
+        case 'U':
+            unacked = optarg;
+            break;
+        case 'D':
+            drain = atof(optarg);
+            break;
         default:
             usage();
         }
     }
     if (!url || optind != argc || nconns < 1 || duration <= 0 || warmup < 0 || g.rate < 0 ||
-        timeout <= 0 || (body && bodies))
+        timeout <= 0 || drain < 0 || (body && bodies) || (unacked && !g.stamp))
         usage();
+    if (unacked && !(g.unacked = fopen(unacked, "w")))
+        die("could not open \"%s\"", unacked);
 
     char host[256], hostport[300];
     const char *path;
@@ -703,11 +789,12 @@ int main(int argc, char **argv)
     int64_t next_scan = t0 + 100 * NS_PER_MS;
     for (;;) {
         int64_t now = now_ns();
-        if (now >= g.window_end)
+        int64_t end = g.window_end + (int64_t)(drain * NS_PER_S);
+        if (now >= g.window_end && (now >= end || !any_in_flight(conns, nconns)))
             break;
         /* Open loop: hand every due request to a free connection. A request that finds no free
          * connection waits, and its wait counts in its latency. */
-        while (g.rate > 0 && g.next_due <= now && g.idle) {
+        while (g.rate > 0 && g.next_due <= now && g.next_due < g.window_end && g.idle) {
             conn_t *c = g.idle;
             g.idle = c->next_idle;
             conn_begin(c, g.next_due);
@@ -725,8 +812,10 @@ int main(int argc, char **argv)
                 }
             }
         }
-        int64_t until = g.window_end < next_scan ? g.window_end : next_scan;
-        if (g.rate > 0 && g.idle && g.next_due < until)
+        if (now < g.window_end)
+            end = g.window_end;
+        int64_t until = end < next_scan ? end : next_scan;
+        if (g.rate > 0 && g.idle && g.next_due < until && g.next_due < g.window_end)
             until = g.next_due;
         int n = wait_events(evs, 256, until);
         if (n < 0) {
@@ -744,9 +833,12 @@ int main(int argc, char **argv)
 
     /* Requests of the window that never got an answer: in flight, or not even sent. */
     uint64_t unfinished = 0;
-    for (int i = 0; i < nconns; i++)
+    for (int i = 0; i < nconns; i++) {
         if (conns[i].has_request && in_window(conns[i].start_ns))
             unfinished++;
+        if (conns[i].has_request)
+            note_unacked(&conns[i]);
+    }
     if (g.rate > 0)
         for (int64_t due = g.next_due; due < g.window_end; due += g.interval_ns)
             if (due >= g.window_start)
@@ -763,19 +855,25 @@ int main(int argc, char **argv)
     printf("{\"requests\":%llu,\"ok\":%llu,\"non2xx\":%llu,\"errors\":%llu,\"seconds\":%.3f,"
            "\"rps\":%.1f,\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,"
            "\"connections\":%d,\"target_rps\":%.1f,\"unfinished\":%llu,\"total_ok\":%llu,"
-           "\"loadgen_cpu_pct\":%.1f}\n",
+           "\"loadgen_cpu_pct\":%.1f,\"stamped\":%llu}\n",
            (unsigned long long)answers, (unsigned long long)g.ok, (unsigned long long)g.non2xx,
            (unsigned long long)g.errors, duration, (double)answers / duration,
            hist_quantile(&g.hist, 0.50) / 1000.0, hist_quantile(&g.hist, 0.90) / 1000.0,
            hist_quantile(&g.hist, 0.99) / 1000.0, (double)g.hist.max_us / 1000.0, nconns, g.rate,
            (unsigned long long)unfinished, (unsigned long long)g.total_ok,
-           wall > 0 ? cpu / wall * 100 : 0);
+           wall > 0 ? cpu / wall * 100 : 0, (unsigned long long)g.next_seq);
     fflush(stdout);
-    for (int i = 0; i < nconns; i++)
+    if (g.unacked && fclose(g.unacked) != 0)
+        die("could not write \"%s\"", unacked);
+    for (int i = 0; i < nconns; i++) {
         conn_close(&conns[i]);
+        free(conns[i].own);
+    }
     free(conns);
-    for (size_t i = 0; i < g.nreqs; i++)
+    for (size_t i = 0; i < g.nreqs; i++) {
         free(g.reqs[i].data);
+        free(g.reqs[i].stamps);
+    }
     free(g.reqs);
     free(headers);
     close(g.epfd);

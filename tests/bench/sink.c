@@ -3,7 +3,14 @@
  * (tests/bench/router). One thread, epoll, keep-alive; it answers every request at once with a
  * fixed status, or never (--stall), and keeps only counters.
  *
- *   sluice-bench-sink [--port P] [--status 200] [--stall] [--port-file FILE]
+ *   sluice-bench-sink [--port P] [--status 200] [--stall] [--port-file FILE] [--record FILE]
+ *                     [--arrival]
+ *
+ * --record appends the value of every "messageId":"..." in the body of each request it answers
+ * with 2xx to FILE, one a line (tests/bench/longrun counts deliveries by messageId with it);
+ * the file is flushed whenever /_sink/stats is read. With --arrival each line is "ID NS": NS is
+ * when the request was read in full, in CLOCK_MONOTONIC nanoseconds (tests/bench/e2e reads when
+ * each event was sent from its messageId, written by sluice-loadgen --stamp).
  *
  * Prints the port it listens on (useful with --port 0) to stdout, or to --port-file.
  * GET /_sink/stats answers (always 200, also in --stall mode):
@@ -46,6 +53,8 @@ static struct {
     bool stall;
     uint64_t requests, events, bytes;
     int64_t first_ns, last_ns;
+    FILE *record;
+    bool arrival;
 } g = {.status = 200};
 
 static int64_t now_ns(void)
@@ -128,6 +137,24 @@ static uint64_t count_events(const char *b, size_t n)
     return any ? count + 1 : 0;
 }
 
+/* --record: every messageId in a body, one a line. */
+static void record_ids(const char *b, size_t n, int64_t t)
+{
+    static const char key[] = "\"messageId\":\"";
+    const size_t klen = sizeof(key) - 1;
+    for (const char *p = b, *end = b + n; (p = memmem(p, (size_t)(end - p), key, klen));) {
+        p += klen;
+        const char *q = memchr(p, '"', (size_t)(end - p));
+        if (!q)
+            break;
+        fwrite(p, 1, (size_t)(q - p), g.record);
+        if (g.arrival)
+            fprintf(g.record, " %lld", (long long)t);
+        fputc('\n', g.record);
+        p = q;
+    }
+}
+
 static void queue_answer(conn_t *c, int status, const char *body)
 {
     char head[256];
@@ -196,6 +223,8 @@ static bool handle(conn_t *c)
                      (unsigned long long)g.requests, (unsigned long long)g.events,
                      (unsigned long long)g.bytes, (long long)g.first_ns, (long long)g.last_ns);
             queue_answer(c, 200, body);
+            if (g.record)
+                fflush(g.record);
         } else if (reset) {
             g.requests = g.events = g.bytes = 0;
             g.first_ns = g.last_ns = 0;
@@ -208,6 +237,8 @@ static bool handle(conn_t *c)
             g.requests++;
             g.bytes += body_len;
             g.events += count_events(start + head_len, body_len);
+            if (g.record && !g.stall && g.status < 300)
+                record_ids(start + head_len, body_len, t);
             if (!g.stall)
                 queue_answer(c, g.status, g.status < 300 ? "{\"ok\":true}" : "{\"ok\":false}");
         }
@@ -251,12 +282,13 @@ static void conn_close(int ep, conn_t *c)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"port", required_argument, NULL, 'p'}, {"status", required_argument, NULL, 's'},
-        {"stall", no_argument, NULL, 'S'},      {"port-file", required_argument, NULL, 'f'},
-        {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0}};
+        {"port", required_argument, NULL, 'p'},   {"status", required_argument, NULL, 's'},
+        {"stall", no_argument, NULL, 'S'},        {"port-file", required_argument, NULL, 'f'},
+        {"record", required_argument, NULL, 'r'}, {"arrival", no_argument, NULL, 'a'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
     int port = 0, o;
     const char *port_file = NULL;
-    while ((o = getopt_long(argc, argv, "p:s:Sf:h", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "p:s:Sf:r:ah", opts, NULL)) != -1) {
         switch (o) {
         case 'p':
             port = atoi(optarg);
@@ -270,9 +302,20 @@ int main(int argc, char **argv)
         case 'f':
             port_file = optarg;
             break;
+        case 'r':
+            g.record = fopen(optarg, "a");
+            if (!g.record) {
+                fprintf(stderr, "sluice-bench-sink: could not open \"%s\": %s\n", optarg,
+                        strerror(errno));
+                return 1;
+            }
+            break;
+        case 'a':
+            g.arrival = true;
+            break;
         default:
             fprintf(stderr, "usage: sluice-bench-sink [--port P] [--status 200] [--stall] "
-                            "[--port-file FILE]\n");
+                            "[--port-file FILE] [--record FILE] [--arrival]\n");
             return o == 'h' ? 0 : 2;
         }
     }
