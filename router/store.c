@@ -716,6 +716,9 @@ static void *store_main(void *arg)
             last->next = NULL;
         }
         bool stopping = s->stop, drain_now = s->drain_now;
+        /* Loading parked jobs while the records of delivered ones queue up would only grow
+         * the queue (memory) faster than Postgres empties it. */
+        bool may_drain = s->backlog < RT_STORE_BACKLOG;
         s->drain_now = false;
         pthread_mutex_unlock(&s->lock);
 
@@ -774,7 +777,7 @@ static void *store_main(void *arg)
             parked_gauges(s, c);
             s->last_gauge = now;
         }
-        if (!stopping && (drain_now || now - last_drain >= s->c.park_poll_ms)) {
+        if (!stopping && may_drain && (drain_now || now - last_drain >= s->c.park_poll_ms)) {
             last_drain = now;
             if (drain(s, c, err, sizeof(err)))
                 sl_warn("router", "could not load parked jobs: %s", err);
