@@ -61,7 +61,7 @@ def main():
         out["growth"][role] = None if g is None else round(g, 1)
         cells = " | ".join(f"{mb(v):>7}" for v in vals)
         gs = "-" if g is None else f"{g:+.1f}%"
-        print(f"| {role:<12} | {cells} | {mb(mx):>6} | {mb(a):>5} -> {mb(b):<5} | {gs:>6} |")
+        print(f"| {role:<12} | {cells} | {mb(mx):>6} | {mb(a):>5} -> {mb(b):<5}| {gs:>6} |")
     print(f"(minute 10 is the sample at {ten['min']:.1f} min; the end the last sample of the load, "
           f"{end['min']:.1f} min; max is the largest VmRSS sample; js-workers: "
           f"{end['roles']['js-workers']['count']} processes, summed)" if ten and end else "")
@@ -82,16 +82,15 @@ def main():
         prev = points[0]
     while prev and edge < minutes:
         nxt = edge + step
-        cands = [s for s in points if s["min"] <= nxt + 0.01]
-        last = cands[-1]
         first = min(points, key=lambda s: abs(s["min"] - edge))
+        last = min(points, key=lambda s: abs(s["min"] - nxt))
         dt = last["t"] - first["t"]
         r = (last["a_events"] - first["a_events"]) / dt if dt > 0 else 0
         out["a_rate"].append({"from": edge, "to": nxt, "events_per_s": round(r)})
         out["parked"].append({"at": nxt, "parked": last["parked"], "oldest_s": last["parked_oldest_s"]})
         pk = "-" if last["parked"] is None else f"{last['parked']:,.0f}"
         old = "-" if last["parked_oldest_s"] is None else f"{last['parked_oldest_s']:,.0f}"
-        print(f"| {edge:>5g} to {nxt:<5g}  | {r:>10,.0f} | {pk:>14} | {old:>17} | {last['load1']:>5.2f} |")
+        print(f"| {edge:>5g} to {nxt:<5g} | {r:>10,.0f} | {pk:>14} | {old:>17} | {last['load1']:>5.2f} |")
         edge = nxt
     print()
     a, b = res["a"], res["b"]
