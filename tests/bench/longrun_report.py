@@ -111,6 +111,8 @@ def main():
     for name, x in (("A", a), ("B", b)):
         row(f"{name}: received / distinct messageIds", f"{x['received']:,} / {x['unique']:,}")
         row(f"{name}: lost (acknowledged, never received; must be 0)", f"{x['missing']:,}")
+        if x.get("still_parked"):
+            row(f"{name}: not received yet, still parked (not lost)", f"{x['still_parked']:,}")
         row(f"{name}: duplicates", f"{x['duplicates']:,}")
     lost = a["missing"] + b["missing"]
     out["lost"] = lost
