@@ -47,6 +47,16 @@ static const char st_code[] = {
 #define ST_NTYPES (sizeof(st_code) / sizeof(st_code[0]))
 #define ST_NONE   '-' /* row_types: NULL or absent in this row */
 
+/* The type a mixed column's value has in one row, from its code in the row's type string;
+ * the column's type when the code names none (NULL or absent). */
+static wh_type_t row_type(wh_type_t column, char code)
+{
+    for (size_t t = 0; t < ST_NTYPES; t++)
+        if (st_code[t] == code)
+            return (wh_type_t)t;
+    return column;
+}
+
 static bool st_parse_bool(const char *s, int *out)
 {
     if (!strcmp(s, "true") || !strcmp(s, "1"))
@@ -1034,11 +1044,8 @@ static int st_reader_row(wh_staging_reader_t *r, char *errstr, size_t errstr_siz
             avro_value_get_discriminant(&fv, &disc))
             goto bad;
         if (r->mixed[i]) {
-            char c = k < ncodes ? codes[k] : ST_NONE;
+            r->row_types[i] = row_type(r->types[i], k < ncodes ? codes[k] : ST_NONE);
             k++;
-            for (size_t t = 0; t < ST_NTYPES; t++)
-                if (st_code[t] == c)
-                    r->row_types[i] = (wh_type_t)t;
         }
         if (disc == 0)
             continue;
@@ -1243,11 +1250,8 @@ static int st_dec_row(wh_staging_reader_t *r, char *errstr, size_t errstr_size)
             r->values[i] = r->strs.data + r->str_off[i];
         r->row_types[i] = r->types[i];
         if (r->mixed[i]) {
-            char c = k < ncodes ? codes[k] : ST_NONE;
+            r->row_types[i] = row_type(r->types[i], k < ncodes ? codes[k] : ST_NONE);
             k++;
-            for (size_t t = 0; t < ST_NTYPES; t++)
-                if (st_code[t] == c)
-                    r->row_types[i] = (wh_type_t)t;
         }
     }
     return 0;
