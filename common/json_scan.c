@@ -549,9 +549,11 @@ bool sl_json_key_is(sl_json_span_t key, const char *name)
     size_t n = strlen(name);
     if (key.len == n + 2 && memcmp(key.p + 1, name, n) == 0)
         return true;
-    if (!memchr(key.p, '\\', key.len) || key.len > 6 * n + 2)
+    if (!memchr(key.p, '\\', key.len))
         return false;
+    /* json-c, which the later stages parse events with, ends a key at its first NUL: to it
+     * "type\u0000x" is "type", and it replaces an earlier "type" */
     char buf[128];
     size_t m = sl_json_string_decode(key, buf, sizeof(buf));
-    return m == n && m < sizeof(buf) && memcmp(buf, name, n) == 0;
+    return n < sizeof(buf) - 1 && m >= n && (m == n || buf[n] == '\0') && memcmp(buf, name, n) == 0;
 }

@@ -89,7 +89,8 @@ bool sl_json_elems_next(sl_json_elems_t *it);
  * out_size - 1 (the text was truncated then). */
 size_t sl_json_string_decode(sl_json_span_t s, char *out, size_t out_size);
 
-/* True if the key span (quotes included) decodes to exactly name. */
+/* True if the key span (quotes included) decodes to exactly name, or to name followed by a NUL
+ * and anything (json-c cuts keys at a NUL). */
 bool sl_json_key_is(sl_json_span_t key, const char *name);
 
 #endif

@@ -87,6 +87,9 @@ static void test_string_decode(void **state)
     sl_json_span_t key = {"\"user\\u0049d\"", 13, SL_JSON_STRING, NULL};
     assert_true(sl_json_key_is(key, "userId"));
     assert_false(sl_json_key_is(key, "user"));
+    sl_json_span_t nul = {"\"messageId\\u0000x\"", 18, SL_JSON_STRING, NULL};
+    assert_true(sl_json_key_is(nul, "messageId"));
+    assert_false(sl_json_key_is(nul, "messageIdx"));
 }
 
 static json_object *event_at(gw_batch_t *b, size_t i)
