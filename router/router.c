@@ -634,6 +634,19 @@ static void op_add_job(rt_op_t *op, rt_job_t *j)
     *pp = j;
 }
 
+/* Frees what a job needs only to be sent or parked: its raw JSON and its request. */
+static void job_drop_request(rt_job_t *j)
+{
+    char **parts[] = {&j->raw,       &j->method,       &j->url,       &j->body,
+                      &j->batch_key, &j->batch_prefix, &j->batch_sep, &j->batch_suffix};
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+        free(*parts[i]);
+        *parts[i] = NULL;
+    }
+    j->raw_len = j->body_len = 0;
+    j->headers_json = (sl_json_span_t){0};
+}
+
 /* A job from Kafka reached a final state (succeeded, aborted): record it, then its offset is
  * done (when the store gives the op back). */
 static void record_final(rt_router_t *rt, rt_job_t *j)
@@ -643,6 +656,9 @@ static void record_final(rt_router_t *rt, rt_job_t *j)
         rt_job_free(j);
         return;
     }
+    /* Only the record is left to write: the request's parts go now, not after Postgres (a
+     * backlog of RT_STORE_BACKLOG jobs held them all, twice the payload each). */
+    job_drop_request(j);
     /* Gathered into one operation per turn of the loop (flush_status). */
     if (!rt->status_op)
         rt->status_op = op_new(RT_OP_STATUS, NULL);
