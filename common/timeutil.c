@@ -2,6 +2,7 @@
 #include "common/timeutil.h"
 
 #include <ctype.h>
+#include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,18 +34,64 @@ void sl_time_deadline(struct timespec *ts, int64_t ms)
     }
 }
 
+/* The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's
+ * days-to-civil algorithm: eras of 400 years, years starting in March). */
+static void civil_from_days(int64_t days, int64_t *y, int *m, int *d)
+{
+    days += 719468;
+    int64_t era = (days >= 0 ? days : days - 146096) / 146097;
+    int64_t doe = days - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    *d = (int)(doy - (153 * mp + 2) / 5 + 1);
+    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
+    *y = yoe + era * 400 + (*m <= 2);
+}
+
+static char *put_digits(char *p, int64_t v, int n)
+{
+    for (int i = n - 1; i >= 0; i--, v /= 10)
+        p[i] = (char)('0' + v % 10);
+    return p + n;
+}
+
+/* Without gmtime_r and strftime: job status rows format eight of these each. */
 void sl_time_format_ms(int64_t ms, char out[SL_TIME_STRLEN])
 {
-    time_t s = (time_t)(ms / 1000);
-    int frac = (int)(ms % 1000);
+    int64_t s = ms / 1000, frac = ms % 1000;
     if (frac < 0) {
         frac += 1000;
         s--;
     }
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    size_t n = strftime(out, SL_TIME_STRLEN, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, SL_TIME_STRLEN - n, ".%03dZ", frac);
+    int64_t days = s / 86400, sod = s % 86400;
+    if (sod < 0) {
+        sod += 86400;
+        days--;
+    }
+    int64_t y;
+    int m, d;
+    civil_from_days(days, &y, &m, &d);
+    if (y < 0 || y > 9999) { /* as strftime's %Y would print it */
+        snprintf(out, SL_TIME_STRLEN, "%" PRId64 "-%02d-%02dT%02d:%02d:%02d.%03dZ", y, m, d,
+                 (int)(sod / 3600), (int)(sod / 60 % 60), (int)(sod % 60), (int)frac);
+        return;
+    }
+    char *p = put_digits(out, y, 4);
+    *p++ = '-';
+    p = put_digits(p, m, 2);
+    *p++ = '-';
+    p = put_digits(p, d, 2);
+    *p++ = 'T';
+    p = put_digits(p, sod / 3600, 2);
+    *p++ = ':';
+    p = put_digits(p, sod / 60 % 60, 2);
+    *p++ = ':';
+    p = put_digits(p, sod % 60, 2);
+    *p++ = '.';
+    p = put_digits(p, frac, 3);
+    *p++ = 'Z';
+    *p = '\0';
 }
 
 static int digits(const char **p, int n, int *out)

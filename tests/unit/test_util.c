@@ -5,7 +5,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/buf.h"
 #include "common/timeutil.h"
@@ -40,6 +42,22 @@ static void test_time(void **state)
     assert_int_equal(sl_time_parse_ms("not a date", &ms), -1);
     assert_int_equal(sl_time_parse_ms("2026-13-01T00:00:00Z", &ms), -1);
     assert_int_equal(sl_time_parse_ms("2026-11-25T10:00:00Zjunk", &ms), -1);
+    /* the same text as gmtime_r and strftime, from 1601 to 2400, leap days and negatives */
+    uint64_t x = 88172645463325252ULL;
+    for (int i = 0; i < 200000; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        int64_t v = (int64_t)(x % 25250000000000ULL) - 11650000000000LL;
+        if (i < 4)
+            v = (int64_t[]){0, -1, 951782400000LL, 4107542399999LL}[i];
+        char want[SL_TIME_STRLEN];
+        time_t t = (time_t)(v / 1000 - (v % 1000 < 0));
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        size_t n = strftime(want, sizeof(want), "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(want + n, sizeof(want) - n, ".%03dZ", (int)((v % 1000 + 1000) % 1000));
+        sl_time_format_ms(v, s);
+        assert_string_equal(s, want);
+    }
 }
 
 /* The forms of `kafka-consumer-groups --to-datetime` and `--by-duration`. */
