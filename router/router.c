@@ -130,6 +130,7 @@ typedef struct rt_req {
 
 struct rt_router {
     sl_wsconf_t *ws;
+    sl_json_index_t job_idx; /* parse_job's, reused (loop thread) */
     rd_kafka_t *consumer, *producer;
     char *topic, *group, *failed_topic;
     sl_kafka_offsets_t *offsets;
@@ -447,7 +448,9 @@ static const char *parse_job(rt_router_t *rt, rt_job_t *j)
 {
     sl_json_span_t doc, req = {0}, batch = {0};
     sl_json_error_t jerr;
-    bool ok = sl_json_scan_document(j->raw, j->raw_len, &doc, &jerr) && doc.type == SL_JSON_OBJECT;
+    /* indexed: walking the members then skips "request" (the body) without scanning it again */
+    bool ok = sl_json_scan_indexed(j->raw, j->raw_len, &doc, &jerr, &rt->job_idx) &&
+              doc.type == SL_JSON_OBJECT;
     if (ok) {
         sl_json_members_t it;
         sl_json_members_init(&it, doc);
@@ -482,9 +485,10 @@ static const char *parse_job(rt_router_t *rt, rt_job_t *j)
                 j->url = span_str(it.value, NULL);
             else if (sl_json_key_is(it.key, "body"))
                 j->body = span_str(it.value, &j->body_len);
-            else if (sl_json_key_is(it.key, "headers") && it.value.type == SL_JSON_OBJECT)
+            else if (sl_json_key_is(it.key, "headers") && it.value.type == SL_JSON_OBJECT) {
                 j->headers_json = it.value; /* points into j->raw; made a list when sent */
-            else if (sl_json_key_is(it.key, "batch") && it.value.type == SL_JSON_OBJECT)
+                j->headers_json.idx = NULL; /* the index is the next job's by then */
+            } else if (sl_json_key_is(it.key, "batch") && it.value.type == SL_JSON_OBJECT)
                 batch = it.value;
         }
     }
@@ -1640,6 +1644,7 @@ static void router_free(rt_router_t *rt)
 {
     while (rt->nfree_easy)
         curl_easy_cleanup(rt->free_easy[--rt->nfree_easy]);
+    sl_json_index_free(&rt->job_idx);
     if (rt->status_op)
         rt_op_free(rt->status_op);
     rt_store_stop(rt->store);
@@ -1691,6 +1696,7 @@ rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errst
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     rt_router_t *rt = sl_calloc(1, sizeof(*rt));
+    sl_json_index_init(&rt->job_idx);
     rt->ws = ws;
     rt->topic = sl_kafka_topic(conf, SL_TOPIC_DELIVERY);
     rt->failed_topic = sl_kafka_topic(conf, SL_TOPIC_FAILED);
