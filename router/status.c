@@ -18,7 +18,11 @@ static const char copy_sql[] =
     "COPY sluice_jobs (job_id, message_id, source_id, destination_id, destination_type, "
     "user_key, state, attempts, last_status, last_response, first_attempt_at, last_attempt_at, "
     "kafka_topic, kafka_partition, kafka_offset, trace_id, span_id, parent_span_id, received_at, "
-    "enqueued_at, picked_at, processed_at, routed_at, completed_at) FROM STDIN";
+    "enqueued_at, picked_at, processed_at, routed_at, completed_at) FROM STDIN (FORMAT binary)";
+#define COPY_FIELDS 24
+
+/* Microseconds from the Unix epoch to Postgres's (2000-01-01), for binary timestamptz. */
+#define PG_EPOCH_US 946684800000000LL
 
 /* The UTC day (ms / DAY_MS) whose partition this process created or saw last. A write in a
  * transaction that is rolled back may leave it set for a partition that does not exist; rows
@@ -106,17 +110,34 @@ static size_t utf8_len(const unsigned char *s, size_t n)
     return len;
 }
 
-/* Appends s (n bytes, or up to its NUL if n is SIZE_MAX) as one COPY text field: at most cap
- * bytes of UTF-8 (whole characters), NULs dropped, invalid bytes as U+FFFD, \ \t \n \r escaped.
- * NULL is \N. */
+/* Binary COPY (the text form made Postgres parse eight timestamps a row): big-endian
+ * integers, each field its length (-1 for NULL) then its bytes. */
+static void put_be(sl_buf_t *b, uint64_t v, int bytes)
+{
+    unsigned char x[8];
+    for (int i = bytes - 1; i >= 0; i--, v >>= 8)
+        x[i] = (unsigned char)(v & 0xFF);
+    sl_buf_append(b, x, (size_t)bytes);
+}
+
+static void put_null(sl_buf_t *b)
+{
+    put_be(b, (uint32_t)-1, 4);
+}
+
+/* Appends s (n bytes, or up to its NUL if n is SIZE_MAX) as one text field: at most cap bytes
+ * of UTF-8 (whole characters), NULs dropped, invalid bytes as U+FFFD (Postgres refuses both).
+ * NULL is NULL. */
 static void put_text(sl_buf_t *b, const char *s, size_t n, size_t cap)
 {
     if (!s) {
-        sl_buf_puts(b, "\\N");
+        put_null(b);
         return;
     }
     if (n == SIZE_MAX)
         n = strlen(s);
+    size_t at = b->len;
+    put_be(b, 0, 4); /* the length, set below */
     const unsigned char *p = (const unsigned char *)s;
     size_t kept = 0;
     for (size_t i = 0; i < n;) {
@@ -127,69 +148,68 @@ static void put_text(sl_buf_t *b, const char *s, size_t n, size_t cap)
         if (kept + out > cap)
             break;
         kept += out;
-        const char *esc = p[i] == '\\'   ? "\\\\"
-                          : p[i] == '\t' ? "\\t"
-                          : p[i] == '\n' ? "\\n"
-                          : p[i] == '\r' ? "\\r"
-                                         : NULL;
-        if (esc)
-            sl_buf_puts(b, esc);
-        else if (len && p[i])
+        if (len && p[i])
             sl_buf_append(b, p + i, len);
         else if (!len)
             sl_buf_puts(b, "\xEF\xBF\xBD");
         i += len ? len : 1;
     }
+    uint32_t flen = (uint32_t)(b->len - at - 4);
+    for (int i = 3; i >= 0; i--, flen >>= 8)
+        b->data[at + (size_t)i] = (char)(flen & 0xFF);
+}
+
+static void put_int4(sl_buf_t *b, int32_t v)
+{
+    put_be(b, 4, 4);
+    put_be(b, (uint32_t)v, 4);
+}
+
+static void put_int8(sl_buf_t *b, int64_t v)
+{
+    put_be(b, 8, 4);
+    put_be(b, (uint64_t)v, 8);
 }
 
 static void put_time(sl_buf_t *b, int64_t ms)
 {
-    char t[SL_TIME_STRLEN];
-    if (!ms) {
-        sl_buf_puts(b, "\\N");
-        return;
-    }
-    sl_time_format_ms(ms, t);
-    sl_buf_puts(b, t);
+    if (ms)
+        put_int8(b, ms * 1000 - PG_EPOCH_US);
+    else
+        put_null(b);
 }
 
 static void put_row(sl_buf_t *b, const rt_status_row_t *w)
 {
+    put_be(b, COPY_FIELDS, 2);
     const char *text[] = {w->job_id,           w->message_id, w->source_id, w->destination_id,
                           w->destination_type, w->user_key,   w->state};
-    for (size_t i = 0; i < sizeof(text) / sizeof(text[0]); i++) {
+    for (size_t i = 0; i < sizeof(text) / sizeof(text[0]); i++)
         put_text(b, text[i], SIZE_MAX, SIZE_MAX);
-        sl_buf_putc(b, '\t');
-    }
-    sl_buf_printf(b, "%d\t", w->attempts);
+    put_int4(b, w->attempts);
     if (w->last_status)
-        sl_buf_printf(b, "%ld\t", w->last_status);
+        put_int4(b, (int32_t)w->last_status);
     else
-        sl_buf_puts(b, "\\N\t");
+        put_null(b);
     put_text(b, w->last_response, w->last_response ? w->last_response_len : 0,
              RT_STATUS_RESPONSE_MAX);
-    sl_buf_putc(b, '\t');
     put_time(b, w->first_attempt_ms);
-    sl_buf_putc(b, '\t');
     put_time(b, w->last_attempt_ms);
-    sl_buf_putc(b, '\t');
     put_text(b, w->kafka_topic, SIZE_MAX, SIZE_MAX);
-    if (w->kafka_topic)
-        sl_buf_printf(b, "\t%" PRId32 "\t%" PRId64, w->kafka_partition, w->kafka_offset);
-    else
-        sl_buf_puts(b, "\t\\N\t\\N");
-    const char *ids[] = {w->trace_id, w->span_id, w->parent_span_id};
-    for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
-        sl_buf_putc(b, '\t');
-        put_text(b, ids[i] && *ids[i] ? ids[i] : NULL, SIZE_MAX, SIZE_MAX);
+    if (w->kafka_topic) {
+        put_int4(b, w->kafka_partition);
+        put_int8(b, w->kafka_offset);
+    } else {
+        put_null(b);
+        put_null(b);
     }
+    const char *ids[] = {w->trace_id, w->span_id, w->parent_span_id};
+    for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++)
+        put_text(b, ids[i] && *ids[i] ? ids[i] : NULL, SIZE_MAX, SIZE_MAX);
     const int64_t times[] = {w->received_ms,  w->enqueued_ms, w->picked_ms,
                              w->processed_ms, w->routed_ms,   w->completed_ms};
-    for (size_t i = 0; i < sizeof(times) / sizeof(times[0]); i++) {
-        sl_buf_putc(b, '\t');
+    for (size_t i = 0; i < sizeof(times) / sizeof(times[0]); i++)
         put_time(b, times[i]);
-    }
-    sl_buf_putc(b, '\n');
 }
 
 int rt_status_write(PGconn *c, const rt_status_row_t *rows, size_t n, char *errstr,
@@ -206,8 +226,12 @@ int rt_status_write(PGconn *c, const rt_status_row_t *rows, size_t n, char *errs
         atomic_store(&partition_day, day);
     }
     sl_buf_t b = SL_BUF_INIT;
+    sl_buf_append(&b, "PGCOPY\n\377\r\n\0", 11); /* the signature */
+    put_be(&b, 0, 4);                            /* flags */
+    put_be(&b, 0, 4);                            /* header extension length */
     for (size_t i = 0; i < n; i++)
         put_row(&b, &rows[i]);
+    put_be(&b, 0xFFFF, 2); /* the trailer: -1 fields */
 
     PGresult *r = run(c, copy_sql, 0, NULL, PGRES_COPY_IN, "could not write job status", &err,
                       errstr, errstr_size);
