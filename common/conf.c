@@ -202,6 +202,10 @@ static const sl_conf_opt_t options[] = {
      "Backoff before a failed upload is tried again; it doubles with each attempt."},
     {"warehouse.max_buffered_events", SL_CONF_INT, "200000", 100, 100000000, NULL, 0,
      "Events a warehouse instance holds before it writes staging files early."},
+    {"warehouse.max_buffered_bytes", SL_CONF_SIZE, "32MB", 65536, 17179869184LL, NULL, 0,
+     "Memory the rows a warehouse instance holds may take before it writes staging files early "
+     "(the destinations holding the most first, until half of it is left); while they can't be "
+     "written it stops consuming at this size."},
     {"warehouse.workers", SL_CONF_INT, "2", 1, 64, NULL, 0,
      "Uploads a warehouse instance loads at once (each of another destination, or of another "
      "instance's work); each worker has its own Postgres connection for the bookkeeping."},

@@ -487,7 +487,8 @@ fail:
 }
 
 static int st_write_rows(st_writer_t *w, st_cols_t *cs, const char *row_types, avro_schema_t schema,
-                         const wh_row_t *const *rows, size_t n, char *errstr, size_t errstr_size)
+                         wh_staging_row_fn row_at, void *opaque, size_t n, char *errstr,
+                         size_t errstr_size)
 {
     avro_value_iface_t *iface = NULL;
     avro_value_t rec;
@@ -500,7 +501,7 @@ static int st_write_rows(st_writer_t *w, st_cols_t *cs, const char *row_types, a
         goto out;
     }
     for (size_t r = 0; r < n; r++) {
-        const wh_row_t *row = rows[r];
+        const wh_row_t *row = row_at(opaque, r);
         memset(by_col, 0, cs->n * sizeof(*by_col));
         memset(codes, ST_NONE, cs->nmixed);
         codes[cs->nmixed] = '\0';
@@ -549,8 +550,8 @@ static int st_fsync_dir(const char *path, char *errstr, size_t errstr_size)
     return rc;
 }
 
-int wh_staging_write(const char *path, const char *table, const wh_row_t *const *rows, size_t n,
-                     char *errstr, size_t errstr_size)
+int wh_staging_write_fn(const char *path, const char *table, wh_staging_row_fn row_at, void *opaque,
+                        size_t n, char *errstr, size_t errstr_size)
 {
     st_cols_t cs = {0};
     st_writer_t w = {0};
@@ -559,15 +560,16 @@ int wh_staging_write(const char *path, const char *table, const wh_row_t *const 
     char *row_types = NULL, *tmp = NULL;
     int rc = SL_ERR_INVALID, fd;
 
-    if (!path || !*path || !table || (n && !rows))
+    if (!path || !*path || !table || (n && !row_at))
         return sl_err_set(errstr, errstr_size, rc, "staging file: path, table and rows needed");
     for (size_t r = 0; r < n; r++) {
-        if (!rows[r] || (rows[r]->ncols && !rows[r]->cols)) {
+        const wh_row_t *row = row_at(opaque, r);
+        if (!row || (row->ncols && !row->cols)) {
             sl_err_set(errstr, errstr_size, rc, "staging file \"%s\": row %zu is empty", path, r);
             goto out;
         }
-        for (size_t j = 0; j < rows[r]->ncols; j++) {
-            const wh_col_t *c = &rows[r]->cols[j];
+        for (size_t j = 0; j < row->ncols; j++) {
+            const wh_col_t *c = &row->cols[j];
             if (!c->name || (unsigned)c->type >= ST_NTYPES) {
                 sl_err_set(errstr, errstr_size, rc,
                            "staging file \"%s\": row %zu column %zu "
@@ -607,7 +609,7 @@ int wh_staging_write(const char *path, const char *table, const wh_row_t *const 
         goto out;
     }
     if ((rc = st_write_header(&w, &schema_json, n, errstr, errstr_size)) ||
-        (rc = st_write_rows(&w, &cs, row_types, schema, rows, n, errstr, errstr_size)))
+        (rc = st_write_rows(&w, &cs, row_types, schema, row_at, opaque, n, errstr, errstr_size)))
         goto out;
     if (fflush(w.fp) || fsync(fileno(w.fp))) {
         rc = st_io_err(errstr, errstr_size, errno, "write", tmp);
@@ -644,6 +646,20 @@ out:
     free(tmp);
     st_cols_free(&cs);
     return rc;
+}
+
+static const wh_row_t *st_row_of_array(void *opaque, size_t i)
+{
+    return ((const wh_row_t *const *)opaque)[i];
+}
+
+int wh_staging_write(const char *path, const char *table, const wh_row_t *const *rows, size_t n,
+                     char *errstr, size_t errstr_size)
+{
+    if (n && !rows)
+        return sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
+                          "staging file: path, table and rows needed");
+    return wh_staging_write_fn(path, table, st_row_of_array, (void *)rows, n, errstr, errstr_size);
 }
 
 /* ---------------------------------------------------------------------------------------- */

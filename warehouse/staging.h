@@ -36,6 +36,19 @@
 int wh_staging_write(const char *path, const char *table, const wh_row_t *const *rows, size_t n,
                      char *errstr, size_t errstr_size);
 
+/* Row i (0 <= i < n) of a wh_staging_write_fn() call; see there for how long it must last. */
+typedef const wh_row_t *(*wh_staging_row_fn)(void *opaque, size_t i);
+
+/*
+ * wh_staging_write() with the rows from row_at(opaque, i) instead of an array, so a caller
+ * holding its rows in another form need not copy them all first: the writer asks for each row
+ * twice (once for the columns' types, once to write it), in order. The wh_row_t returned and
+ * its cols need only last until the next call; the strings they point to (names and values)
+ * must last until wh_staging_write_fn() returns. Same results as wh_staging_write().
+ */
+int wh_staging_write_fn(const char *path, const char *table, wh_staging_row_fn row_at, void *opaque,
+                        size_t n, char *errstr, size_t errstr_size);
+
 typedef struct wh_staging_reader wh_staging_reader_t;
 
 /*

@@ -49,27 +49,41 @@
 #define WH_ORPHAN_AGE_MS   60000
 #define WH_ORPHAN_EVERY_MS (5 * 60 * 1000)
 
-/* One value of a buffered row: its column, its type and its text in the table's arena. */
+/* One value of a buffered row: its column, its type and its text (in its buffer's blocks;
+ * NULL for NULL). */
 typedef struct wh_cell {
     uint32_t col;
     uint32_t type; /* wh_type_t */
-    size_t off;    /* into arena, or WH_NULL_VALUE */
+    const char *value;
 } wh_cell_t;
 
-#define WH_NULL_VALUE SIZE_MAX
+/* One buffered row: its cells, in its buffer's blocks. */
+typedef struct wh_brow {
+    wh_cell_t *cells;
+    size_t ncols;
+} wh_brow_t;
 
-/* The rows of one table in a buffer, compact: column names once per table, values in one
- * arena (a few times smaller than the rows wh_event_rows makes, which are per event). */
+/* The rows of one table in a buffer, compact: column names once per table, cells and values
+ * in the buffer's blocks (a few times smaller than the rows wh_event_rows makes, which are
+ * per event). */
 typedef struct wh_tbuf {
     char *table;
     char **cols; /* names */
     size_t ncols, ccap;
-    wh_cell_t *cells;
-    size_t ncells, cellcap;
-    size_t *rows; /* index of each row's first cell */
+    wh_brow_t *rows;
     size_t n, cap;
-    sl_buf_t arena;
 } wh_tbuf_t;
+
+/* Memory a buffer's rows are cut from: blocks that are only appended to and freed together
+ * with the buffer, so nothing is copied as a buffer grows and cells can point into them. */
+typedef struct wh_block {
+    struct wh_block *next;
+    size_t size, used;
+    char data[];
+} wh_block_t;
+
+#define WH_BLOCK_MIN (16 * 1024) /* a buffer's first block; each next one twice the last */
+#define WH_BLOCK_MAX (1024 * 1024)
 
 typedef struct wh_msg {
     int32_t partition;
@@ -89,6 +103,8 @@ typedef struct wh_buffer {
     int64_t first_event_ms, last_event_ms; /* receivedAt range */
     int64_t retry_mono;                    /* after a failed flush: not before this */
     int64_t retry_wait_ms;
+    wh_block_t *blocks; /* newest first */
+    size_t bytes;       /* allocated for it: blocks, row and message arrays, names */
     sl_metric_t *m_events;
     struct wh_buffer *next;
 } wh_buffer_t;
@@ -97,7 +113,7 @@ struct wh_warehouse {
     sl_wsconf_t *ws;
     char *topic, *group, *staging_dir, *instance;
     int64_t sync_ms, retry_base_ms;
-    size_t max_events;
+    size_t max_events, max_bytes;
 
     /* consumer thread */
     rd_kafka_t *consumer;
@@ -107,7 +123,8 @@ struct wh_warehouse {
     wh_rows_t scratch; /* one event's rows, before they go into a buffer */
     sl_pg_t *pg;
     wh_buffer_t *buffers;
-    size_t buffered; /* events in buffers */
+    size_t buffered;       /* events in buffers */
+    size_t buffered_bytes; /* their bytes (wh_buffer_t.bytes) */
     bool paused;
     pthread_t consumer_thread;
 
@@ -129,7 +146,7 @@ struct wh_warehouse {
     atomic_bool stop;
     bool threads_started;
 
-    sl_metric_t *m_bad, *m_buffered, *m_lag, *m_upload_seconds;
+    sl_metric_t *m_bad, *m_buffered, *m_buffered_bytes, *m_lag, *m_upload_seconds;
 };
 
 static const char *const upload_states[] = {
@@ -171,9 +188,11 @@ static void buffer_free(wh_buffer_t *b)
         for (size_t c = 0; c < t->ncols; c++)
             free(t->cols[c]);
         free(t->cols);
-        free(t->cells);
         free(t->rows);
-        sl_buf_free(&t->arena);
+    }
+    for (wh_block_t *k = b->blocks, *next; k; k = next) {
+        next = k->next;
+        free(k);
     }
     free(b->tables);
     free(b->msgs);
@@ -191,6 +210,7 @@ static void buffer_unlink(wh_warehouse_t *wh, wh_buffer_t *b)
             break;
         }
     wh->buffered -= b->nmsgs;
+    wh->buffered_bytes -= b->bytes;
 }
 
 /* b's messages are durable downstream (or need nothing): their offsets may be committed. Frees
@@ -203,34 +223,64 @@ static void buffer_done(wh_warehouse_t *wh, wh_buffer_t *b)
     buffer_free(b);
 }
 
+/* n bytes of b's blocks aligned to align (a power of two), for as long as b lives. */
+static void *block_alloc(wh_buffer_t *b, size_t n, size_t align)
+{
+    wh_block_t *k = b->blocks;
+    size_t at = k ? (k->used + align - 1) & ~(align - 1) : 0;
+    if (!k || at + n > k->size) {
+        size_t size = k ? k->size * 2 : WH_BLOCK_MIN;
+        if (size > WH_BLOCK_MAX)
+            size = WH_BLOCK_MAX;
+        if (size < n)
+            size = n;
+        k = sl_malloc(sizeof(*k) + size);
+        k->size = size;
+        k->next = b->blocks;
+        b->blocks = k;
+        b->bytes += sizeof(*k) + size;
+        at = 0;
+    }
+    k->used = at + n;
+    return k->data + at;
+}
+
+/* Grows array *p of *cap elements of size each to hold one more than n, counting the bytes in
+ * b. */
+static void grow(wh_buffer_t *b, void **p, size_t *cap, size_t n, size_t size, size_t first)
+{
+    if (n < *cap)
+        return;
+    size_t new_cap = *cap ? *cap * 2 : first;
+    *p = sl_realloc(*p, new_cap * size);
+    b->bytes += (new_cap - *cap) * size;
+    *cap = new_cap;
+}
+
 static wh_tbuf_t *table_get(wh_buffer_t *b, const char *table)
 {
     for (size_t k = 0; k < b->ntables; k++)
         if (strcmp(b->tables[k].table, table) == 0)
             return &b->tables[k];
-    if (b->ntables == b->tcap) {
-        b->tcap = b->tcap ? b->tcap * 2 : 8;
-        b->tables = sl_realloc(b->tables, b->tcap * sizeof(*b->tables));
-    }
+    grow(b, (void **)&b->tables, &b->tcap, b->ntables, sizeof(*b->tables), 8);
     wh_tbuf_t *t = &b->tables[b->ntables++];
-    *t = (wh_tbuf_t){.table = sl_strdup(table), .arena = SL_BUF_INIT};
+    *t = (wh_tbuf_t){.table = sl_strdup(table)};
+    b->bytes += strlen(table) + 1;
     return t;
 }
 
 /* The index of column name in t; guess is where the previous row had its column at the same
  * position (rows of a table mostly have the same columns in the same order). */
-static uint32_t column_index(wh_tbuf_t *t, const char *name, const wh_cell_t *guess)
+static uint32_t column_index(wh_buffer_t *b, wh_tbuf_t *t, const char *name, const wh_cell_t *guess)
 {
     if (guess && strcmp(t->cols[guess->col], name) == 0)
         return guess->col;
     for (size_t c = 0; c < t->ncols; c++)
         if (strcmp(t->cols[c], name) == 0)
             return (uint32_t)c;
-    if (t->ncols == t->ccap) {
-        t->ccap = t->ccap ? t->ccap * 2 : 32;
-        t->cols = sl_realloc(t->cols, t->ccap * sizeof(*t->cols));
-    }
+    grow(b, (void **)&t->cols, &t->ccap, t->ncols, sizeof(*t->cols), 32);
     t->cols[t->ncols] = sl_strdup(name);
+    b->bytes += strlen(name) + 1;
     return (uint32_t)t->ncols++;
 }
 
@@ -240,49 +290,49 @@ static void buffer_add(wh_buffer_t *b, const wh_rows_t *rows)
     for (size_t i = 0; i < rows->n; i++) {
         const wh_row_t *r = &rows->rows[i];
         wh_tbuf_t *t = table_get(b, r->table);
-        size_t prev = t->n ? t->rows[t->n - 1] : 0, prev_n = t->n ? t->ncells - prev : 0;
-        if (t->n == t->cap) {
-            t->cap = t->cap ? t->cap * 2 : 64;
-            t->rows = sl_realloc(t->rows, t->cap * sizeof(*t->rows));
-        }
-        t->rows[t->n++] = t->ncells;
-        if (t->ncells + r->ncols > t->cellcap) {
-            t->cellcap =
-                t->cellcap * 2 > t->ncells + r->ncols ? t->cellcap * 2 : t->ncells + r->ncols + 64;
-            t->cells = sl_realloc(t->cells, t->cellcap * sizeof(*t->cells));
-        }
+        const wh_brow_t *prev = t->n ? &t->rows[t->n - 1] : NULL;
+        wh_cell_t *cells =
+            block_alloc(b, (r->ncols ? r->ncols : 1) * sizeof(*cells), _Alignof(wh_cell_t));
         for (size_t k = 0; k < r->ncols; k++) {
             const wh_col_t *c = &r->cols[k];
-            wh_cell_t *cell = &t->cells[t->ncells];
-            cell->col = column_index(t, c->name, k < prev_n ? &t->cells[prev + k] : NULL);
-            cell->type = (uint32_t)c->type;
-            cell->off = WH_NULL_VALUE;
+            cells[k].col =
+                column_index(b, t, c->name, prev && k < prev->ncols ? &prev->cells[k] : NULL);
+            cells[k].type = (uint32_t)c->type;
+            cells[k].value = NULL;
             if (c->value) {
-                cell->off = t->arena.len;
-                sl_buf_append(&t->arena, c->value, strlen(c->value) + 1);
+                size_t len = strlen(c->value) + 1;
+                cells[k].value = memcpy(block_alloc(b, len, 1), c->value, len);
             }
-            t->ncells++;
         }
+        grow(b, (void **)&t->rows, &t->cap, t->n, sizeof(*t->rows), 64);
+        t->rows[t->n++] = (wh_brow_t){cells, r->ncols};
     }
 }
 
-/* t's rows as wh_row_t, for the staging writer: *rows and *cols are the caller's to free,
- * the strings stay t's. */
-static void table_rows(const wh_tbuf_t *t, wh_row_t **rows, wh_col_t **cols)
+/* Row i of a table as wh_row_t, for the staging writer (wh_staging_write_fn): made in cols,
+ * grown as needed, with the names and values still the buffer's. */
+typedef struct tbuf_view {
+    const wh_tbuf_t *t;
+    wh_row_t row;
+    wh_col_t *cols;
+    size_t cap;
+} tbuf_view_t;
+
+static const wh_row_t *tbuf_row(void *opaque, size_t i)
 {
-    *rows = sl_malloc((t->n ? t->n : 1) * sizeof(**rows));
-    *cols = sl_malloc((t->ncells ? t->ncells : 1) * sizeof(**cols));
-    for (size_t j = 0; j < t->ncells; j++) {
-        const wh_cell_t *c = &t->cells[j];
-        (*cols)[j] = (wh_col_t){.name = t->cols[c->col],
-                                .type = (wh_type_t)c->type,
-                                .value = c->off == WH_NULL_VALUE ? NULL : t->arena.data + c->off};
+    tbuf_view_t *v = opaque;
+    const wh_brow_t *r = &v->t->rows[i];
+    if (r->ncols > v->cap) {
+        v->cap = r->ncols;
+        v->cols = sl_realloc(v->cols, v->cap * sizeof(*v->cols));
     }
-    for (size_t i = 0; i < t->n; i++) {
-        size_t end = i + 1 < t->n ? t->rows[i + 1] : t->ncells;
-        (*rows)[i] =
-            (wh_row_t){.table = t->table, .cols = *cols + t->rows[i], .ncols = end - t->rows[i]};
+    for (size_t k = 0; k < r->ncols; k++) {
+        const wh_cell_t *c = &r->cells[k];
+        v->cols[k] = (wh_col_t){
+            .name = v->t->cols[c->col], .type = (wh_type_t)c->type, .value = (char *)c->value};
     }
+    v->row = (wh_row_t){.table = v->t->table, .cols = v->cols, .ncols = r->ncols};
+    return &v->row;
 }
 
 static void dl_report(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
@@ -384,13 +434,12 @@ static void on_message(wh_warehouse_t *wh, const rd_kafka_message_t *m)
         json_object_put(job);
         return;
     }
+    size_t bytes = b->bytes;
     buffer_add(b, &wh->scratch);
     wh_rows_free(&wh->scratch);
-    if (b->nmsgs == b->mcap) {
-        b->mcap = b->mcap ? b->mcap * 2 : 256;
-        b->msgs = sl_realloc(b->msgs, b->mcap * sizeof(*b->msgs));
-    }
+    grow(b, (void **)&b->msgs, &b->mcap, b->nmsgs, sizeof(*b->msgs), 256);
     b->msgs[b->nmsgs++] = (wh_msg_t){m->partition, m->offset};
+    wh->buffered_bytes += b->bytes - bytes;
     wh->buffered++;
     int64_t at;
     if (!received_at || sl_time_parse_ms(received_at, &at) != 0)
@@ -564,30 +613,19 @@ static int flush(wh_warehouse_t *wh, wh_buffer_t *b)
         goto fail;
     char(*paths)[PATH_MAX] = sl_calloc(b->ntables, sizeof(*paths));
     wh_staged_t *files = sl_calloc(b->ntables, sizeof(*files));
-    const wh_row_t **rows = NULL;
-    size_t nrows_cap = 0, written = 0;
-    wh_row_t *trows;
-    wh_col_t *tcols;
+    tbuf_view_t view = {0};
+    size_t written = 0;
     int64_t total_rows = 0, total_bytes = 0;
     for (size_t t = 0; t < b->ntables; t++) {
         wh_tbuf_t *tb = &b->tables[t];
-        if (tb->n > nrows_cap) {
-            nrows_cap = tb->n;
-            rows = sl_realloc(rows, nrows_cap * sizeof(*rows));
-        }
         char file[WH_NAME_MAX + 8];
         safe_component(tb->table, file, sizeof(file) - 6);
         if (snprintf(paths[t], PATH_MAX, "%s/%s.avro", dir, file) >= PATH_MAX) {
             rc = sl_err_set(err, sizeof(err), SL_ERR_INVALID, "staging path too long: %s", dir);
             break;
         }
-        table_rows(tb, &trows, &tcols);
-        for (size_t i = 0; i < tb->n; i++)
-            rows[i] = &trows[i];
-        rc = wh_staging_write(paths[t], tb->table, (const wh_row_t *const *)rows, tb->n, err,
-                              sizeof(err));
-        free(trows);
-        free(tcols);
+        view.t = tb;
+        rc = wh_staging_write_fn(paths[t], tb->table, tbuf_row, &view, tb->n, err, sizeof(err));
         if (rc)
             break;
         written++;
@@ -599,7 +637,7 @@ static int flush(wh_warehouse_t *wh, wh_buffer_t *b)
         total_rows += (int64_t)tb->n;
         total_bytes += files[t].bytes;
     }
-    free(rows);
+    free(view.cols);
     if (!rc) {
         namespace_of(wh, b->source_id, b->dest_id, ns, sizeof(ns));
         sl_buf_t offs = SL_BUF_INIT;
@@ -665,20 +703,47 @@ fail:
     return rc;
 }
 
-/* Flushes the buffers that are due (all when over max_buffered_events, or all when all). */
+/* Whether the buffers hold warehouse.max_buffered_events or max_buffered_bytes (over is 1),
+ * or half of either (over is 2: where flushing early stops). */
+static bool over_limit(const wh_warehouse_t *wh, size_t over)
+{
+    return wh->buffered * over >= wh->max_events || wh->buffered_bytes * over >= wh->max_bytes;
+}
+
+/* The buffer with the most bytes that may be flushed now (not waiting to retry), or NULL. */
+static wh_buffer_t *largest(wh_warehouse_t *wh, int64_t now)
+{
+    wh_buffer_t *big = NULL;
+    for (wh_buffer_t *b = wh->buffers; b; b = b->next)
+        if (now >= b->retry_mono && (!big || b->bytes > big->bytes))
+            big = b;
+    return big;
+}
+
+/*
+ * Flushes the buffers that are due, or all when all. Over max_buffered_events or
+ * max_buffered_bytes, the largest buffers first until the rest hold at most half of each
+ * (a busy destination syncs early; the others keep their schedule). Commits what was flushed.
+ */
 static void flush_due(wh_warehouse_t *wh, bool all)
 {
     if (!wh->buffers)
         return;
     int64_t now = sl_time_mono_ms();
-    bool full = wh->buffered >= wh->max_events;
-    sl_workspace_t *w = sl_wsconf_get(wh->ws);
     bool any = false;
+    if (!all && over_limit(wh, 1)) {
+        for (wh_buffer_t *b; over_limit(wh, 2) && (b = largest(wh, now));)
+            if (flush(wh, b) == 0)
+                any = true;
+            else
+                break; /* Postgres or the disk is away: the others would fail alike */
+    }
+    sl_workspace_t *w = sl_wsconf_get(wh->ws);
     for (wh_buffer_t *b = wh->buffers, *next; b; b = next) {
         next = b->next;
         if (!all && now < b->retry_mono)
             continue;
-        if (all || full || sync_due(wh, w, b, now))
+        if (all || sync_due(wh, w, b, now))
             any |= flush(wh, b) == 0;
     }
     if (w)
@@ -707,6 +772,7 @@ static void drain(wh_warehouse_t *wh, int64_t max_ms)
     }
     wh->buffers = NULL;
     wh->buffered = 0;
+    wh->buffered_bytes = 0;
 }
 
 /* Before partitions go (all of them: the assignor is eager): record what is buffered, so the
@@ -727,11 +793,11 @@ static void on_assign(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *par
     wh->paused = false;
 }
 
-/* Stops fetching while max_buffered_events are held (Postgres away, or a long sync), resumes
- * below it. */
+/* Stops fetching while max_buffered_events or max_buffered_bytes are held (Postgres away, or
+ * the staging files can't be written), resumes below them. */
 static void backpressure(wh_warehouse_t *wh)
 {
-    bool over = wh->buffered >= wh->max_events;
+    bool over = over_limit(wh, 1);
     if (over == wh->paused)
         return;
     rd_kafka_topic_partition_list_t *parts = NULL;
@@ -745,14 +811,15 @@ static void backpressure(wh_warehouse_t *wh)
     wh->paused = over;
     if (over)
         sl_warn("warehouse",
-                "%zu events buffered (warehouse.max_buffered_events): paused "
-                "consuming until they are written",
-                wh->buffered);
+                "%zu events (%zu bytes) buffered (warehouse.max_buffered_events, "
+                "max_buffered_bytes): paused consuming until they are written",
+                wh->buffered, wh->buffered_bytes);
 }
 
 static void update_gauges(wh_warehouse_t *wh)
 {
     sl_metrics_set(wh->m_buffered, (double)wh->buffered);
+    sl_metrics_set(wh->m_buffered_bytes, (double)wh->buffered_bytes);
     int64_t oldest = 0;
     for (wh_buffer_t *b = wh->buffers; b; b = b->next)
         if (b->first_event_ms && (!oldest || b->first_event_ms < oldest))
@@ -775,7 +842,7 @@ static void *consumer_main(void *arg)
             else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                 sl_warn("warehouse", "kafka consumer: %s", rd_kafka_message_errstr(m));
             rd_kafka_message_destroy(m);
-            if (wh->buffered >= wh->max_events)
+            if (over_limit(wh, 1))
                 break;
         }
         flush_due(wh, false);
@@ -1189,6 +1256,7 @@ wh_warehouse_t *wh_warehouse_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
     wh->sync_ms = sl_conf_duration_ms(conf, "warehouse.sync_interval");
     wh->retry_base_ms = sl_conf_duration_ms(conf, "warehouse.retry_base");
     wh->max_events = (size_t)sl_conf_int(conf, "warehouse.max_buffered_events");
+    wh->max_bytes = (size_t)sl_conf_size(conf, "warehouse.max_buffered_bytes");
     wh->lease_ms = sl_conf_duration_ms(conf, "warehouse.lease");
     wh->nworkers = (int)sl_conf_int(conf, "warehouse.workers");
     wh->load_parallelism = (int)sl_conf_int(conf, "warehouse.load_parallelism");
@@ -1202,6 +1270,11 @@ wh_warehouse_t *wh_warehouse_start(const sl_conf_t *conf, sl_wsconf_t *ws, char 
                                    NULL);
     wh->m_buffered = sl_metrics_gauge("sluice_warehouse_buffered_events",
                                       "Events consumed and not yet written to staging files", NULL);
+    wh->m_buffered_bytes =
+        sl_metrics_gauge("sluice_warehouse_buffered_bytes",
+                         "Memory held by the rows of the events not yet written to staging files "
+                         "(warehouse.max_buffered_bytes bounds it)",
+                         NULL);
     wh->m_lag = sl_metrics_gauge("sluice_warehouse_oldest_buffered_event_seconds",
                                  "Age (since receivedAt) of the oldest event not yet in staging "
                                  "files",

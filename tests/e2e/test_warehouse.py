@@ -15,6 +15,8 @@ a Postgres warehouse (a second database on the test Postgres), checked with SQL.
   --case options   warehouse.workers, .load_parallelism and .lease: three uploads claimed at
                    once, an upload's tables loading in parallel, 3 s claims
   --case orphans   staging directories left by a crash are removed at start
+  --case bytecap   warehouse.max_buffered_bytes: a busy destination syncs early in small
+                   uploads, a quiet one keeps its schedule, every event loads once
 """
 import argparse
 import json
@@ -670,9 +672,64 @@ def case_orphans(env):
     if p.stop() != 0:
         h.fail("sluice all did not stop cleanly")
 
+def case_bytecap(env):
+    """warehouse.max_buffered_bytes (64 KB here) with an hour's sync: the busy destination's
+    rows are written early, in uploads of a few dozen events, while the quiet destination of
+    another source (its buffer the smaller) waits for its sync; after a stop (which writes what
+    is buffered) and a restart, every event is in each destination's tables exactly once."""
+    wh = Warehouse(env)
+    calm = {"id": "src-calm", "name": "Calm", "writeKey": "calm-key", "enabled": True,
+            "sourceDefinition": {"name": "HTTP", "category": "eventStream"},
+            "destinations": [pg_dest("d-calm", wh, namespace="calm")]}
+    env.write_workspace(config([pg_dest("d-busy", wh, namespace="busy")], [calm]))
+    h.create_topics(env)
+    wenv = wh_env(env, SLUICE_WAREHOUSE_SYNC_INTERVAL="1h",
+                  SLUICE_WAREHOUSE_MAX_BUFFERED_BYTES="64KB")
+    p = env.start("all", **wenv)
+    env.wait_healthy(p)
+    calm_ids = [f"calm-{i}" for i in range(3)]
+    for m in calm_ids:
+        send(p, "/v1/track", {"userId": "c1", "event": "Item Viewed", "messageId": m}, "calm-key")
+    sent, note = [], "x" * 400
+    for b in range(10):
+        batch = [{"type": "track", "userId": f"u{i % 20}", "event": "Item Viewed",
+                  "messageId": f"b-{b}-{i}", "properties": {"i": i, "note": note}}
+                 for i in range(100)]
+        send(p, "/v1/batch", {"batch": batch})
+        sent += [e["messageId"] for e in batch]
+    # The rows of the last events (less than the cap) wait for the sync: most are loaded.
+    h.wait_for("most busy events loaded", lambda: "item_viewed" in wh.tables("busy") and
+               wh.count("busy", "item_viewed") >= len(sent) * 8 // 10, 40, interval=0.3)
+    us = uploads(env, p)
+    busy = [u for u in us if u["destinationId"] == "d-busy"]
+    h.log(f"{len(busy)} uploads of d-busy, events {sorted(u['events'] for u in busy)}; "
+          f"of d-calm: {[u for u in us if u['destinationId'] == 'd-calm']}")
+    if len(busy) < 5 or max(u["events"] for u in busy) > 200:
+        h.fail(f"d-busy should sync early in small uploads: {len(busy)} uploads")
+    if any(u["destinationId"] == "d-calm" for u in us):
+        h.fail("d-calm, the smaller buffer, was written before its sync")
+    held = metric(p, "sluice_warehouse_buffered_bytes")
+    if not 0 < held < 65536:
+        h.fail(f"sluice_warehouse_buffered_bytes is {held}, not under the cap")
+    if p.stop() != 0:
+        h.fail("sluice all did not stop cleanly")
+    p = env.start("all", **wenv)
+    env.wait_healthy(p)
+    wh.wait_count("busy", "item_viewed", len(sent), timeout=40)
+    wh.wait_count("busy", "tracks", len(sent), timeout=10)
+    wh.wait_count("calm", "item_viewed", len(calm_ids), timeout=10)
+    for ns, table, want in (("busy", "item_viewed", sent), ("busy", "tracks", sent),
+                            ("calm", "item_viewed", calm_ids)):
+        ids = ids_in(wh, ns, table)
+        if len(ids) != len(set(ids)) or set(ids) != set(want):
+            h.fail(f"{ns}.{table}: {len(ids)} rows, {len(set(ids))} distinct, {len(want)} sent")
+    if p.stop() != 0:
+        h.fail("sluice all did not stop cleanly")
+
+
 CASES = {"types": case_types, "evolve": case_evolve, "crash": case_crash,
          "takeover": case_takeover, "commands": case_commands, "badevents": case_badevents,
-         "options": case_options, "orphans": case_orphans}
+         "options": case_options, "orphans": case_orphans, "bytecap": case_bytecap}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
