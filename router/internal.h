@@ -75,9 +75,10 @@ typedef struct rt_op {
 
 typedef struct rt_store rt_store_t;
 
-/* Jobs waiting for Postgres (rt_store_backlog) at which the router stops taking more: it stops
- * consuming, and the store stops loading parked jobs, until Postgres has caught up. */
-#define RT_STORE_BACKLOG 50000
+/* Jobs waiting for Postgres (rt_store_backlog) at which the router stops consuming until
+ * Postgres has caught up (the store stops loading parked jobs at a fifth of it). It bounds
+ * memory, and the deliveries a SIGKILL repeats: those delivered but not yet recorded. */
+#define RT_STORE_BACKLOG 10000
 
 typedef struct rt_store_conf {
     const char *dsn;

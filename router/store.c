@@ -717,8 +717,9 @@ static void *store_main(void *arg)
         }
         bool stopping = s->stop, drain_now = s->drain_now;
         /* Loading parked jobs while the records of delivered ones queue up would only grow
-         * the queue (memory) faster than Postgres empties it. */
-        bool may_drain = s->backlog < RT_STORE_BACKLOG;
+         * the queue (memory, and what a crash delivers twice) faster than Postgres empties
+         * it: a drain is paced by Postgres anyway (each key's rows are deleted as delivered). */
+        bool may_drain = s->backlog < RT_STORE_BACKLOG / 5;
         s->drain_now = false;
         pthread_mutex_unlock(&s->lock);
 
