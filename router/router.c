@@ -44,7 +44,7 @@
 
 #define RT_POLL_MAX        2000 /* messages taken from the consumer per loop */
 #define RT_COMMIT_EVERY_MS 500
-#define RT_IDLE_WAIT_MS    100 /* the longest sleep, should a wake-up of the consumer be missed */
+#define RT_IDLE_WAIT_MS    10 /* the longest sleep: the consumer's wake-up is not always given */
 #define RT_HEADERS_MAX     64
 #define RT_EASY_POOL       1024 /* idle curl handles kept for reuse */
 #define RT_SLOW_MS         1000 /* a destination whose requests take longer is slow */
