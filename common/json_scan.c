@@ -555,5 +555,8 @@ bool sl_json_key_is(sl_json_span_t key, const char *name)
      * "type\u0000x" is "type", and it replaces an earlier "type" */
     char buf[128];
     size_t m = sl_json_string_decode(key, buf, sizeof(buf));
-    return n < sizeof(buf) - 1 && m >= n && (m == n || buf[n] == '\0') && memcmp(buf, name, n) == 0;
+    if (n >= sizeof(buf) || m < n || memcmp(buf, name, n) != 0)
+        return false;
+    /* buf holds at most sizeof(buf) - 1 decoded bytes: buf[n] is one of them only below that */
+    return m == n || (n + 1 < sizeof(buf) && buf[n] == '\0');
 }
