@@ -56,7 +56,8 @@ static char *put_digits(char *p, int64_t v, int n)
     return p + n;
 }
 
-/* Without gmtime_r and strftime: job status rows format eight of these each. */
+/* Without gmtime_r and strftime (a hot path: parking formats a job's times, the gateway
+ * every request's receivedAt). */
 void sl_time_format_ms(int64_t ms, char out[SL_TIME_STRLEN])
 {
     int64_t s = ms / 1000, frac = ms % 1000;

@@ -112,11 +112,16 @@ static size_t utf8_len(const unsigned char *s, size_t n)
 
 /* Binary COPY (the text form made Postgres parse eight timestamps a row): big-endian
  * integers, each field its length (-1 for NULL) then its bytes. */
+static void store_be(char *dst, uint64_t v, int bytes)
+{
+    for (int i = bytes - 1; i >= 0; i--, v >>= 8)
+        dst[i] = (char)(v & 0xFF);
+}
+
 static void put_be(sl_buf_t *b, uint64_t v, int bytes)
 {
-    unsigned char x[8];
-    for (int i = bytes - 1; i >= 0; i--, v >>= 8)
-        x[i] = (unsigned char)(v & 0xFF);
+    char x[8];
+    store_be(x, v, bytes);
     sl_buf_append(b, x, (size_t)bytes);
 }
 
@@ -154,9 +159,7 @@ static void put_text(sl_buf_t *b, const char *s, size_t n, size_t cap)
             sl_buf_puts(b, "\xEF\xBF\xBD");
         i += len ? len : 1;
     }
-    uint32_t flen = (uint32_t)(b->len - at - 4);
-    for (int i = 3; i >= 0; i--, flen >>= 8)
-        b->data[at + (size_t)i] = (char)(flen & 0xFF);
+    store_be(b->data + at, b->len - at - 4, 4);
 }
 
 static void put_int4(sl_buf_t *b, int32_t v)
