@@ -236,6 +236,16 @@ int sl_kafka_is_dev_broker(rd_kafka_t *rk, char *errstr, size_t errstr_size)
     return dev;
 }
 
+int sl_kafka_cluster_is_dev(rd_kafka_t *rk, int timeout_ms)
+{
+    char *id = rd_kafka_clusterid(rk, timeout_ms);
+    if (!id)
+        return -1;
+    int dev = strncmp(id, "mockCluster", 11) == 0;
+    rd_kafka_mem_free(rk, id);
+    return dev;
+}
+
 /* Whether the broker behind probe (its only connection) reports each topic of st that was
  * just created with all its partitions, each with a leader. */
 static bool broker_knows(rd_kafka_t *probe, int32_t id, const sl_kafka_topic_status_t *st, size_t n)

@@ -63,6 +63,7 @@ struct pr_processor {
     size_t txn_max_events;
 
     bool txn_open;
+    int dev_broker;    /* sl_kafka_cluster_is_dev of the consumer's cluster; -1 not known yet */
     int64_t picked_ms; /* when the batch being processed was read (wall clock) */
     position_t *pos;
     size_t npos, cappos, txn_events;
@@ -814,6 +815,25 @@ static void txn_abort(pr_processor_t *pr)
     rewind_to_committed(pr);
 }
 
+/*
+ * The embedded dev broker (librdkafka 2.0.2's mock cluster) answers TxnOffsetCommit without
+ * storing the offsets, so a processor that lost its partitions, or rewound after an aborted
+ * transaction, would start the events topic over. There the offsets of each committed
+ * transaction are also committed the plain way (asynchronously: if one is lost, the next
+ * transaction's covers it). On a real cluster the transaction alone commits them.
+ */
+static void commit_on_dev_broker(pr_processor_t *pr, const rd_kafka_topic_partition_list_t *offs)
+{
+    if (pr->dev_broker < 0)
+        pr->dev_broker = sl_kafka_cluster_is_dev(pr->consumer, 0);
+    if (pr->dev_broker != 1)
+        return;
+    rd_kafka_resp_err_t err = rd_kafka_commit(pr->consumer, offs, 1);
+    if (err)
+        sl_warn("processor", "could not commit the offsets on the dev broker: %s",
+                rd_kafka_err2str(err));
+}
+
 /* Commits the open transaction with the consumed offsets. Returns 0, or -1 if it was aborted
  * (the consumer is rewound), or -2 on a fatal error. */
 static int txn_commit(pr_processor_t *pr)
@@ -821,16 +841,17 @@ static int txn_commit(pr_processor_t *pr)
     if (!pr->txn_open)
         return 0;
     rd_kafka_error_t *e = NULL;
+    rd_kafka_topic_partition_list_t *offs = NULL;
     if (pr->npos) {
-        rd_kafka_topic_partition_list_t *offs = rd_kafka_topic_partition_list_new((int)pr->npos);
+        offs = rd_kafka_topic_partition_list_new((int)pr->npos);
         for (size_t i = 0; i < pr->npos; i++)
             rd_kafka_topic_partition_list_add(offs, pr->events_topic, pr->pos[i].partition)
                 ->offset = pr->pos[i].next;
         rd_kafka_consumer_group_metadata_t *cgmd = rd_kafka_consumer_group_metadata(pr->consumer);
         e = rd_kafka_send_offsets_to_transaction(pr->producer, offs, cgmd, PR_TXN_TIMEOUT_MS);
         rd_kafka_consumer_group_metadata_destroy(cgmd);
-        rd_kafka_topic_partition_list_destroy(offs);
         if (e) {
+            rd_kafka_topic_partition_list_destroy(offs);
             bool fatal = txn_error("sending the consumed offsets", e);
             rd_kafka_error_destroy(e);
             if (fatal)
@@ -847,12 +868,18 @@ static int txn_commit(pr_processor_t *pr)
         bool fatal = txn_error("commit", e);
         bool abort_needed = rd_kafka_error_txn_requires_abort(e);
         rd_kafka_error_destroy(e);
-        if (fatal)
-            return -2;
-        if (abort_needed || !retry) {
+        if (fatal || abort_needed || !retry) {
+            if (offs)
+                rd_kafka_topic_partition_list_destroy(offs);
+            if (fatal)
+                return -2;
             txn_abort(pr);
             return -1;
         }
+    }
+    if (offs) {
+        commit_on_dev_broker(pr, offs);
+        rd_kafka_topic_partition_list_destroy(offs);
     }
     pr->txn_open = false;
     pr->npos = 0;
@@ -910,6 +937,8 @@ static void dedup_rebuild(pr_processor_t *pr, const rd_kafka_topic_partition_lis
     for (int i = 0; i < starts->cnt; i++)
         starts->elems[i].offset = since;
     rd_kafka_offsets_for_times(rk, starts, 10000);
+    if (pr->dev_broker < 0)
+        pr->dev_broker = sl_kafka_cluster_is_dev(pr->consumer, 0);
     size_t want = 0;
     for (int i = 0; i < parts->cnt; i++) {
         int64_t end = parts->elems[i].offset, start = starts->elems[i].offset;
@@ -918,6 +947,8 @@ static void dedup_rebuild(pr_processor_t *pr, const rd_kafka_topic_partition_lis
             starts->elems[i].offset = RD_KAFKA_OFFSET_END; /* nothing committed: nothing seen */
             continue;
         }
+        if (start < 0 && pr->dev_broker == 1)
+            start = 0; /* the dev broker finds no offset by time: go by dedup_max_ids alone */
         if (start < 0 || start > end)
             start = end; /* nothing in the window */
         if (end - start > (int64_t)pr->dedup_max_ids)
@@ -1162,6 +1193,7 @@ static pr_processor_t *processor_new(const sl_conf_t *conf, sl_wsconf_t *ws, con
                                      char *errstr, size_t errstr_size)
 {
     pr_processor_t *pr = sl_calloc(1, sizeof(*pr));
+    pr->dev_broker = -1;
     pr->stats = pr_stats_new();
     pr->ws = ws;
     pr->conf = conf;

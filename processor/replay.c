@@ -75,11 +75,7 @@ int pr_replay_window(const sl_conf_t *conf, int64_t from_ms, int64_t to_ms,
     if (n < 0)
         goto out;
     /* librdkafka's mock cluster answers every lookup by time with "no such offset". */
-    char *cluster = rd_kafka_clusterid(rk, RP_TIMEOUT_MS);
-    bool mock = cluster && strncmp(cluster, "mockCluster", 11) == 0;
-    if (cluster)
-        rd_kafka_mem_free(rk, cluster);
-    if (mock) {
+    if (sl_kafka_cluster_is_dev(rk, RP_TIMEOUT_MS) == 1) {
         rc = sl_err_set(errstr, errstr_size, SL_ERR_INVALID,
                         "the embedded dev broker can't look offsets up by time: give the "
                         "window as --offsets P:START-END (`kcat -C -e -b BROKER -t %s -f "

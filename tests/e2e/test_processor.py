@@ -331,6 +331,40 @@ def case_dedup(env):
         h.fail("the duplicate after the restart is not counted")
 
 
+def case_dev_restart(env):
+    """The dev broker stores no offsets committed in a transaction: a restarted processor must
+    still go on where it stopped, not start the events topic over."""
+    sink = h.Sink(env)
+    env.write_workspace(config([webhook("d-all", sink.url + "/all")]))
+    dev = h.DevKafka(env)
+    # The dev broker lets a restarted member back into its group only after the session of
+    # the one it replaces has run out.
+    over = dict(SLUICE_KAFKA_BROKERS=dev.bootstrap, SLUICE_PROCESSOR_DEDUP="false",
+                SLUICE_KAFKA_SESSION_TIMEOUT_MS="6000", SLUICE_KAFKA_HEARTBEAT_INTERVAL_MS="1000")
+    p = env.start("all", **over)
+    env.wait_healthy(p)
+    before = [f"dr-{i}" for i in range(20)]
+    for i, mid in enumerate(before):
+        send(p, "/v1/track", {"userId": f"dr-user-{i % 5}", "event": "E", "messageId": mid})
+    h.wait_for("the first 20 events", lambda: set(before) <= set(sink.message_ids()),
+               timeout=30)
+    p.stop()
+    q = env.start("all", **dict(over, SLUICE_GATEWAY_PORT=p.env["SLUICE_GATEWAY_PORT"],
+                               SLUICE_PROCESSOR_PORT=p.env["SLUICE_PROCESSOR_PORT"]))
+    env.wait_healthy(q)
+    send(q, "/v1/track", {"userId": "dr-user-0", "event": "After", "messageId": "dr-after"})
+    h.wait_for("dr-after", lambda: "dr-after" in sink.message_ids(), timeout=60)
+    time.sleep(2.0)
+    ids = sink.message_ids()
+    again = sorted(m for m in set(ids) if ids.count(m) > 1)
+    if again:
+        h.fail(f"delivered again after the processor's restart: {again}")
+    jobs = h.kafka_messages(dev.bootstrap, env.prefix + "delivery")
+    if len(jobs) != 21:
+        h.fail(f"the delivery topic holds {len(jobs)} jobs for 21 events")
+    h.log(f"{len(ids)} deliveries and {len(jobs)} jobs for 21 events, across a restart")
+
+
 def read_committed(brokers, topic):
     r = subprocess.run(["kcat", "-C", "-b", brokers, "-t", topic, "-o", "beginning", "-e", "-q",
                         "-X", "isolation.level=read_committed", "-f", "%h\n"],
@@ -404,12 +438,14 @@ def case_exactly_once(env):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--case", required=True,
-                    choices=["rules", "transform", "dedup", "exactly-once"])
+                    choices=["rules", "transform", "dedup", "exactly-once", "dev-restart"])
     a = ap.parse_args()
     if a.case == "exactly-once":
         h.run(case_exactly_once, "processor-eo", kafka="real")
     elif a.case == "transform":
         h.run(case_transform, "processor-transform", kafka="embedded")
+    elif a.case == "dev-restart":
+        h.run(case_dev_restart, "processor-devrestart", kafka="embedded")
     elif a.case == "dedup":
         h.run(case_dedup, "processor-dedup", kafka="real")
     else:
