@@ -46,14 +46,94 @@ void sl_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const cha
     sl_log(l, "kafka", "%s: %s: %s", rd_kafka_name(rk), fac, buf);
 }
 
+/*
+ * Whether the brokers can be reached: the health check SL_KAFKA_HEALTH_BROKERS. librdkafka says
+ * when a handle has lost every broker (or can't resolve, authenticate, ...) but never when it
+ * has one again, and a role with no traffic (an idle router, a warehouse between batches, a
+ * gateway nobody calls) has nothing else that would say so. So the first such error starts a
+ * prober thread; each error asks it to check, and it asks the cluster for its metadata every
+ * second, on a handle of its own, until the cluster answers, then marks the check healthy.
+ */
+static pthread_mutex_t probe_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t probe_cond = PTHREAD_COND_INITIALIZER;
+static rd_kafka_conf_t *probe_conf; /* bootstrap and the user's properties, from the latest conf */
+static bool probe_wanted, probe_started;
+
+static void probe_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    (void)rk;
+    (void)level;
+    sl_debug("kafka", "reachability probe: %s: %s", fac, buf);
+}
+
+/* Until the cluster answers: 1 s between tries, each waiting up to 5 s. */
+static void probe_until_reached(void)
+{
+    pthread_mutex_lock(&probe_mu);
+    rd_kafka_conf_t *c = probe_conf ? rd_kafka_conf_dup(probe_conf) : NULL;
+    pthread_mutex_unlock(&probe_mu);
+    char e[512];
+    rd_kafka_t *rk = c ? rd_kafka_new(RD_KAFKA_CONSUMER, c, e, sizeof(e)) : NULL;
+    if (!rk) {
+        if (c)
+            rd_kafka_conf_destroy(c);
+        sl_warn("kafka", "could not start the reachability probe: %s", c ? e : "no config");
+        return;
+    }
+    for (;;) {
+        const rd_kafka_metadata_t *md = NULL;
+        bool ok = rd_kafka_metadata(rk, 0, NULL, &md, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+                  md->broker_cnt > 0;
+        if (md)
+            rd_kafka_metadata_destroy(md);
+        if (ok)
+            break;
+        struct timespec ts = {1, 0};
+        nanosleep(&ts, NULL);
+    }
+    rd_kafka_destroy(rk);
+}
+
+static void *probe_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&probe_mu);
+    for (;;) {
+        while (!probe_wanted)
+            pthread_cond_wait(&probe_cond, &probe_mu);
+        probe_wanted = false;
+        pthread_mutex_unlock(&probe_mu);
+        probe_until_reached();
+        pthread_mutex_lock(&probe_mu);
+        if (!probe_wanted) /* no newer error while it probed */
+            sl_health_set(SL_KAFKA_HEALTH_BROKERS, true, NULL);
+    }
+    return NULL;
+}
+
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN || err == RD_KAFKA_RESP_ERR__RESOLVE ||
         err == RD_KAFKA_RESP_ERR__AUTHENTICATION || err == RD_KAFKA_RESP_ERR__SSL) {
-        sl_health_set("kafka", false,
+        pthread_mutex_lock(&probe_mu);
+        sl_health_set(SL_KAFKA_HEALTH_BROKERS, false,
                       "could not reach kafka at \"%s\": %s; check SLUICE_KAFKA_BROKERS (and the "
                       "security settings) and that the brokers are up",
                       bootstrap, reason);
+        probe_wanted = true;
+        pthread_cond_signal(&probe_cond);
+        if (!probe_started) {
+            pthread_t t;
+            pthread_attr_t attr;
+            pthread_attr_init(&attr);
+            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+            probe_started = pthread_create(&t, &attr, probe_main, NULL) == 0;
+            pthread_attr_destroy(&attr);
+            if (!probe_started)
+                sl_warn("kafka", "could not start the reachability probe: /health stays "
+                                 "unhealthy until the role restarts");
+        }
+        pthread_mutex_unlock(&probe_mu);
         return;
     }
     if (err == RD_KAFKA_RESP_ERR__TRANSPORT)
@@ -130,6 +210,18 @@ rd_kafka_conf_t *sl_kafka_conf_new(const sl_conf_t *conf, sl_kafka_role_t role,
         rd_kafka_conf_destroy(kconf);
         return NULL;
     }
+    /* The prober's: how to reach and authenticate, nothing role-specific. */
+    rd_kafka_conf_t *pconf = rd_kafka_conf_new();
+    prop_ctx_t pc = {pconf, errstr, errstr_size, 0};
+    apply_prop("bootstrap.servers", brokers, &pc);
+    apply_prop("client.id", "sluice-probe", &pc);
+    sl_conf_kafka_props_foreach(conf, apply_prop, &pc);
+    rd_kafka_conf_set_log_cb(pconf, probe_log_cb);
+    pthread_mutex_lock(&probe_mu);
+    if (probe_conf)
+        rd_kafka_conf_destroy(probe_conf);
+    probe_conf = pconf;
+    pthread_mutex_unlock(&probe_mu);
     rd_kafka_conf_set_log_cb(kconf, sl_kafka_log_cb);
     rd_kafka_conf_set_error_cb(kconf, error_cb);
     return kconf;

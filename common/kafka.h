@@ -97,6 +97,11 @@ rd_kafka_event_t *sl_kafka_admin_wait(rd_kafka_queue_t *q, const char *what, cha
 /* Returns prefix + suffix; the caller frees it. */
 char *sl_kafka_topic(const sl_conf_t *conf, const char *suffix);
 
+/* The health check that says whether the brokers can be reached: made unhealthy by librdkafka's
+ * errors (all brokers down, resolve, authentication, SSL) on any handle made with
+ * sl_kafka_conf_new, healthy again once the cluster answers a metadata request. */
+#define SL_KAFKA_HEALTH_BROKERS "kafka_brokers"
+
 typedef enum sl_kafka_role { SL_KAFKA_PRODUCER, SL_KAFKA_CONSUMER } sl_kafka_role_t;
 
 /*

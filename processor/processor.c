@@ -9,7 +9,6 @@
 #include "common/buf.h"
 #include "common/deadletter.h"
 #include "common/err.h"
-#include "common/health.h"
 #include "common/json_scan.h"
 #include "common/kafka.h"
 #include "common/log.h"
@@ -885,7 +884,6 @@ static int txn_commit(pr_processor_t *pr)
     pr->npos = 0;
     pr->txn_events = 0;
     sl_metrics_add(pr->m_txn_commits, 1);
-    sl_health_set("kafka", true, NULL);
     return 0;
 }
 

@@ -17,7 +17,6 @@
 #include "common/buf.h"
 #include "common/deadletter.h"
 #include "common/err.h"
-#include "common/health.h"
 #include "common/json_scan.h"
 #include "common/kafka.h"
 #include "common/log.h"
@@ -1379,7 +1378,6 @@ static void poll_consumer(rt_router_t *rt)
             break;
         }
         if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-            sl_health_set("kafka", true, NULL);
             on_message(rt, m);
         } else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
             sl_warn("router", "kafka consumer: %s", rd_kafka_message_errstr(m));

@@ -184,6 +184,29 @@ def case_kafka(env):
     assert p.stop() == 0
 
 
+def case_kafka_idle(env):
+    """/health turns healthy again once the brokers are back, with no event to show it."""
+    dk = h.DevKafka(env, brokers=1)
+    sink = h.Sink(env)
+    env.write_workspace(h.workspace_config(sink.url))
+    p = env.start("all", SLUICE_KAFKA_BROKERS=dk.bootstrap)
+    env.wait_healthy(p)
+    deliver_one(env, p, sink, "idle-before")
+    dk.all_brokers("down")
+    h.wait_for("/health to report the brokers down", lambda: not health(p)[1].get(
+        "checks", {}).get("kafka_brokers", {"ok": True})["ok"], timeout=30)
+    status, body = health(p)
+    h.log(f"/health says: {body['checks']['kafka_brokers']['detail']}")
+    assert status == 503 and dk.bootstrap in body["checks"]["kafka_brokers"]["detail"], body
+    time.sleep(3)
+    dk.all_brokers("up")
+    t0 = time.time()
+    env.wait_healthy(p, timeout=30)
+    h.log(f"healthy {time.time() - t0:.1f} s after the broker came back, with no traffic")
+    deliver_one(env, p, sink, "idle-after")
+    assert p.stop() == 0
+
+
 def case_oneshot(env):
     def run(args, **extra):
         e = env.base_env()
@@ -210,7 +233,7 @@ def case_oneshot(env):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--case", choices=["workspace", "postgres", "kafka", "oneshot"],
+    ap.add_argument("--case", choices=["workspace", "postgres", "kafka", "kafka_idle", "oneshot"],
                     required=True)
     args = ap.parse_args()
     fn = globals()["case_" + args.case]

@@ -4,7 +4,7 @@ sluice_py_test(NAME e2e.pipeline.real SCRIPT e2e/test_pipeline.py ARGS --kafka r
 sluice_py_test(NAME e2e.pipeline.embedded SCRIPT e2e/test_pipeline.py ARGS --kafka embedded
                FIXTURES postgres)
 sluice_py_test(NAME e2e.drain SCRIPT e2e/test_drain.py FIXTURES "postgres;kafka")
-foreach(case workspace postgres kafka oneshot)
+foreach(case workspace postgres kafka kafka_idle oneshot)
   sluice_py_test(NAME e2e.failures.${case} SCRIPT e2e/test_failures.py ARGS --case ${case}
                  FIXTURES postgres)
 endforeach()
