@@ -828,3 +828,83 @@ void sl_kafka_offsets_forget(sl_kafka_offsets_t *o, const rd_kafka_topic_partiti
     }
     pthread_mutex_unlock(&o->lock);
 }
+
+/* --- the fetch nudger (see kafka.h) --- */
+
+struct sl_kafka_nudger {
+    rd_kafka_t *rk;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    bool kicked, stop;
+};
+
+static void *nudger_main(void *arg)
+{
+    sl_kafka_nudger_t *n = arg;
+    pthread_mutex_lock(&n->mu);
+    for (;;) {
+        while (!n->kicked && !n->stop)
+            pthread_cond_wait(&n->cond, &n->mu);
+        if (n->stop)
+            break;
+        n->kicked = false;
+        pthread_mutex_unlock(&n->mu);
+        rd_kafka_topic_partition_list_t *parts = NULL;
+        if (!rd_kafka_assignment(n->rk, &parts) && parts && parts->cnt) {
+            for (int i = 0; i < parts->cnt; i++)
+                parts->elems[i].offset = RD_KAFKA_OFFSET_END; /* as a time: the latest */
+            rd_kafka_offsets_for_times(n->rk, parts, 1000);
+        }
+        if (parts)
+            rd_kafka_topic_partition_list_destroy(parts);
+        struct timespec ts = {0, SL_KAFKA_NUDGE_MS * 1000000L};
+        nanosleep(&ts, NULL);
+        pthread_mutex_lock(&n->mu);
+    }
+    pthread_mutex_unlock(&n->mu);
+    return NULL;
+}
+
+sl_kafka_nudger_t *sl_kafka_nudger_start(rd_kafka_t *consumer)
+{
+    sl_kafka_nudger_t *n = sl_calloc(1, sizeof(*n));
+    n->rk = consumer;
+    pthread_mutex_init(&n->mu, NULL);
+    pthread_cond_init(&n->cond, NULL);
+    if (pthread_create(&n->thread, NULL, nudger_main, n) != 0) {
+        sl_warn("kafka", "could not start the fetch nudger: the consumer refills its queue "
+                         "at librdkafka's own pace");
+        pthread_cond_destroy(&n->cond);
+        pthread_mutex_destroy(&n->mu);
+        free(n);
+        return NULL;
+    }
+    return n;
+}
+
+void sl_kafka_nudger_kick(sl_kafka_nudger_t *n)
+{
+    if (!n)
+        return;
+    pthread_mutex_lock(&n->mu);
+    if (!n->kicked) {
+        n->kicked = true;
+        pthread_cond_signal(&n->cond);
+    }
+    pthread_mutex_unlock(&n->mu);
+}
+
+void sl_kafka_nudger_stop(sl_kafka_nudger_t *n)
+{
+    if (!n)
+        return;
+    pthread_mutex_lock(&n->mu);
+    n->stop = true;
+    pthread_cond_signal(&n->cond);
+    pthread_mutex_unlock(&n->mu);
+    pthread_join(n->thread, NULL);
+    pthread_cond_destroy(&n->cond);
+    pthread_mutex_destroy(&n->mu);
+    free(n);
+}

@@ -149,6 +149,23 @@ void sl_kafka_consumer_on_assign(rd_kafka_t *rk,
 void sl_kafka_consumer_destroy(rd_kafka_t *rk);
 
 /*
+ * A fetch nudger for a consumer that reads faster than librdkafka 2.0.2 refills its queue.
+ * Once the pre-fetch queue holds queued.max.messages.kbytes, librdkafka stops fetching and
+ * looks again only when the partition leader's broker thread wakes up, which with nothing to
+ * do is a second later (librdkafka issue #2879, fetch.queue.backoff.ms in 2.2): a consumer
+ * that empties its queue in less waits out the rest of that second. The nudger wakes those
+ * threads: each kick (at most one per SL_KAFKA_NUDGE_MS) makes it ask the leaders of the
+ * assigned partitions for their end offsets, a request each broker thread serves, then looks
+ * at its partitions again. Kick it from the consuming thread after taking messages.
+ */
+#define SL_KAFKA_NUDGE_MS 10
+typedef struct sl_kafka_nudger sl_kafka_nudger_t;
+sl_kafka_nudger_t *sl_kafka_nudger_start(rd_kafka_t *consumer);
+void sl_kafka_nudger_kick(sl_kafka_nudger_t *n);
+/* Stops the thread; before the consumer is closed. */
+void sl_kafka_nudger_stop(sl_kafka_nudger_t *n);
+
+/*
  * Offset tracker: commit only offsets whose work is durable downstream.
  * The consumer thread calls _track for each message in the order consumed; any thread calls
  * _done when that message's work is durable (in any order). _commit commits, per partition,

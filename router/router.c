@@ -131,6 +131,7 @@ struct rt_router {
     sl_wsconf_t *ws;
     sl_json_index_t job_idx; /* parse_job's, reused (loop thread) */
     rd_kafka_t *consumer, *producer;
+    sl_kafka_nudger_t *nudger; /* keeps the consumer's queue filled (common/kafka.h) */
     char *topic, *group, *failed_topic;
     sl_kafka_offsets_t *offsets;
     rt_store_t *store;
@@ -1375,6 +1376,8 @@ static void poll_consumer(rt_router_t *rt)
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rt->consumer, 0);
         if (!m) {
             rt->consumer_more = false;
+            if (i > 0) /* just emptied: have librdkafka refill it now, not a second later */
+                sl_kafka_nudger_kick(rt->nudger);
             break;
         }
         if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -1758,6 +1761,7 @@ rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errst
     rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(rt->consumer);
     rd_kafka_queue_io_event_enable(q, rt->wake_pipe[1], "1", 1);
     rd_kafka_queue_destroy(q);
+    rt->nudger = sl_kafka_nudger_start(rt->consumer);
     pthread_create(&rt->thread, NULL, loop_main, rt);
     return rt;
 fail:
@@ -1783,6 +1787,7 @@ void rt_router_stop(rt_router_t *rt)
     rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(rt->consumer);
     rd_kafka_queue_io_event_enable(q, -1, NULL, 0);
     rd_kafka_queue_destroy(q);
+    sl_kafka_nudger_stop(rt->nudger);
     rd_kafka_consumer_close(rt->consumer); /* revokes: on_revoke settles and commits */
     sl_kafka_consumer_destroy(rt->consumer);
     router_free(rt);
