@@ -397,12 +397,14 @@ int sl_http_server_start(sl_http_server_t *srv, char *errstr, size_t errstr_size
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ITC | MHD_USE_ERROR_LOG;
     errno = 0;
+    /* MHD sets SO_REUSEADDR (a restart binds at once, past TIME_WAIT) but, without
+     * MHD_OPTION_LISTENING_ADDRESS_REUSE, not SO_REUSEPORT: a second process started on the
+     * port fails here instead of silently taking a share of its connections. */
     srv->daemon = MHD_start_daemon(flags, (uint16_t)srv->port, NULL, NULL, on_access, srv,
                                    MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_THREAD_POOL_SIZE,
                                    srv->threads, MHD_OPTION_CONNECTION_LIMIT, srv->max_connections,
                                    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-                                   MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-                                   MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+                                   MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
     if (!srv->daemon) {
         int e = errno ? errno : EADDRINUSE;
         return sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT, "could not listen on %s:%d: %s",

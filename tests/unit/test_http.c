@@ -209,6 +209,24 @@ static void test_builtin_routes(void **state)
     sl_buf_free(&b);
 }
 
+/* A second server on a port in use fails to start, naming the port, instead of sharing it. */
+static void test_port_in_use(void **state)
+{
+    sl_http_opts_t opts = {.component = "test2",
+                           .host = "127.0.0.1",
+                           .port = sl_http_server_port(srv),
+                           .threads = 1,
+                           .max_body = 1000};
+    sl_http_server_t *other = sl_http_server_new(&opts);
+    char err[256] = "";
+    assert_int_not_equal(sl_http_server_start(other, err, sizeof(err)), 0);
+    char port[16];
+    snprintf(port, sizeof(port), ":%d", opts.port);
+    assert_non_null(strstr(err, port));
+    assert_non_null(strstr(err, "in use"));
+    sl_http_server_destroy(other);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -216,6 +234,7 @@ int main(void)
         cmocka_unit_test(test_gzip),
         cmocka_unit_test(test_async),
         cmocka_unit_test(test_builtin_routes),
+        cmocka_unit_test(test_port_in_use),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
