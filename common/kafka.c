@@ -908,3 +908,14 @@ void sl_kafka_nudger_stop(sl_kafka_nudger_t *n)
     pthread_mutex_destroy(&n->mu);
     free(n);
 }
+
+size_t sl_kafka_queue_bytes(rd_kafka_t *consumer)
+{
+    char v[32];
+    size_t n = sizeof(v);
+    long kb = 0;
+    if (rd_kafka_conf_get(rd_kafka_conf(consumer), "queued.max.messages.kbytes", v, &n) ==
+        RD_KAFKA_CONF_OK)
+        kb = strtol(v, NULL, 10);
+    return (size_t)(kb > 0 ? kb : 65536) * 1024;
+}

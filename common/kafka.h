@@ -156,7 +156,8 @@ void sl_kafka_consumer_destroy(rd_kafka_t *rk);
  * that empties its queue in less waits out the rest of that second. The nudger wakes those
  * threads: each kick (at most one per SL_KAFKA_NUDGE_MS) makes it ask the leaders of the
  * assigned partitions for their end offsets, a request each broker thread serves, then looks
- * at its partitions again. Kick it from the consuming thread after taking messages.
+ * at its partitions again. Kick it from the consuming thread when it emptied the queue after
+ * taking about a full queue's worth (each kick costs the brokers a request).
  */
 #define SL_KAFKA_NUDGE_MS 10
 typedef struct sl_kafka_nudger sl_kafka_nudger_t;
@@ -164,6 +165,8 @@ sl_kafka_nudger_t *sl_kafka_nudger_start(rd_kafka_t *consumer);
 void sl_kafka_nudger_kick(sl_kafka_nudger_t *n);
 /* Stops the thread; before the consumer is closed. */
 void sl_kafka_nudger_stop(sl_kafka_nudger_t *n);
+/* The consumer's queued.max.messages.kbytes, in bytes. */
+size_t sl_kafka_queue_bytes(rd_kafka_t *consumer);
 
 /*
  * Offset tracker: commit only offsets whose work is durable downstream.
