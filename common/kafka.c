@@ -213,7 +213,8 @@ rd_kafka_conf_t *sl_kafka_conf_new(const sl_conf_t *conf, sl_kafka_role_t role,
     }
     /* The prober's: how to reach and authenticate, nothing role-specific. */
     rd_kafka_conf_t *pconf = rd_kafka_conf_new();
-    prop_ctx_t pc = {pconf, errstr, errstr_size, 0};
+    char perr[256]; /* the same properties were just accepted: nothing to report */
+    prop_ctx_t pc = {pconf, perr, sizeof(perr), 0};
     apply_prop("bootstrap.servers", brokers, &pc);
     apply_prop("client.id", "sluice-probe", &pc);
     sl_conf_kafka_props_foreach(conf, apply_prop, &pc);
@@ -318,15 +319,9 @@ int sl_kafka_is_dev_broker(rd_kafka_t *rk, char *errstr, size_t errstr_size)
         return sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT,
                           "could not get the cluster's metadata from \"%s\": %s", bootstrap,
                           rd_kafka_err2str(err));
-    /* The mock cluster names a controller that is not one of its brokers; a real cluster's
-     * controller (under KRaft, a broker it picks) is one of them. */
-    int32_t id = rd_kafka_controllerid(rk, SL_KAFKA_ADMIN_TIMEOUT_MS);
-    int dev = 1;
-    for (int i = 0; i < md->broker_cnt; i++)
-        if (md->brokers[i].id == id)
-            dev = 0;
     rd_kafka_metadata_destroy(md);
-    return dev;
+    /* The metadata carried the cluster id: known now (a cluster that gave none is not ours). */
+    return sl_kafka_cluster_is_dev(rk, SL_KAFKA_ADMIN_TIMEOUT_MS) == 1;
 }
 
 int sl_kafka_cluster_is_dev(rd_kafka_t *rk, int timeout_ms)

@@ -82,7 +82,7 @@ rd_kafka_AdminOptions_t *sl_kafka_admin_options(rd_kafka_t *rk, rd_kafka_admin_o
  * CreateTopics, DescribeConfigs, ListGroups or DescribeGroups: 1 yes, 0 no, or an error in
  * errstr when the cluster can't be reached. */
 int sl_kafka_is_dev_broker(rd_kafka_t *rk, char *errstr, size_t errstr_size);
-/* The same from the cluster id in rk's metadata (the mock cluster's is "mockCluster..."),
+/* The test both use: the cluster id in rk's metadata (the mock cluster's is "mockCluster..."),
  * waiting up to timeout_ms for it (0: only what rk already knows): 1 yes, 0 no, -1 not known. */
 int sl_kafka_cluster_is_dev(rd_kafka_t *rk, int timeout_ms);
 #define SL_KAFKA_DEV_NO_TOPICS                                                                     \

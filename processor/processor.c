@@ -814,6 +814,14 @@ static void txn_abort(pr_processor_t *pr)
     rewind_to_committed(pr);
 }
 
+/* Whether the consumer's cluster is the dev broker, once its metadata says (false before). */
+static bool on_dev_broker(pr_processor_t *pr)
+{
+    if (pr->dev_broker < 0)
+        pr->dev_broker = sl_kafka_cluster_is_dev(pr->consumer, 0);
+    return pr->dev_broker == 1;
+}
+
 /*
  * The embedded dev broker (librdkafka 2.0.2's mock cluster) answers TxnOffsetCommit without
  * storing the offsets, so a processor that lost its partitions, or rewound after an aborted
@@ -823,9 +831,7 @@ static void txn_abort(pr_processor_t *pr)
  */
 static void commit_on_dev_broker(pr_processor_t *pr, const rd_kafka_topic_partition_list_t *offs)
 {
-    if (pr->dev_broker < 0)
-        pr->dev_broker = sl_kafka_cluster_is_dev(pr->consumer, 0);
-    if (pr->dev_broker != 1)
+    if (!on_dev_broker(pr))
         return;
     rd_kafka_resp_err_t err = rd_kafka_commit(pr->consumer, offs, 1);
     if (err)
@@ -935,8 +941,7 @@ static void dedup_rebuild(pr_processor_t *pr, const rd_kafka_topic_partition_lis
     for (int i = 0; i < starts->cnt; i++)
         starts->elems[i].offset = since;
     rd_kafka_offsets_for_times(rk, starts, 10000);
-    if (pr->dev_broker < 0)
-        pr->dev_broker = sl_kafka_cluster_is_dev(pr->consumer, 0);
+    bool dev = on_dev_broker(pr);
     size_t want = 0;
     for (int i = 0; i < parts->cnt; i++) {
         int64_t end = parts->elems[i].offset, start = starts->elems[i].offset;
@@ -945,7 +950,7 @@ static void dedup_rebuild(pr_processor_t *pr, const rd_kafka_topic_partition_lis
             starts->elems[i].offset = RD_KAFKA_OFFSET_END; /* nothing committed: nothing seen */
             continue;
         }
-        if (start < 0 && pr->dev_broker == 1)
+        if (start < 0 && dev)
             start = 0; /* the dev broker finds no offset by time: go by dedup_max_ids alone */
         if (start < 0 || start > end)
             start = end; /* nothing in the window */
