@@ -70,6 +70,7 @@ struct pr_processor {
     pr_desttx_t *desttx;      /* destination definitions */
     pr_desttx_out_t txout;    /* the processor thread's transformation output, reused */
     sl_json_index_t scan_idx; /* the processor thread's scanner index, reused */
+    sl_buf_t job, corrected;  /* the processor thread's job and corrected-event buffers */
     pr_usertx_pool_t *usertx; /* started on first use */
     bool usertx_broken;       /* could not start: transformations fail until restart */
     char *tx_dir;             /* processor.transformations_dir */
@@ -95,7 +96,10 @@ static const char *header_value(const rd_kafka_message_t *m, const char *name, c
     if (rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR ||
         rd_kafka_header_get_last(hdrs, name, &val, &len) != RD_KAFKA_RESP_ERR_NO_ERROR || !val)
         return NULL;
-    snprintf(buf, bufsz, "%.*s", (int)len, (const char *)val);
+    if (len >= bufsz)
+        len = bufsz - 1;
+    memcpy(buf, val, len);
+    buf[len] = '\0';
     return buf;
 }
 
@@ -140,24 +144,25 @@ static void add_trace_headers(const pr_processor_t *pr, const rd_kafka_message_t
     add_time_header(h, SL_HDR_PROCESSED_AT, sl_time_now_ms());
 }
 
-/* Produces one record in the open transaction, waiting for room in the producer queue.
- * Returns false only when stopping (the transaction is then aborted). */
+/* Produces one record in the open transaction, waiting for room in the producer queue. The
+ * headers are the producer's afterwards, in every case. Returns false only when stopping (the
+ * transaction is then aborted). */
 static bool produce(pr_processor_t *pr, const char *topic, const void *key, size_t key_len,
                     const sl_buf_t *value, rd_kafka_headers_t *hdrs)
 {
     for (;;) {
-        rd_kafka_headers_t *h = rd_kafka_headers_copy(hdrs);
         rd_kafka_resp_err_t err = rd_kafka_producev(
             pr->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
             RD_KAFKA_V_VALUE(value->data, value->len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
+            RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_END);
         if (!err)
-            return true;
-        rd_kafka_headers_destroy(h);
+            return true; /* librdkafka owns hdrs now */
         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
             sl_error("processor", "could not produce to %s: %s", topic, rd_kafka_err2str(err));
-        if (atomic_load(&pr->stop))
+        if (atomic_load(&pr->stop)) {
+            rd_kafka_headers_destroy(hdrs);
             return false;
+        }
         rd_kafka_poll(pr->producer, 100);
     }
 }
@@ -216,7 +221,6 @@ static bool dead_letter(pr_processor_t *pr, const rd_kafka_message_t *m, const c
     rd_kafka_headers_t *h = sl_dead_letter_format(&dl, &b);
     add_trace_headers(pr, m, h, received_at);
     bool ok = produce(pr, pr->failed_topic, m->key, m->key_len, &b, h);
-    rd_kafka_headers_destroy(h);
     sl_buf_free(&b);
     /* Labelled with the source only when the config has it: the header may say anything. */
     sl_workspace_t *ws = sl_wsconf_get(pr->ws);
@@ -442,7 +446,6 @@ static bool flush_pending(pr_processor_t *pr)
     size_t *idx = sl_malloc(n * sizeof(size_t));
     const char **evs = sl_malloc(n * sizeof(char *)), **metas = sl_malloc(n * sizeof(char *));
     pr_usertx_result_t *res = sl_calloc(n, sizeof(*res));
-    sl_buf_t job = SL_BUF_INIT;
     for (size_t i = 0; i < n && ok; i++) {
         if (done[i])
             continue;
@@ -480,12 +483,11 @@ static bool flush_pending(pr_processor_t *pr)
                 }
         }
         for (size_t k = 0; k < g && ok; k++)
-            ok = transformed(pr, &pr->pending[idx[k]], &res[k], pool_err, &job);
+            ok = transformed(pr, &pr->pending[idx[k]], &res[k], pool_err, &pr->job);
         if (pool && !pool_err)
             pr_usertx_results_free(res, g);
         memset(res, 0, n * sizeof(*res));
     }
-    sl_buf_free(&job);
     free(done);
     free(idx);
     free(evs);
@@ -549,11 +551,14 @@ static bool deliver(pr_processor_t *pr, const rd_kafka_message_t *m, const sl_de
         /* Warehouse destinations' events go to the warehouse role, the rest to the router. */
         const char *topic = strcmp(out->reqs[r].method, "WAREHOUSE") == 0 ? pr->warehouse_topic
                                                                           : pr->delivery_topic;
-        ok = produce(pr, topic, m->key, m->key_len, job, h);
+        /* the last request's job takes the headers themselves */
+        bool last = r + 1 == out->nreqs;
+        ok = produce(pr, topic, m->key, m->key_len, job, last ? h : rd_kafka_headers_copy(h));
         if (ok)
             sl_metrics_add(pr_stats_get(pr->stats, PR_STAT_JOBS, source_id, d->id), 1);
+        if (!ok && !last)
+            rd_kafka_headers_destroy(h);
     }
-    rd_kafka_headers_destroy(h);
     int64_t received_ms;
     if (ok && sl_time_parse_ms(received_at, &received_ms) == 0) {
         int64_t age = sl_time_now_ms() - received_ms;
@@ -698,20 +703,20 @@ static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
     /* Timestamp correction, spliced into the event's bytes (no second serialization). */
     const char *text = m->payload;
     size_t text_len = m->len;
-    sl_buf_t corrected = SL_BUF_INIT;
+    sl_buf_t *corrected = &pr->corrected;
     char ts[SL_TIME_STRLEN];
     if (pr_timestamp_correct(ev, received_at, ts)) {
+        sl_buf_reset(corrected);
         const char *close = memrchr(m->payload, '}', m->len);
-        sl_buf_append(&corrected, m->payload, (size_t)(close - (const char *)m->payload));
-        sl_buf_puts(&corrected, ",\"timestamp\":");
-        sl_buf_json_str(&corrected, ts, strlen(ts));
-        sl_buf_putc(&corrected, '}');
-        text = corrected.data;
-        text_len = corrected.len;
+        sl_buf_append(corrected, m->payload, (size_t)(close - (const char *)m->payload));
+        sl_buf_puts(corrected, ",\"timestamp\":");
+        sl_buf_json_str(corrected, ts, strlen(ts));
+        sl_buf_putc(corrected, '}');
+        text = corrected->data;
+        text_len = corrected->len;
         json_object_object_add(ev, "timestamp", json_object_new_string(ts));
     }
 
-    sl_buf_t job = SL_BUF_INIT;
     for (size_t i = 0; i < src->ndestinations && ok; i++) {
         const sl_destination_t *d = src->destinations[i];
         if ((only_dest && strcmp(only_dest, d->id) != 0) || !serves(pr, d))
@@ -738,7 +743,7 @@ static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
                 use = full;
             }
             ok = deliver(pr, m, d, use, text, text_len, source_id, message_id, "", user_key,
-                         received_at, &job);
+                         received_at, &pr->job);
             continue;
         }
         if (*err) {
@@ -751,8 +756,6 @@ static bool process_event(pr_processor_t *pr, const rd_kafka_message_t *m)
         pending_add(pr, m, ws, d, version_id, code, text, text_len, ev, source_id, message_id,
                     user_key, received_at);
     }
-    sl_buf_free(&job);
-    sl_buf_free(&corrected);
 out:
     if (ws)
         sl_workspace_unref(ws);
@@ -1035,6 +1038,10 @@ static void *processor_main(void *arg)
     pr_processor_t *pr = arg;
     rd_kafka_message_t *batch[PR_BATCH];
     int64_t txn_start = 0;
+    /* librdkafka refills a full pre-fetch queue up to a second late (common/kafka.h): a
+     * processor faster than 32 MB of events a second would wait out the rest of each second. */
+    sl_kafka_nudger_t *nudger = sl_kafka_nudger_start(pr->consumer);
+    size_t nudge_bytes = sl_kafka_queue_bytes(pr->consumer) / 2, taken_bytes = 0;
     while (!atomic_load(&pr->stop)) {
         int64_t now = sl_time_mono_ms();
         int timeout = 100;
@@ -1046,6 +1053,7 @@ static void *processor_main(void *arg)
         size_t nb = 0;
         rd_kafka_message_t *m = rd_kafka_consumer_poll(pr->consumer, timeout);
         while (m && nb < PR_BATCH) {
+            taken_bytes += m->len;
             if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
                 batch[nb++] = m;
             } else {
@@ -1054,6 +1062,13 @@ static void *processor_main(void *arg)
                 rd_kafka_message_destroy(m);
             }
             m = nb < PR_BATCH ? rd_kafka_consumer_poll(pr->consumer, 0) : NULL;
+        }
+        if (nb < PR_BATCH) {
+            /* The queue ran dry: after half a full queue was taken, librdkafka may have
+             * stopped fetching at its bound. */
+            if (taken_bytes >= nudge_bytes)
+                sl_kafka_nudger_kick(nudger);
+            taken_bytes = 0;
         }
         if (nb) {
             pr->picked_ms = sl_time_now_ms();
@@ -1107,6 +1122,7 @@ static void *processor_main(void *arg)
     if (pr->txn_open && txn_commit(pr) != 0)
         sl_warn("processor", "the last transaction was not committed; its events are processed "
                              "again after the restart");
+    sl_kafka_nudger_stop(nudger);
     rd_kafka_consumer_close(pr->consumer);
     return NULL;
 }
@@ -1174,6 +1190,8 @@ static void processor_free(pr_processor_t *pr)
     free(pr->tx_dir);
     pr_desttx_out_free(&pr->txout);
     sl_json_index_free(&pr->scan_idx);
+    sl_buf_free(&pr->job);
+    sl_buf_free(&pr->corrected);
     pr_desttx_free(pr->desttx);
     free(pr->pos);
     free(pr->events_topic);
