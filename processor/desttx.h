@@ -59,6 +59,7 @@ typedef struct pr_desttx_req {
     const char *headers; /* a JSON object text: {"Content-Type":"application/json",...} */
     const char *body;    /* NULL for methods without a body (GET, DELETE, HEAD) */
     size_t body_len;
+    bool body_json; /* body is JSON text (not a form): a job carries it as JSON, unescaped */
     /* Batching: requests with the same batch_key can be merged into one body,
      * batch_prefix + element + batch_sep + element ... + batch_suffix, where this event's
      * element is body without its prefix and suffix; at most max_events elements and
@@ -104,13 +105,15 @@ int pr_desttx_transform(const pr_desttx_t *tx, const sl_destination_t *d, json_o
                         pr_desttx_out_t *out);
 /* The same, with the event's JSON text as well (event_text may be NULL): definitions whose
  * body is the event unchanged (WEBHOOK) then point the body at the text instead of
- * serialising the event again. The text must outlive the use of out. */
+ * serialising the event again. The text must be valid JSON (a job may carry it as it is) and
+ * outlive the use of out. */
 int pr_desttx_transform_text(const pr_desttx_t *tx, const sl_destination_t *d, json_object *event,
                              const char *event_text, size_t event_len, pr_desttx_out_t *out);
 
 /* Appends a request as the delivery job's "request" object:
- * {"method":..,"url":..,"headers":{..},"body":".."[,"batch":{"key":..,"maxEvents":..,
- * "maxBytes":..,"prefix":..,"separator":..,"suffix":..}]}. */
+ * {"method":..,"url":..,"headers":{..},"body":..[,"batch":{"key":..,"maxEvents":..,
+ * "maxBytes":..,"prefix":..,"separator":..,"suffix":..}]}. The body is the request's bytes:
+ * a JSON body as JSON (its exact text), any other as a string. */
 void pr_desttx_write_request(const pr_desttx_req_t *req, sl_buf_t *b);
 
 /* A hook: C code a definition names ("hook": "ga4_limits") for what a mapping can't say.

@@ -439,6 +439,18 @@ static char *span_str(sl_json_span_t v, size_t *n)
     return out;
 }
 
+/* A request body: a string is the body's bytes; any other JSON value (the processor writes a
+ * JSON body as JSON) is its own text; null is no body. */
+static char *span_body(sl_json_span_t v, size_t *n)
+{
+    if (v.type == SL_JSON_STRING)
+        return span_str(v, n);
+    if (v.type == SL_JSON_NULL)
+        return NULL;
+    *n = v.len;
+    return sl_strndup(v.p, v.len);
+}
+
 static size_t span_size(sl_json_span_t v)
 {
     return v.type == SL_JSON_NUMBER ? (size_t)strtoull(v.p, NULL, 10) : 0;
@@ -486,7 +498,7 @@ static const char *parse_job(rt_router_t *rt, rt_job_t *j)
             else if (sl_json_key_is(it.key, "url"))
                 j->url = span_str(it.value, NULL);
             else if (sl_json_key_is(it.key, "body"))
-                j->body = span_str(it.value, &j->body_len);
+                j->body = span_body(it.value, &j->body_len);
             else if (sl_json_key_is(it.key, "headers") && it.value.type == SL_JSON_OBJECT) {
                 j->headers_json = it.value; /* points into j->raw; made a list when sent */
                 j->headers_json.idx = NULL; /* the index is the next job's by then */

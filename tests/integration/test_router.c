@@ -108,6 +108,17 @@ static int sink_count(const char *marker, int status)
     return n;
 }
 
+/* True if a request's body was exactly body. */
+static bool sink_saw_exactly(const char *body)
+{
+    bool seen = false;
+    pthread_mutex_lock(&sink.lock);
+    for (int i = 0; i < sink.nseen && !seen; i++)
+        seen = strcmp(sink.seen[i].body, body) == 0;
+    pthread_mutex_unlock(&sink.lock);
+    return seen;
+}
+
 /* Index of the first request whose body contains marker and that got status; -1 if none. */
 static int sink_index(const char *marker, int status)
 {
@@ -405,11 +416,21 @@ static void test_outcomes(void **state)
     produce_job(conf, "m7", "dst-a", "u7", NULL, "{\"no-url-7\":1}");                  /* 7 */
     produce_job(conf, "m8", "dst-gone", "u8", sink_url, "{\"gone-8\":1}");             /* 8 */
     produce_job(conf, "m9", "dst-a", "u9", sink_url, "{\"toomany-9\":1}");             /* 9 */
+    /* 10: the processor writes a JSON body as JSON; it is sent byte for byte */
+    static const char raw_body[] = "{ \"raw-10\": [1, 2.50, \"\\u00e9\\\"\"], \"n\": null }";
+    char job10[1024];
+    snprintf(job10, sizeof(job10),
+             "{\"jobId\":\"m10:dst-a\",\"messageId\":\"m10\",\"sourceId\":\"src\","
+             "\"destinationId\":\"dst-a\",\"destinationType\":\"WEBHOOK\",\"userKey\":\"u10\","
+             "\"receivedAt\":\"2024-01-01T00:00:00.000Z\",\"request\":{\"method\":\"POST\","
+             "\"url\":\"%s\",\"headers\":{\"Content-Type\":\"application/json\"},\"body\":%s}}",
+             sink_url, raw_body);
+    produce_raw(conf, "u10", job10);
 
     rt_router_t *rt = rt_router_start(conf, ws, err, sizeof(err));
     if (!rt)
         fail_msg("%s", err);
-    assert_int_equal(rows_for(topic, 10, 30000), 10);
+    assert_int_equal(rows_for(topic, 11, 30000), 11);
 
     row_t r = row_at(topic, 0);
     assert_string_equal(r.state, "succeeded");
@@ -450,7 +471,10 @@ static void test_outcomes(void **state)
     r = row_at(topic, 9); /* 429 then 200 */
     assert_string_equal(r.state, "succeeded");
     assert_int_equal(r.attempts, 2);
-    for (int64_t i = 0; i < 10; i++)
+    r = row_at(topic, 10);
+    assert_string_equal(r.state, "succeeded");
+    assert_true(sink_saw_exactly(raw_body));
+    for (int64_t i = 0; i < 11; i++)
         assert_int_equal(row_at(topic, i).count, 1);
 
     /* u2's second job waited for its first to succeed. */
@@ -460,9 +484,9 @@ static void test_outcomes(void **state)
     assert_true(sink_index("once-1", 200) < sink_index("after-2", 200));
 
     /* Everything is recorded, so everything gets committed. */
-    assert_int_equal(wait_committed(conf, 10, 10000), 10);
+    assert_int_equal(wait_committed(conf, 11, 10000), 11);
 
-    assert_true(metric("sluice_router_delivered_total", "destination", "dst-a", NULL, NULL) == 4);
+    assert_true(metric("sluice_router_delivered_total", "destination", "dst-a", NULL, NULL) == 5);
     assert_true(by_reason("sluice_router_aborted_total", "dst-a") == 4);
     assert_true(
         metric("sluice_router_aborted_total", "destination", "dst-a", "reason", "http_4xx") == 1);

@@ -550,7 +550,7 @@ static void test_webhook(void **state)
     pr_desttx_write_request(&out.reqs[0], &job);
     assert_string_equal(job.data, "{\"method\":\"POST\",\"url\":\"https://h.example/\",\"headers\":"
                                   "{\"Content-Type\":\"application/json\",\"A\":\"b\"},\"body\":"
-                                  "\"{\\\"a\\\":\\\"\\\\\\\"\\\"}\"}");
+                                  "{\"a\":\"\\\"\"}}");
     sl_buf_free(&job);
     free_dest(d);
     json_object_put(ev);
@@ -793,6 +793,16 @@ static void test_amplitude_group_alias(void **state)
     char *key = form_param(q->body, "api_key");
     assert_string_equal(key, "am-key-1");
     free(key);
+    /* the job carries a form body as a string, a JSON body (reqs[0]) as JSON */
+    assert_false(q->body_json);
+    assert_true(out.reqs[0].body_json);
+    sl_buf_t job = SL_BUF_INIT;
+    pr_desttx_write_request(q, &job);
+    assert_non_null(strstr(job.data, ",\"body\":\"api_key=am-key-1&"));
+    sl_buf_reset(&job);
+    pr_desttx_write_request(&out.reqs[0], &job);
+    assert_non_null(strstr(job.data, ",\"body\":{\""));
+    sl_buf_free(&job);
     char *ident = form_param(q->body, "identification");
     json_object *id = json_tokener_parse(ident);
     assert_non_null(id);
@@ -1246,7 +1256,7 @@ static void test_kafka(void **state)
     sl_buf_t job = SL_BUF_INIT;
     pr_desttx_write_request(&out.reqs[0], &job);
     assert_string_equal(job.data, "{\"method\":\"KAFKA\",\"url\":\"kafka://rudder\",\"headers\":{},"
-                                  "\"body\":\"{\\\"a\\\":\\\"\\\\\\\"\\\"}\"}");
+                                  "\"body\":{\"a\":\"\\\"\"}}");
     sl_buf_free(&job);
     free_dest(d);
     json_object_put(ev);
