@@ -156,13 +156,16 @@ void sl_kafka_consumer_destroy(rd_kafka_t *rk);
  * that empties its queue in less waits out the rest of that second. The nudger wakes those
  * threads: each kick (at most one per SL_KAFKA_NUDGE_MS) makes it ask the leaders of the
  * assigned partitions for their end offsets, a request each broker thread serves, then looks
- * at its partitions again. Kick it from the consuming thread when it emptied the queue after
- * taking about a full queue's worth (each kick costs the brokers a request).
+ * at its partitions again. The consuming thread tells it the bytes of each message it takes
+ * (sl_kafka_nudger_took); it kicks each time half a full queue was taken, so a queue that had
+ * filled is refetched while half of it is still there, at a cost of one request to each
+ * leader per half queue consumed.
  */
 #define SL_KAFKA_NUDGE_MS 10
 typedef struct sl_kafka_nudger sl_kafka_nudger_t;
 sl_kafka_nudger_t *sl_kafka_nudger_start(rd_kafka_t *consumer);
-void sl_kafka_nudger_kick(sl_kafka_nudger_t *n);
+/* From the consuming thread only; n may be NULL (no nudger). */
+void sl_kafka_nudger_took(sl_kafka_nudger_t *n, size_t bytes);
 /* Stops the thread; before the consumer is closed. */
 void sl_kafka_nudger_stop(sl_kafka_nudger_t *n);
 /* The consumer's queued.max.messages.kbytes, in bytes. */

@@ -132,8 +132,6 @@ struct rt_router {
     sl_json_index_t job_idx; /* parse_job's, reused (loop thread) */
     rd_kafka_t *consumer, *producer;
     sl_kafka_nudger_t *nudger; /* keeps the consumer's queue filled (common/kafka.h) */
-    size_t nudge_bytes;        /* half the consumer's queued.max.messages.kbytes, in bytes */
-    size_t taken_bytes;        /* payload taken from the consumer since its queue was empty */
     char *topic, *group, *failed_topic;
     sl_kafka_offsets_t *offsets;
     rt_store_t *store;
@@ -1390,16 +1388,9 @@ static void poll_consumer(rt_router_t *rt)
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rt->consumer, 0);
         if (!m) {
             rt->consumer_more = false;
-            /* Emptied after taking at least half a full queue: librdkafka may have stopped
-             * fetching at the bound, so have it refill now, not up to a second later. A
-             * router keeping up empties it often and little at a time, with fetches still
-             * going: no nudge then (each costs the brokers a request). */
-            if (rt->taken_bytes >= rt->nudge_bytes)
-                sl_kafka_nudger_kick(rt->nudger);
-            rt->taken_bytes = 0;
             break;
         }
-        rt->taken_bytes += m->len;
+        sl_kafka_nudger_took(rt->nudger, m->len);
         if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
             on_message(rt, m);
         } else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
@@ -1782,7 +1773,6 @@ rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errst
     rd_kafka_queue_io_event_enable(q, rt->wake_pipe[1], "1", 1);
     rd_kafka_queue_destroy(q);
     rt->nudger = sl_kafka_nudger_start(rt->consumer);
-    rt->nudge_bytes = sl_kafka_queue_bytes(rt->consumer) / 2;
     pthread_create(&rt->thread, NULL, loop_main, rt);
     return rt;
 fail:

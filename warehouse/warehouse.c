@@ -831,12 +831,15 @@ static void *consumer_main(void *arg)
 {
     wh_warehouse_t *wh = arg;
     int64_t last_commit = sl_time_mono_ms();
+    /* librdkafka refills a full pre-fetch queue up to a second late (common/kafka.h). */
+    sl_kafka_nudger_t *nudger = sl_kafka_nudger_start(wh->consumer);
     while (!atomic_load(&wh->stop)) {
         backpressure(wh);
         for (int i = 0; i < WH_POLL_BATCH; i++) {
             rd_kafka_message_t *m = rd_kafka_consumer_poll(wh->consumer, i ? 0 : 100);
             if (!m)
                 break;
+            sl_kafka_nudger_took(nudger, m->len);
             if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
                 on_message(wh, m);
             else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
@@ -852,6 +855,7 @@ static void *consumer_main(void *arg)
             last_commit = sl_time_mono_ms();
         }
     }
+    sl_kafka_nudger_stop(nudger);
     drain(wh, WH_DRAIN_MS);
     update_gauges(wh);
     sl_kafka_offsets_commit(wh->offsets, wh->consumer, true);
