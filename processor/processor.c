@@ -32,6 +32,9 @@
 
 #define PR_TXN_TIMEOUT_MS 30000
 #define PR_BATCH          500 /* events consumed and processed together */
+/* What the loop processes while the last transaction commits, at most (jobs, bytes). */
+#define PR_STAGE_MAX       20000
+#define PR_STAGE_MAX_BYTES (16u << 20)
 
 /* Kafka headers: from the gateway, to the router, and on events sent again by
  * `sluice failed retry` (which go to one destination and skip dedup). */
@@ -42,6 +45,14 @@
 #define HDR_MESSAGE_ID     "sluice-message-id"
 #define HDR_ATTEMPT        "sluice-attempt"
 #define HDR_FAILED_STAGE   "sluice-failed-stage"
+
+/* A record produced while the last transaction commits, for the next one. */
+typedef struct staged {
+    const char *topic; /* one of the processor's topic names */
+    char *key, *value;
+    size_t key_len, value_len;
+    rd_kafka_headers_t *headers;
+} staged_t;
 
 /* The next offset to commit for each partition consumed in the open transaction. */
 typedef struct position {
@@ -62,6 +73,17 @@ struct pr_processor {
     size_t txn_max_events;
 
     bool txn_open;
+    int64_t txn_start; /* monotonic ms when the open transaction began */
+    /* The commit in the background (processor_main only): the loop goes on processing the
+     * next events meanwhile, holding their records in staged until it is done. */
+    bool committing;
+    pthread_t committer;
+    atomic_bool commit_done;
+    int commit_rc; /* the committer's: txn_finish's result */
+    rd_kafka_topic_partition_list_t *commit_offs;
+    rd_kafka_consumer_group_metadata_t *commit_cgmd;
+    staged_t *staged;
+    size_t nstaged, capstaged, staged_bytes;
     int dev_broker;    /* sl_kafka_cluster_is_dev of the consumer's cluster; -1 not known yet */
     int64_t picked_ms; /* when the batch being processed was read (wall clock) */
     position_t *pos;
@@ -150,6 +172,20 @@ static void add_trace_headers(const pr_processor_t *pr, const rd_kafka_message_t
 static bool produce(pr_processor_t *pr, const char *topic, const void *key, size_t key_len,
                     const sl_buf_t *value, rd_kafka_headers_t *hdrs)
 {
+    if (pr->committing) {
+        if (pr->nstaged == pr->capstaged) {
+            pr->capstaged = pr->capstaged ? pr->capstaged * 2 : 1024;
+            pr->staged = sl_realloc(pr->staged, pr->capstaged * sizeof(*pr->staged));
+        }
+        pr->staged[pr->nstaged++] = (staged_t){.topic = topic,
+                                               .key = key ? sl_strndup(key, key_len) : NULL,
+                                               .key_len = key_len,
+                                               .value = sl_strndup(value->data, value->len),
+                                               .value_len = value->len,
+                                               .headers = hdrs};
+        pr->staged_bytes += key_len + value->len;
+        return true;
+    }
     for (;;) {
         rd_kafka_resp_err_t err = rd_kafka_producev(
             pr->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
@@ -842,58 +878,82 @@ static void commit_on_dev_broker(pr_processor_t *pr, const rd_kafka_topic_partit
                 rd_kafka_err2str(err));
 }
 
-/* Commits the open transaction with the consumed offsets. Returns 0, or -1 if it was aborted
- * (the consumer is rewound), or -2 on a fatal error. */
-static int txn_commit(pr_processor_t *pr)
+/* The consumed offsets of the open transaction, to commit with it (NULL if none). */
+static rd_kafka_topic_partition_list_t *txn_offsets(const pr_processor_t *pr)
 {
-    if (!pr->txn_open)
-        return 0;
-    rd_kafka_error_t *e = NULL;
-    rd_kafka_topic_partition_list_t *offs = NULL;
-    if (pr->npos) {
-        offs = rd_kafka_topic_partition_list_new((int)pr->npos);
-        for (size_t i = 0; i < pr->npos; i++)
-            rd_kafka_topic_partition_list_add(offs, pr->events_topic, pr->pos[i].partition)
-                ->offset = pr->pos[i].next;
-        rd_kafka_consumer_group_metadata_t *cgmd = rd_kafka_consumer_group_metadata(pr->consumer);
-        e = rd_kafka_send_offsets_to_transaction(pr->producer, offs, cgmd, PR_TXN_TIMEOUT_MS);
-        rd_kafka_consumer_group_metadata_destroy(cgmd);
+    if (!pr->npos)
+        return NULL;
+    rd_kafka_topic_partition_list_t *offs = rd_kafka_topic_partition_list_new((int)pr->npos);
+    for (size_t i = 0; i < pr->npos; i++)
+        rd_kafka_topic_partition_list_add(offs, pr->events_topic, pr->pos[i].partition)->offset =
+            pr->pos[i].next;
+    return offs;
+}
+
+/* Sends the offsets (if any) to the producer's transaction and commits it. Returns 0, -1 if
+ * the transaction must be aborted, or -2 on a fatal error. Uses only the producer, so the
+ * committer thread runs it too. */
+static int txn_finish(rd_kafka_t *producer, const rd_kafka_topic_partition_list_t *offs,
+                      const rd_kafka_consumer_group_metadata_t *cgmd)
+{
+    rd_kafka_error_t *e;
+    if (offs) {
+        e = rd_kafka_send_offsets_to_transaction(producer, offs, cgmd, PR_TXN_TIMEOUT_MS);
         if (e) {
-            rd_kafka_topic_partition_list_destroy(offs);
             bool fatal = txn_error("sending the consumed offsets", e);
             rd_kafka_error_destroy(e);
-            if (fatal)
-                return -2;
-            txn_abort(pr);
-            return -1;
+            return fatal ? -2 : -1;
         }
     }
     for (int attempt = 0;; attempt++) {
-        e = rd_kafka_commit_transaction(pr->producer, PR_TXN_TIMEOUT_MS);
+        e = rd_kafka_commit_transaction(producer, PR_TXN_TIMEOUT_MS);
         if (!e)
-            break;
+            return 0;
         bool retry = rd_kafka_error_is_retriable(e) && attempt < 5;
         bool fatal = txn_error("commit", e);
         bool abort_needed = rd_kafka_error_txn_requires_abort(e);
         rd_kafka_error_destroy(e);
-        if (fatal || abort_needed || !retry) {
-            if (offs)
-                rd_kafka_topic_partition_list_destroy(offs);
-            if (fatal)
-                return -2;
-            txn_abort(pr);
+        if (fatal)
+            return -2;
+        if (abort_needed || !retry)
             return -1;
-        }
     }
-    if (offs) {
-        commit_on_dev_broker(pr, offs);
+}
+
+/* What follows a commit whose result is rc (txn_finish's): on -1 the transaction is aborted
+ * and the consumer rewound. Frees offs. Returns rc. */
+static int txn_committed(pr_processor_t *pr, int rc, rd_kafka_topic_partition_list_t *offs)
+{
+    if (rc == 0) {
+        if (offs)
+            commit_on_dev_broker(pr, offs);
+        sl_metrics_add(pr->m_txn_commits, 1);
+    }
+    if (offs)
         rd_kafka_topic_partition_list_destroy(offs);
+    if (rc == -1)
+        txn_abort(pr);
+    return rc;
+}
+
+/* Commits the open transaction with the consumed offsets, in place. Returns 0, or -1 if it
+ * was aborted (the consumer is rewound), or -2 on a fatal error. */
+static int txn_commit(pr_processor_t *pr)
+{
+    if (!pr->txn_open)
+        return 0;
+    rd_kafka_topic_partition_list_t *offs = txn_offsets(pr);
+    rd_kafka_consumer_group_metadata_t *cgmd =
+        offs ? rd_kafka_consumer_group_metadata(pr->consumer) : NULL;
+    int rc = txn_finish(pr->producer, offs, cgmd);
+    if (cgmd)
+        rd_kafka_consumer_group_metadata_destroy(cgmd);
+    if (rc == 0) {
+        pr->txn_open = false;
+        pr->npos = 0;
+        pr->txn_events = 0;
     }
-    pr->txn_open = false;
-    pr->npos = 0;
-    pr->txn_events = 0;
-    sl_metrics_add(pr->m_txn_commits, 1);
-    return 0;
+    return txn_committed(pr, rc, offs);
 }
 
 static bool txn_begin(pr_processor_t *pr)
@@ -905,7 +965,111 @@ static bool txn_begin(pr_processor_t *pr)
         return false;
     }
     pr->txn_open = true;
+    pr->txn_start = sl_time_mono_ms();
     return true;
+}
+
+/* --- the commit in the background --- */
+
+/*
+ * A commit waits on the brokers for about 20 ms (the last records' acks, then the offsets and
+ * the end of the transaction), several times a second. The loop hands it to a committer
+ * thread and goes on processing the next events meanwhile: their records wait in memory
+ * (at most PR_STAGE_MAX of them) and go into the next transaction, begun when the commit is
+ * done. If the commit fails, they are dropped with it and the consumer is rewound to read
+ * their events again.
+ */
+
+static void staged_clear(pr_processor_t *pr)
+{
+    for (size_t i = 0; i < pr->nstaged; i++) {
+        free(pr->staged[i].key);
+        free(pr->staged[i].value);
+        if (pr->staged[i].headers)
+            rd_kafka_headers_destroy(pr->staged[i].headers);
+    }
+    pr->nstaged = 0;
+    pr->staged_bytes = 0;
+}
+
+static void *committer_main(void *arg)
+{
+    pr_processor_t *pr = arg;
+    pr->commit_rc = txn_finish(pr->producer, pr->commit_offs, pr->commit_cgmd);
+    atomic_store(&pr->commit_done, true);
+    return NULL;
+}
+
+/* Starts committing the open transaction in the background (in place if no thread can be
+ * started). Returns 0, or what txn_commit returns when in place. */
+static int commit_start(pr_processor_t *pr)
+{
+    pr->commit_offs = txn_offsets(pr);
+    pr->commit_cgmd = pr->commit_offs ? rd_kafka_consumer_group_metadata(pr->consumer) : NULL;
+    atomic_store(&pr->commit_done, false);
+    if (pthread_create(&pr->committer, NULL, committer_main, pr) != 0) {
+        if (pr->commit_offs)
+            rd_kafka_topic_partition_list_destroy(pr->commit_offs);
+        if (pr->commit_cgmd)
+            rd_kafka_consumer_group_metadata_destroy(pr->commit_cgmd);
+        pr->commit_offs = NULL;
+        pr->commit_cgmd = NULL;
+        return txn_commit(pr);
+    }
+    pr->committing = true;
+    pr->txn_open = false;
+    pr->npos = 0; /* from here on: the next transaction's */
+    pr->txn_events = 0;
+    return 0;
+}
+
+/* Looks at (or, with wait, waits for) the background commit. Once it is done, the staged
+ * records go into a new transaction. Returns 1 while it goes on, 0 when done (or none), -1 if
+ * it was aborted (the consumer is rewound), -2 if the producer is unusable (the caller makes
+ * a new one and rewinds). */
+static int commit_finish(pr_processor_t *pr, bool wait)
+{
+    if (!pr->committing)
+        return 0;
+    if (!wait && !atomic_load(&pr->commit_done))
+        return 1;
+    pthread_join(pr->committer, NULL);
+    pr->committing = false;
+    if (pr->commit_cgmd)
+        rd_kafka_consumer_group_metadata_destroy(pr->commit_cgmd);
+    pr->commit_cgmd = NULL;
+    rd_kafka_topic_partition_list_t *offs = pr->commit_offs;
+    pr->commit_offs = NULL;
+    int rc = pr->commit_rc;
+    if (rc != 0) {
+        staged_clear(pr); /* their events are read again */
+        pr->npos = 0;
+        pr->txn_events = 0;
+        return txn_committed(pr, rc, offs);
+    }
+    txn_committed(pr, 0, offs);
+    if (!pr->nstaged && !pr->npos)
+        return 0;
+    if (!txn_begin(pr)) {
+        staged_clear(pr);
+        return -2;
+    }
+    bool ok = true;
+    for (size_t i = 0; i < pr->nstaged; i++) {
+        staged_t *st = &pr->staged[i];
+        sl_buf_t v = {st->value, st->value_len, st->value_len + 1};
+        if (ok)
+            ok = produce(pr, st->topic, st->key, st->key_len, &v, st->headers);
+        else
+            rd_kafka_headers_destroy(st->headers);
+        st->headers = NULL; /* the producer's, or destroyed */
+    }
+    staged_clear(pr);
+    if (!ok) { /* stopping */
+        txn_abort(pr);
+        return -1;
+    }
+    return 0;
 }
 
 /* --- dedup across restarts and rebalances --- */
@@ -1021,6 +1185,9 @@ static void on_revoke(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *par
     pr_processor_t *pr = opaque;
     (void)rk;
     /* Finish the open transaction while the partitions are still ours. */
+    if (pr->committing && commit_finish(pr, true) != 0)
+        sl_warn("processor", "the transaction committing at a rebalance was not committed; the "
+                             "new owner processes its events again");
     if (pr->txn_open && txn_commit(pr) != 0)
         sl_warn("processor", "the transaction open at a rebalance was not committed; the new "
                              "owner processes its events again");
@@ -1033,27 +1200,45 @@ static void on_revoke(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *par
 
 static bool init_producer(pr_processor_t *pr, char *errstr, size_t errstr_size);
 
+/* After a fatal producer error: a new producer, and the events of the lost transaction read
+ * again (the new producer fences the old one's transaction first). */
+static void renew_producer(pr_processor_t *pr)
+{
+    char err[512];
+    rewind_to_committed(pr);
+    while (!atomic_load(&pr->stop) && !init_producer(pr, err, sizeof(err))) {
+        sl_error("processor", "could not restart the producer: %s", err);
+        usleep(1000 * 1000);
+    }
+}
+
 static void *processor_main(void *arg)
 {
     pr_processor_t *pr = arg;
     rd_kafka_message_t *batch[PR_BATCH];
-    int64_t txn_start = 0;
     /* librdkafka refills a full pre-fetch queue up to a second late (common/kafka.h): a
-     * processor faster than 32 MB of events a second would wait out the rest of each second. */
+     * processor faster than a queue of events a second would wait out the rest of each one. */
     sl_kafka_nudger_t *nudger = sl_kafka_nudger_start(pr->consumer);
-    size_t nudge_bytes = sl_kafka_queue_bytes(pr->consumer) / 2, taken_bytes = 0;
     while (!atomic_load(&pr->stop)) {
-        int64_t now = sl_time_mono_ms();
+        if (pr->committing) {
+            bool full = pr->nstaged >= PR_STAGE_MAX || pr->staged_bytes >= PR_STAGE_MAX_BYTES;
+            if (commit_finish(pr, full) == -2) {
+                renew_producer(pr);
+                continue;
+            }
+        }
         int timeout = 100;
-        if (pr->txn_open) {
-            int64_t left = txn_start + pr->txn_interval_ms - now;
+        if (pr->committing) {
+            timeout = 0; /* nothing to read: wait for the commit instead (below) */
+        } else if (pr->txn_open) {
+            int64_t left = pr->txn_start + pr->txn_interval_ms - sl_time_mono_ms();
             timeout = left > 0 ? (int)left : 0;
         }
         /* A batch: what is there now, after waiting for the first message. */
         size_t nb = 0;
         rd_kafka_message_t *m = rd_kafka_consumer_poll(pr->consumer, timeout);
         while (m && nb < PR_BATCH) {
-            taken_bytes += m->len;
+            sl_kafka_nudger_took(nudger, m->len);
             if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
                 batch[nb++] = m;
             } else {
@@ -1063,29 +1248,19 @@ static void *processor_main(void *arg)
             }
             m = nb < PR_BATCH ? rd_kafka_consumer_poll(pr->consumer, 0) : NULL;
         }
-        if (nb < PR_BATCH) {
-            /* The queue ran dry: after half a full queue was taken, librdkafka may have
-             * stopped fetching at its bound. */
-            if (taken_bytes >= nudge_bytes)
-                sl_kafka_nudger_kick(nudger);
-            taken_bytes = 0;
+        if (!nb && pr->committing) {
+            if (commit_finish(pr, true) == -2)
+                renew_producer(pr);
+            continue;
         }
         if (nb) {
             pr->picked_ms = sl_time_now_ms();
-            if (!pr->txn_open) {
-                if (!txn_begin(pr)) {
-                    /* The producer is unusable: make a new one, read the events again. */
-                    for (size_t i = 0; i < nb; i++)
-                        rd_kafka_message_destroy(batch[i]);
-                    rewind_to_committed(pr);
-                    char err[512];
-                    while (!atomic_load(&pr->stop) && !init_producer(pr, err, sizeof(err))) {
-                        sl_error("processor", "could not restart the producer: %s", err);
-                        usleep(1000 * 1000);
-                    }
-                    continue;
-                }
-                txn_start = sl_time_mono_ms();
+            if (!pr->txn_open && !pr->committing && !txn_begin(pr)) {
+                /* The producer is unusable: make a new one, read the events again. */
+                for (size_t i = 0; i < nb; i++)
+                    rd_kafka_message_destroy(batch[i]);
+                renew_producer(pr);
+                continue;
             }
             bool ok = true;
             for (size_t i = 0; i < nb && ok; i++)
@@ -1101,31 +1276,33 @@ static void *processor_main(void *arg)
                 rd_kafka_message_destroy(batch[i]);
             if (!ok) {
                 /* Stopping in the middle of a batch: none of it may be committed. */
-                txn_abort(pr);
+                if (pr->committing) {
+                    staged_clear(pr);
+                    pr->npos = 0;
+                    commit_finish(pr, true);
+                }
+                if (pr->txn_open)
+                    txn_abort(pr);
                 break;
             }
         }
         rd_kafka_poll(pr->producer, 0);
         if (pr->txn_open && (pr->txn_events >= pr->txn_max_events ||
-                             sl_time_mono_ms() - txn_start >= pr->txn_interval_ms)) {
-            if (txn_commit(pr) == -2) {
-                char err[512];
-                rewind_to_committed(pr);
-                while (!atomic_load(&pr->stop) && !init_producer(pr, err, sizeof(err))) {
-                    sl_error("processor", "could not restart the producer: %s", err);
-                    usleep(1000 * 1000);
-                }
-            }
+                             sl_time_mono_ms() - pr->txn_start >= pr->txn_interval_ms)) {
+            if (commit_start(pr) == -2)
+                renew_producer(pr);
         }
     }
     /* Drain: commit what was processed. */
-    if (pr->txn_open && txn_commit(pr) != 0)
+    if ((pr->committing && commit_finish(pr, true) != 0) || (pr->txn_open && txn_commit(pr) != 0))
         sl_warn("processor", "the last transaction was not committed; its events are processed "
                              "again after the restart");
     sl_kafka_nudger_stop(nudger);
     rd_kafka_consumer_close(pr->consumer);
     return NULL;
 }
+
+/* --- the producer --- */
 
 /* Creates (or re-creates, after a fatal error) the transactional producer. */
 static bool init_producer(pr_processor_t *pr, char *errstr, size_t errstr_size)
@@ -1192,6 +1369,8 @@ static void processor_free(pr_processor_t *pr)
     sl_json_index_free(&pr->scan_idx);
     sl_buf_free(&pr->job);
     sl_buf_free(&pr->corrected);
+    staged_clear(pr);
+    free(pr->staged);
     pr_desttx_free(pr->desttx);
     free(pr->pos);
     free(pr->events_topic);

@@ -365,6 +365,68 @@ def case_dev_restart(env):
     h.log(f"{len(ids)} deliveries and {len(jobs)} jobs for 21 events, across a restart")
 
 
+def metric_value(text, name, label):
+    """The value of the sample of name whose labels include label (e.g. 'outcome="abort"')."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") and label in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def case_commit_fails(env):
+    """The processor commits each transaction in the background while it processes the next
+    events, whose jobs wait for the next transaction. When a commit fails, those jobs are
+    dropped with it and the events read again: each acknowledged event is still delivered."""
+    sink = h.Sink(env)
+    env.write_workspace(config([webhook("d-all", sink.url + "/all")]))
+    dev = h.DevKafka(env)
+    p = env.start("all", SLUICE_KAFKA_BROKERS=dev.bootstrap, SLUICE_PROCESSOR_DEDUP="false")
+    env.wait_healthy(p)
+    sent, stop = [], threading.Event()
+
+    def client():
+        i = 0
+        while not stop.is_set():
+            batch = [{"type": "track", "userId": f"u{(i + k) % 31}", "event": "E",
+                      "messageId": f"cf-{i + k}"} for k in range(50)]
+            i += 50
+            st, _, _ = h.http("POST", p.url + "/v1/batch", {"batch": batch}, write_key=KEY)
+            if st == 200:
+                sent.extend(b["messageId"] for b in batch)
+            time.sleep(0.005)
+
+    def aborts():
+        return metric_value(h.http("GET", p.url + "/metrics")[1].decode(),
+                            "sluice_processor_transactions_total", 'outcome="abort"')
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        h.wait_for("events flowing", lambda: len(sent) >= 1000, timeout=60)
+        for _ in range(5):  # adding partitions to a transaction fails: it must be aborted
+            status, body, _ = h.http("POST", dev.control + "/errors?api=AddPartitionsToTxn&"
+                                     "error=TOPIC_AUTHORIZATION_FAILED&count=1", b"")
+            if status != 200:
+                h.fail(f"dev-kafka control: {status} {body[:200]}")
+            deadline = time.time() + 5
+            while aborts() < 1 and time.time() < deadline:
+                time.sleep(0.2)
+            if aborts() >= 1:
+                break
+        mark = len(sent)
+        h.wait_for("events flowing after the abort", lambda: len(sent) >= mark + 1000,
+                   timeout=60)
+    finally:
+        stop.set()
+        t.join(30)
+    if aborts() < 1:
+        h.fail("no transaction was aborted: the injected errors did not fail a commit")
+    want = set(sent)
+    h.wait_for("every acknowledged event at the sink", lambda: want <= set(sink.message_ids()),
+               timeout=60, interval=1)
+    h.log(f"{len(want)} acknowledged events all delivered across {aborts():.0f} aborted "
+          f"transactions")
+
+
 def read_committed(brokers, topic):
     r = subprocess.run(["kcat", "-C", "-b", brokers, "-t", topic, "-o", "beginning", "-e", "-q",
                         "-X", "isolation.level=read_committed", "-f", "%h\n"],
@@ -438,12 +500,15 @@ def case_exactly_once(env):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--case", required=True,
-                    choices=["rules", "transform", "dedup", "exactly-once", "dev-restart"])
+                    choices=["rules", "transform", "dedup", "exactly-once", "dev-restart",
+                             "commit-fails"])
     a = ap.parse_args()
     if a.case == "exactly-once":
         h.run(case_exactly_once, "processor-eo", kafka="real")
     elif a.case == "transform":
         h.run(case_transform, "processor-transform", kafka="embedded")
+    elif a.case == "commit-fails":
+        h.run(case_commit_fails, "processor-commitfail", kafka="embedded")
     elif a.case == "dev-restart":
         h.run(case_dev_restart, "processor-devrestart", kafka="embedded")
     elif a.case == "dedup":
