@@ -35,6 +35,9 @@
 /* What the loop processes while the last transaction commits, at most (jobs, bytes). */
 #define PR_STAGE_MAX       20000
 #define PR_STAGE_MAX_BYTES (16u << 20)
+/* A transformation's events of one batch are split over two sandbox calls at once from this
+ * many. */
+#define PR_TX_SPLIT_MIN 64
 
 /* Kafka headers: from the gateway, to the router, and on events sent again by
  * `sluice failed retry` (which go to one destination and skip dedup). */
@@ -469,9 +472,42 @@ static bool call_failed(const pr_usertx_result_t *res, size_t n)
            strncmp(res[0].error, "transformation worker", 21) == 0;
 }
 
-/* Runs the pending transformations, one sandbox call per (destination, transformation) with
- * all its events, and delivers the results in the order the events came. Returns false only
- * when stopping. */
+/* One sandbox call over n events of one transformation, into res. */
+typedef struct tx_call {
+    pr_usertx_pool_t *pool;
+    const char *version_id, *code;
+    const char **evs, **metas;
+    size_t n;
+    pr_usertx_result_t *res;
+    const char *err; /* set if the sandbox could not run them */
+} tx_call_t;
+
+/* Runs a call; one that fails as a whole (a time-out or a crash) is run again event by event,
+ * so that only the culprits fail and the others go on. */
+static void *tx_call_run(void *arg)
+{
+    tx_call_t *c = arg;
+    if (pr_usertx_run(c->pool, c->version_id, c->code, c->evs, c->metas, c->n, c->res) != 0) {
+        c->err = "the JavaScript sandbox failed; see the processor log";
+        return NULL;
+    }
+    if (c->n > 1 && call_failed(c->res, c->n)) {
+        pr_usertx_results_free(c->res, c->n);
+        for (size_t k = 0; k < c->n; k++)
+            if (pr_usertx_run(c->pool, c->version_id, c->code, &c->evs[k], &c->metas[k], 1,
+                              &c->res[k]) != 0 &&
+                c->res[k].kind != PR_USERTX_ERROR) {
+                c->res[k].kind = PR_USERTX_ERROR;
+                c->res[k].error = sl_strdup("the JavaScript sandbox failed");
+            }
+    }
+    return NULL;
+}
+
+/* Runs the pending transformations and delivers the results in the order the events came.
+ * Each (destination, transformation) gets one sandbox call with all its events, or with
+ * enough of them two calls at once on two workers (a helper thread makes the second).
+ * Returns false only when stopping. */
 static bool flush_pending(pr_processor_t *pr)
 {
     bool ok = true;
@@ -500,29 +536,28 @@ static bool flush_pending(pr_processor_t *pr)
         }
         char err[512] = "";
         pr_usertx_pool_t *pool = usertx_pool(pr, err, sizeof(err));
-        const char *pool_err = NULL;
-        if (!pool)
-            pool_err = *err ? err : "the JavaScript sandbox could not start";
-        else if (pr_usertx_run(pool, first->version_id, first->code, evs, metas, g, res) != 0)
-            pool_err = "the JavaScript sandbox failed; see the processor log";
-        if (!pool_err && g > 1 && call_failed(res, g)) {
-            /* A time-out or a crash fails the whole call: find the culprits by running each
-             * event alone, so the others go on. */
-            pr_usertx_results_free(res, g);
-            memset(res, 0, g * sizeof(*res));
-            for (size_t k = 0; k < g; k++)
-                if (pr_usertx_run(pool, first->version_id, first->code, &evs[k], &metas[k], 1,
-                                  &res[k]) != 0 &&
-                    res[k].kind != PR_USERTX_ERROR) {
-                    res[k].kind = PR_USERTX_ERROR;
-                    res[k].error = sl_strdup("the JavaScript sandbox failed");
-                }
+        size_t half = pool && g >= PR_TX_SPLIT_MIN && pr_usertx_pool_size(pool) >= 2 ? g / 2 : 0;
+        tx_call_t a = {pool, first->version_id, first->code, evs, metas, g - half, res, NULL};
+        tx_call_t b = {pool, first->version_id, first->code, evs + (g - half), metas + (g - half),
+                       half, res + (g - half),  NULL};
+        if (!pool) {
+            a.err = b.err = *err ? err : "the JavaScript sandbox could not start";
+        } else {
+            pthread_t t;
+            bool threaded = half && pthread_create(&t, NULL, tx_call_run, &b) == 0;
+            if (threaded)
+                sl_debug("processor", "transformation %s: %zu events in two calls at once",
+                         first->version_id, g);
+            tx_call_run(&a);
+            if (threaded)
+                pthread_join(t, NULL);
+            else if (half)
+                tx_call_run(&b);
         }
         for (size_t k = 0; k < g && ok; k++)
-            ok = transformed(pr, &pr->pending[idx[k]], &res[k], pool_err, &pr->job);
-        if (pool && !pool_err)
-            pr_usertx_results_free(res, g);
-        memset(res, 0, n * sizeof(*res));
+            ok = transformed(pr, &pr->pending[idx[k]], &res[k], k < g - half ? a.err : b.err,
+                             &pr->job);
+        pr_usertx_results_free(res, g);
     }
     free(done);
     free(idx);

@@ -324,6 +324,11 @@ void pr_usertx_pool_free(pr_usertx_pool_t *pool)
     free(pool);
 }
 
+size_t pr_usertx_pool_size(const pr_usertx_pool_t *pool)
+{
+    return pool ? pool->n_workers : 0;
+}
+
 void pr_usertx_results_free(pr_usertx_result_t *out, size_t n)
 {
     for (size_t i = 0; out && i < n; i++) {

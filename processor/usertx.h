@@ -62,6 +62,9 @@ int pr_usertx_run(pr_usertx_pool_t *pool, const char *version_id, const char *co
                   pr_usertx_result_t *out);
 
 /* Frees the strings of out[0..n-1] and zeroes them. */
+/* How many sandbox workers the pool runs (calls run on that many at once). */
+size_t pr_usertx_pool_size(const pr_usertx_pool_t *pool);
+
 void pr_usertx_results_free(pr_usertx_result_t *out, size_t n);
 
 /* Stops the workers and frees the pool. No call may be in flight. NULL is a no-op. */

@@ -293,6 +293,27 @@ def case_transform(env):
     if dropped not in h.http("GET", p.url + "/metrics")[1].decode():
         h.fail("the dropped event is not counted")
 
+    # A batch of 120 for one transformation runs as two sandbox calls at once: a throw and an
+    # infinite loop among them still fail alone.
+    big = [{"type": "track", "userId": "tx-big", "event": "Normal", "messageId": f"tx-big-{i}"}
+           for i in range(120)]
+    big[30]["event"], big[90]["event"] = "Throw", "Loop"
+    st, body, _ = h.http("POST", p.url + "/v1/batch", {"batch": big}, write_key=KEY)
+    if st != 200:
+        h.fail(f"/v1/batch: {st} {body!r}")
+    want = {e["messageId"] for e in big if e["event"] == "Normal"}
+    h.wait_for("the 118 good events of the big batch",
+               lambda: want <= {e["messageId"] for e in by_path(sink).get("/code", [])},
+               timeout=60)
+    dl = {d["messageId"]: d for d in h.wait_for("their dead letters", lambda: (
+        lambda out: out if len(out) >= 5 else None)(
+            [json.loads(m["value"]) for m in h.kafka_messages(dev.bootstrap,
+                                                               env.prefix + "failed")]),
+        timeout=30)}
+    for mid, want_reason in [("tx-big-30", "line"), ("tx-big-90", "timed out")]:
+        if mid not in dl or want_reason not in dl[mid]["reason"]:
+            h.fail(f"{mid}: {dl.get(mid)}")
+
 
 def case_dedup(env):
     sink = h.Sink(env)
