@@ -29,6 +29,7 @@ typedef struct rt_job {
     char *job_id, *message_id, *source_id, *dest_id, *dest_type, *user_key;
     char *method, *url, *body;
     size_t body_len;
+    bool body_in_raw; /* body points into raw (a JSON body, sent as it is): not freed alone */
     sl_json_span_t headers_json; /* request.headers, within raw */
     /* batching ("batch" in the request); batch_key NULL when not batchable */
     char *batch_key, *batch_prefix, *batch_sep, *batch_suffix;

@@ -437,16 +437,18 @@ static char *span_str(sl_json_span_t v, size_t *n)
     return out;
 }
 
-/* A request body: a string is the body's bytes; any other JSON value (the processor writes a
- * JSON body as JSON) is its own text; null is no body. */
-static char *span_body(sl_json_span_t v, size_t *n)
+/* The request body of j: a string is the body's bytes (decoded into a copy); any other JSON
+ * value (the processor writes a JSON body as JSON) is its own text, used where it is in
+ * j->raw; null is no body. */
+static void job_body(rt_job_t *j, sl_json_span_t v)
 {
-    if (v.type == SL_JSON_STRING)
-        return span_str(v, n);
-    if (v.type == SL_JSON_NULL)
-        return NULL;
-    *n = v.len;
-    return sl_strndup(v.p, v.len);
+    if (v.type == SL_JSON_STRING) {
+        j->body = span_str(v, &j->body_len);
+    } else if (v.type != SL_JSON_NULL) {
+        j->body = (char *)v.p;
+        j->body_len = v.len;
+        j->body_in_raw = true;
+    }
 }
 
 static size_t span_size(sl_json_span_t v)
@@ -496,7 +498,7 @@ static const char *parse_job(rt_router_t *rt, rt_job_t *j)
             else if (sl_json_key_is(it.key, "url"))
                 j->url = span_str(it.value, NULL);
             else if (sl_json_key_is(it.key, "body"))
-                j->body = span_body(it.value, &j->body_len);
+                job_body(j, it.value);
             else if (sl_json_key_is(it.key, "headers") && it.value.type == SL_JSON_OBJECT) {
                 j->headers_json = it.value; /* points into j->raw; made a list when sent */
                 j->headers_json.idx = NULL; /* the index is the next job's by then */
@@ -653,6 +655,9 @@ static void op_add_job(rt_op_t *op, rt_job_t *j)
 /* Frees what a job needs only to be sent or parked: its raw JSON and its request. */
 static void job_drop_request(rt_job_t *j)
 {
+    if (j->body_in_raw)
+        j->body = NULL; /* freed with raw */
+    j->body_in_raw = false;
     char **parts[] = {&j->raw,       &j->method,       &j->url,       &j->body,
                       &j->batch_key, &j->batch_prefix, &j->batch_sep, &j->batch_suffix};
     for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {

@@ -57,7 +57,8 @@ void rt_job_free(rt_job_t *j)
     free(j->user_key);
     free(j->method);
     free(j->url);
-    free(j->body);
+    if (!j->body_in_raw)
+        free(j->body);
     free(j->batch_key);
     free(j->batch_prefix);
     free(j->batch_sep);
