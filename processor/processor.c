@@ -32,9 +32,10 @@
 
 #define PR_TXN_TIMEOUT_MS 30000
 #define PR_BATCH          500 /* events consumed and processed together */
-/* What the loop processes while the last transaction commits, at most (jobs, bytes). */
-#define PR_STAGE_MAX       20000
-#define PR_STAGE_MAX_BYTES (16u << 20)
+/* What the loop processes while the last transaction commits, at most (jobs, bytes): some
+ * 80 ms of events at 60,000 a second (a commit takes ~20 ms). */
+#define PR_STAGE_MAX       5000
+#define PR_STAGE_MAX_BYTES (4u << 20)
 /* A transformation's events of one batch are split over two sandbox calls at once from this
  * many. */
 #define PR_TX_SPLIT_MIN 64
