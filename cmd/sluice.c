@@ -4,6 +4,7 @@
 #include "sluice_version.h"
 
 #include <librdkafka/rdkafka.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -81,6 +82,12 @@ int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "js-worker") == 0) /* the sandbox of user transformations */
         return pr_jsworker_main(argc - 1, argv + 1);
+    /* glibc raises its mmap threshold (up to 32 MB) each time a large block is freed, after
+     * which librdkafka's fetch buffers (up to a megabyte each, many a second) come from the
+     * heap, where freed ones stay part of the RSS. A fixed threshold maps them and gives them
+     * back when freed; fewer arenas leave less memory idle in threads' arenas. */
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+    mallopt(M_ARENA_MAX, 4);
     const char *config_file = NULL;
     int i = 1;
     while (i < argc && argv[i][0] == '-') {
