@@ -208,10 +208,10 @@ rd_kafka_conf_t *sl_kafka_conf_new(const sl_conf_t *conf, sl_kafka_role_t role,
             apply_prop("group.id", group_id, &c);
         /* The router keeps up to router.memory_jobs jobs of each destination besides: half
          * the pre-fetch kept it within 128 MB under load, and its nudger its speed. */
-        const char *prefix = sl_conf_str(conf, "kafka.topic_prefix");
-        if (group_id && strncmp(group_id, prefix, strlen(prefix)) == 0 &&
-            strcmp(group_id + strlen(prefix), SL_GROUP_ROUTER) == 0)
+        char *router_group = sl_kafka_topic(conf, SL_GROUP_ROUTER); /* as the router names it */
+        if (group_id && strcmp(group_id, router_group) == 0)
             apply_prop("queued.max.messages.kbytes", "16384", &c);
+        free(router_group);
     }
     sl_conf_kafka_props_foreach(conf, apply_prop, &c);
     if (c.err) {
