@@ -7,6 +7,7 @@
 #include "common/timeutil.h"
 
 #include <ctype.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 struct sl_pg {
     char *dsn;
     char *where; /* host/port/dbname for messages, without the password */
+    char *on_connect;
     PGconn *conn;
     int64_t next_attempt_ms;
     int64_t backoff_ms;
@@ -61,7 +63,14 @@ void sl_pg_destroy(sl_pg_t *pg)
         PQfinish(pg->conn);
     free(pg->dsn);
     free(pg->where);
+    free(pg->on_connect);
     free(pg);
+}
+
+void sl_pg_on_connect(sl_pg_t *pg, const char *sql)
+{
+    free(pg->on_connect);
+    pg->on_connect = sql ? sl_strdup(sql) : NULL;
 }
 
 static void one_line(char *s)
@@ -89,7 +98,18 @@ PGconn *sl_pg_conn(sl_pg_t *pg, char *errstr, size_t errstr_size)
     const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
     const char *vals[] = {pg->dsn, "5", "sluice", NULL};
     PGconn *c = PQconnectdbParams(keys, vals, 1);
-    if (PQstatus(c) == CONNECTION_OK) {
+    char msg[300];
+    snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c));
+    bool ok = PQstatus(c) == CONNECTION_OK;
+    if (ok && pg->on_connect) {
+        PGresult *r = PQexec(c, pg->on_connect);
+        ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok)
+            snprintf(msg, sizeof(msg), "\"%s\" failed: %s", pg->on_connect,
+                     PQresultErrorMessage(r));
+        PQclear(r);
+    }
+    if (ok) {
         pg->conn = c;
         pg->backoff_ms = 0;
         if (pg->reported_down)
@@ -98,8 +118,6 @@ PGconn *sl_pg_conn(sl_pg_t *pg, char *errstr, size_t errstr_size)
         sl_health_set("postgres", true, NULL);
         return c;
     }
-    char msg[300];
-    snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c));
     one_line(msg);
     PQfinish(c);
     snprintf(pg->last_error, sizeof(pg->last_error),

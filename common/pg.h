@@ -14,6 +14,10 @@ typedef struct sl_pg sl_pg_t;
 sl_pg_t *sl_pg_new(const char *dsn);
 void sl_pg_destroy(sl_pg_t *pg);
 
+/* SQL run on each new connection before it is handed out (e.g. a session setting); sql is
+ * copied. A connection on which it fails is closed and reported like a failed connect. */
+void sl_pg_on_connect(sl_pg_t *pg, const char *sql);
+
 /* A live connection, (re)connecting if needed. While the server is unreachable, attempts are
  * spaced by a backoff from 100 ms doubling to 30 s; between attempts this returns NULL at once.
  * On NULL, errstr says why, e.g. `could not connect to postgres at "host=... port=...": ...`.
