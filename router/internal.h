@@ -26,8 +26,12 @@
 typedef struct rt_job {
     char *raw; /* the job as consumed (JSON), for parking and dead letters */
     size_t raw_len;
+    /* Strings from the job's JSON, most of them in strs (one allocation, strs_len bytes);
+     * the others are malloc'ed alone: free them with rt_job_free_str. */
     char *job_id, *message_id, *source_id, *dest_id, *dest_type, *user_key;
     char *method, *url, *body;
+    char *strs;
+    size_t strs_len;
     size_t body_len;
     bool body_in_raw; /* body points into raw (a JSON body, sent as it is): not freed alone */
     sl_json_span_t headers_json; /* request.headers, within raw */
@@ -107,6 +111,8 @@ void rt_store_drain_soon(rt_store_t *s);
 void rt_store_stop(rt_store_t *s);
 
 void rt_job_free(rt_job_t *j);
+/* Frees p, one of j's strings, unless it lies in j->strs (freed with j). */
+void rt_job_free_str(const rt_job_t *j, char *p);
 void rt_jobs_free(rt_job_t *j);
 void rt_op_free(rt_op_t *op);
 

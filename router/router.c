@@ -456,11 +456,35 @@ static size_t span_size(sl_json_span_t v)
     return v.type == SL_JSON_NUMBER ? (size_t)strtoull(v.p, NULL, 10) : 0;
 }
 
+/* The string members parse_job keeps, in one allocation per job (j->strs). */
+enum {
+    S_JOB_ID,
+    S_MESSAGE_ID,
+    S_SOURCE_ID,
+    S_DEST_ID,
+    S_DEST_TYPE,
+    S_USER_KEY,
+    S_METHOD,
+    S_URL,
+    S_BATCH_KEY,
+    S_BATCH_PREFIX,
+    S_BATCH_SEP,
+    S_BATCH_SUFFIX,
+    S_COUNT
+};
+
+/* Keeps v for decoding if it is a string (a member of another type is as good as absent). */
+static void keep_str(sl_json_span_t *slot, sl_json_span_t v)
+{
+    if (v.type == SL_JSON_STRING)
+        *slot = v;
+}
+
 /* Fills a job's fields from j->raw with the byte scanner (the router's hot path: no tree).
  * Returns NULL, or why it can't be delivered. */
 static const char *parse_job(rt_router_t *rt, rt_job_t *j)
 {
-    sl_json_span_t doc, req = {0}, batch = {0};
+    sl_json_span_t doc, req = {0}, batch = {0}, str[S_COUNT] = {0};
     sl_json_error_t jerr;
     /* indexed: walking the members then skips "request" (the body) without scanning it again */
     bool ok = sl_json_scan_indexed(j->raw, j->raw_len, &doc, &jerr, &rt->job_idx) &&
@@ -470,17 +494,17 @@ static const char *parse_job(rt_router_t *rt, rt_job_t *j)
         sl_json_members_init(&it, doc);
         while (sl_json_members_next(&it)) {
             if (sl_json_key_is(it.key, "jobId"))
-                j->job_id = span_str(it.value, NULL);
+                keep_str(&str[S_JOB_ID], it.value);
             else if (sl_json_key_is(it.key, "messageId"))
-                j->message_id = span_str(it.value, NULL);
+                keep_str(&str[S_MESSAGE_ID], it.value);
             else if (sl_json_key_is(it.key, "sourceId"))
-                j->source_id = span_str(it.value, NULL);
+                keep_str(&str[S_SOURCE_ID], it.value);
             else if (sl_json_key_is(it.key, "destinationId") && !j->dest_id)
-                j->dest_id = span_str(it.value, NULL);
+                keep_str(&str[S_DEST_ID], it.value);
             else if (sl_json_key_is(it.key, "destinationType"))
-                j->dest_type = span_str(it.value, NULL);
+                keep_str(&str[S_DEST_TYPE], it.value);
             else if (sl_json_key_is(it.key, "userKey") && !j->user_key)
-                j->user_key = span_str(it.value, NULL);
+                keep_str(&str[S_USER_KEY], it.value);
             else if (sl_json_key_is(it.key, "receivedAt") && it.value.type == SL_JSON_STRING) {
                 char ts[64];
                 if (sl_json_string_decode(it.value, ts, sizeof(ts)) < sizeof(ts))
@@ -494,9 +518,9 @@ static const char *parse_job(rt_router_t *rt, rt_job_t *j)
         sl_json_members_init(&it, req);
         while (sl_json_members_next(&it)) {
             if (sl_json_key_is(it.key, "method"))
-                j->method = span_str(it.value, NULL);
+                keep_str(&str[S_METHOD], it.value);
             else if (sl_json_key_is(it.key, "url"))
-                j->url = span_str(it.value, NULL);
+                keep_str(&str[S_URL], it.value);
             else if (sl_json_key_is(it.key, "body"))
                 job_body(j, it.value);
             else if (sl_json_key_is(it.key, "headers") && it.value.type == SL_JSON_OBJECT) {
@@ -511,24 +535,40 @@ static const char *parse_job(rt_router_t *rt, rt_job_t *j)
         sl_json_members_init(&it, batch);
         while (sl_json_members_next(&it)) {
             if (sl_json_key_is(it.key, "key"))
-                j->batch_key = span_str(it.value, NULL);
+                keep_str(&str[S_BATCH_KEY], it.value);
             else if (sl_json_key_is(it.key, "prefix"))
-                j->batch_prefix = span_str(it.value, NULL);
+                keep_str(&str[S_BATCH_PREFIX], it.value);
             else if (sl_json_key_is(it.key, "separator"))
-                j->batch_sep = span_str(it.value, NULL);
+                keep_str(&str[S_BATCH_SEP], it.value);
             else if (sl_json_key_is(it.key, "suffix"))
-                j->batch_suffix = span_str(it.value, NULL);
+                keep_str(&str[S_BATCH_SUFFIX], it.value);
             else if (sl_json_key_is(it.key, "maxEvents"))
                 j->batch_max_events = span_size(it.value);
             else if (sl_json_key_is(it.key, "maxBytes"))
                 j->batch_max_bytes = span_size(it.value);
         }
-        if (!j->batch_key || !j->batch_prefix || !j->batch_sep || !j->batch_suffix ||
-            j->batch_max_events < 2) {
-            free(j->batch_key);
-            j->batch_key = NULL;
-        }
     }
+    /* A string span (quotes included) is longer than its decoded text and NUL. */
+    size_t total = 0;
+    for (int i = 0; i < S_COUNT; i++)
+        total += str[i].len;
+    char *w = j->strs = total ? sl_malloc(total) : NULL;
+    j->strs_len = total;
+    char **dst[S_COUNT] = {[S_JOB_ID] = &j->job_id,       [S_MESSAGE_ID] = &j->message_id,
+                           [S_SOURCE_ID] = &j->source_id, [S_DEST_ID] = &j->dest_id,
+                           [S_DEST_TYPE] = &j->dest_type, [S_USER_KEY] = &j->user_key,
+                           [S_METHOD] = &j->method,       [S_URL] = &j->url,
+                           [S_BATCH_KEY] = &j->batch_key, [S_BATCH_PREFIX] = &j->batch_prefix,
+                           [S_BATCH_SEP] = &j->batch_sep, [S_BATCH_SUFFIX] = &j->batch_suffix};
+    for (int i = 0; i < S_COUNT; i++) {
+        if (!str[i].p)
+            continue;
+        *dst[i] = w;
+        w += sl_json_string_decode(str[i], w, str[i].len) + 1;
+    }
+    if (j->batch_key &&
+        (!j->batch_prefix || !j->batch_sep || !j->batch_suffix || j->batch_max_events < 2))
+        j->batch_key = NULL; /* not batchable */
     const char *problem = job_problem(j, ok, rt->ws);
     if (!j->message_id)
         j->message_id = sl_strdup("");
@@ -661,7 +701,7 @@ static void job_drop_request(rt_job_t *j)
     char **parts[] = {&j->raw,       &j->method,       &j->url,       &j->body,
                       &j->batch_key, &j->batch_prefix, &j->batch_sep, &j->batch_suffix};
     for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
-        free(*parts[i]);
+        rt_job_free_str(j, *parts[i]);
         *parts[i] = NULL;
     }
     j->raw_len = j->body_len = 0;
@@ -1779,6 +1819,7 @@ rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errst
     rd_kafka_queue_destroy(q);
     rt->nudger = sl_kafka_nudger_start(rt->consumer);
     pthread_create(&rt->thread, NULL, loop_main, rt);
+    pthread_setname_np(rt->thread, "rt:loop");
     return rt;
 fail:
     router_free(rt);

@@ -17,6 +17,7 @@
 #include "router/status.h"
 
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,25 +48,26 @@ struct rt_store {
     size_t ngauged;
 };
 
+void rt_job_free_str(const rt_job_t *j, char *p)
+{
+    uintptr_t a = (uintptr_t)p, lo = (uintptr_t)j->strs;
+    if (!j->strs || a < lo || a >= lo + j->strs_len)
+        free(p);
+}
+
 void rt_job_free(rt_job_t *j)
 {
     if (!j)
         return;
     free(j->raw);
-    free(j->job_id);
-    free(j->message_id);
-    free(j->source_id);
-    free(j->dest_id);
-    free(j->dest_type);
-    free(j->user_key);
-    free(j->method);
-    free(j->url);
+    char *strs[] = {j->job_id,    j->message_id,   j->source_id, j->dest_id,
+                    j->dest_type, j->user_key,     j->method,    j->url,
+                    j->batch_key, j->batch_prefix, j->batch_sep, j->batch_suffix};
+    for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
+        rt_job_free_str(j, strs[i]);
     if (!j->body_in_raw)
-        free(j->body);
-    free(j->batch_key);
-    free(j->batch_prefix);
-    free(j->batch_sep);
-    free(j->batch_suffix);
+        rt_job_free_str(j, j->body);
+    free(j->strs);
     free(j->last_response);
     free(j->tracestate);
     free(j);
@@ -838,6 +840,7 @@ void rt_store_stop(rt_store_t *s)
         rt_op_free(op);
     }
     sl_pg_destroy(s->pg);
+    sl_pg_destroy(s->pg_status);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
     free(s->parts);
