@@ -215,8 +215,8 @@ static void put_row(sl_buf_t *b, const rt_status_row_t *w)
         put_time(b, times[i]);
 }
 
-int rt_status_write(PGconn *c, const rt_status_row_t *rows, size_t n, char *errstr,
-                    size_t errstr_size)
+int rt_status_send(PGconn *c, const rt_status_row_t *rows, size_t n, char *errstr,
+                   size_t errstr_size)
 {
     if (n == 0)
         return 0;
@@ -238,21 +238,34 @@ int rt_status_write(PGconn *c, const rt_status_row_t *rows, size_t n, char *errs
 
     PGresult *r = run(c, copy_sql, 0, NULL, PGRES_COPY_IN, "could not write job status", &err,
                       errstr, errstr_size);
-    if (!r)
-        goto out;
-    PQclear(r);
-    if (PQputCopyData(c, b.data, (int)b.len) != 1 || PQputCopyEnd(c, NULL) != 1) {
-        err = pg_fail(c, NULL, "could not write job status", errstr, errstr_size);
-        /* drain whatever the server answers so the connection is usable again */
+    if (r) {
+        PQclear(r);
+        if (PQputCopyData(c, b.data, (int)b.len) != 1 || PQputCopyEnd(c, NULL) != 1) {
+            err = pg_fail(c, NULL, "could not write job status", errstr, errstr_size);
+            rt_status_finish(c, NULL, 0); /* so the connection is usable again */
+        }
     }
+    sl_buf_free(&b);
+    return err;
+}
+
+int rt_status_finish(PGconn *c, char *errstr, size_t errstr_size)
+{
+    int err = 0;
+    PGresult *r;
     while ((r = PQgetResult(c)) != NULL) {
         if (!err && PQresultStatus(r) != PGRES_COMMAND_OK)
             err = pg_fail(c, r, "could not write job status", errstr, errstr_size);
         PQclear(r);
     }
-out:
-    sl_buf_free(&b);
     return err;
+}
+
+int rt_status_write(PGconn *c, const rt_status_row_t *rows, size_t n, char *errstr,
+                    size_t errstr_size)
+{
+    int err = rt_status_send(c, rows, n, errstr, errstr_size);
+    return err || n == 0 ? err : rt_status_finish(c, errstr, errstr_size);
 }
 
 int rt_status_maintain(PGconn *c, int64_t now_ms, int64_t retention_ms, char *errstr,

@@ -42,6 +42,14 @@ typedef struct rt_status_row {
 int rt_status_write(PGconn *c, const rt_status_row_t *rows, size_t n, char *errstr,
                     size_t errstr_size);
 
+/* rt_status_write in two halves, so that Postgres takes in one batch while the caller builds
+ * the next: rt_status_send sends the rows (n > 0), rt_status_finish waits for the COPY's
+ * outcome and must follow a send that returned 0 before c is used again. Same returns; with
+ * errstr NULL, finish only drains the connection. */
+int rt_status_send(PGconn *c, const rt_status_row_t *rows, size_t n, char *errstr,
+                   size_t errstr_size);
+int rt_status_finish(PGconn *c, char *errstr, size_t errstr_size);
+
 /* Creates the partitions for today and tomorrow and drops day partitions entirely older than
  * retention_ms (<= 0: keeps every day). Cheap; the router calls it at start and hourly. Runs
  * its statements in the caller's transaction if one is open, else each on its own. Returns 0

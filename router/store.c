@@ -26,13 +26,24 @@
 #define PARKED_HELP "Jobs parked in Postgres, waiting for a retry or behind one"
 #define OLDEST_HELP "Age of the oldest parked job"
 
+#define STATUS_SLOTS 2
+
+typedef struct status_slot {
+    sl_pg_t *pg;
+    PGconn *c;           /* while a batch is in flight on it; NULL when free */
+    rt_op_t *ops, *last; /* the batch */
+    size_t n;
+} status_slot_t;
+
 struct rt_store {
     rt_store_conf_t c;
     char *dsn, *topic;
     sl_pg_t *pg;
-    /* a second connection for batches of status rows only, with synchronous_commit off for
-     * its whole session: each such batch is one COPY, committed on its own */
-    sl_pg_t *pg_status;
+    /* batches of status rows only, each one COPY committed on its own, on connections of
+     * their own with synchronous_commit off for the whole session: one is sent while Postgres
+     * takes in the one before (see status_send) */
+    status_slot_t slots[STATUS_SLOTS];
+    unsigned oldest; /* the slot whose batch was sent first */
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -437,9 +448,12 @@ static void trace_ids(const rt_job_t *j, trace_ids_t *out)
     }
 }
 
-/* Status rows for the jobs of ops that have a state to record. */
-static int write_status(rt_store_t *s, PGconn *c, rt_op_t *ops, char *err, size_t errsz)
+/* Status rows for the jobs of ops that have a state to record, sent on c; with wait, also
+ * waits for their outcome (else rt_status_finish must follow a 0 when *sent is set). */
+static int write_status(rt_store_t *s, PGconn *c, rt_op_t *ops, bool wait, bool *sent, char *err,
+                        size_t errsz)
 {
+    *sent = false;
     if (!s->c.job_status)
         return 0;
     size_t n = 0, cap = 64;
@@ -489,27 +503,117 @@ static int write_status(rt_store_t *s, PGconn *c, rt_op_t *ops, char *err, size_
         rows[i].trace_id = ids[i].trace_id;
         rows[i].parent_span_id = ids[i].parent_span_id;
     }
-    int rc = n ? rt_status_write(c, rows, n, err, errsz) : 0;
+    int rc = 0;
+    if (n) {
+        rc =
+            wait ? rt_status_write(c, rows, n, err, errsz) : rt_status_send(c, rows, n, err, errsz);
+        *sent = !wait && !rc;
+    }
     free(rows);
     free(ids);
     return rc;
 }
 
+/* Puts ops..last back in front of the queue. */
+static void put_back(rt_store_t *s, rt_op_t *ops, rt_op_t *last)
+{
+    pthread_mutex_lock(&s->lock);
+    last->next = s->in_head;
+    s->in_head = ops;
+    if (!s->in_tail)
+        s->in_tail = last;
+    pthread_mutex_unlock(&s->lock);
+}
+
+static bool status_inflight(const rt_store_t *s)
+{
+    for (int i = 0; i < STATUS_SLOTS; i++)
+        if (s->slots[i].ops)
+            return true;
+    return false;
+}
+
+/* Waits for the oldest batch in flight: gives its ops back, or puts them back in front of the
+ * queue when Postgres did not take them, and then ops..last (taken off the queue after them,
+ * may be NULL) behind them. Returns 0 or the error (errstr set). */
+static int status_finish_oldest(rt_store_t *s, rt_op_t *ops_after, rt_op_t *last_after, char *err,
+                                size_t errsz)
+{
+    for (int i = 0; i < STATUS_SLOTS && !s->slots[s->oldest].ops; i++)
+        s->oldest = (s->oldest + 1) % STATUS_SLOTS;
+    status_slot_t *sl = &s->slots[s->oldest];
+    if (!sl->ops)
+        return 0;
+    s->oldest = (s->oldest + 1) % STATUS_SLOTS;
+    int rc = sl->c ? rt_status_finish(sl->c, err, errsz) : 0;
+    rt_op_t *ops = sl->ops, *last = sl->last;
+    size_t n = sl->n;
+    sl->c = NULL;
+    sl->ops = sl->last = NULL;
+    sl->n = 0;
+    if (rc) {
+        sl_warn("router", "could not record %zu operations (will retry): %s", n, err);
+        if (ops_after)
+            put_back(s, ops_after, last_after);
+        put_back(s, ops, last);
+        return rc;
+    }
+    give_back(s, ops);
+    return 0;
+}
+
+/* Waits for every batch in flight; the first error, if any. */
+static int status_finish_all(rt_store_t *s, char *err, size_t errsz)
+{
+    int rc = 0;
+    while (status_inflight(s)) {
+        int r = status_finish_oldest(s, NULL, NULL, err, errsz);
+        rc = rc ? rc : r;
+    }
+    return rc;
+}
+
+/* Sends a batch of status rows only (ops..last, n ops) on a free status connection, waiting
+ * for the oldest batch in flight first when none is free: Postgres takes in one batch while
+ * this thread builds the next. Returns 0 (the ops are in flight, or given back when they had
+ * nothing to record) or an error with the ops back in the queue. */
+static int status_send(rt_store_t *s, rt_op_t *ops, rt_op_t *last, size_t n, char *err,
+                       size_t errsz)
+{
+    status_slot_t *sl = NULL;
+    for (int i = 0; i < STATUS_SLOTS && !sl; i++)
+        if (!s->slots[(s->oldest + i) % STATUS_SLOTS].ops)
+            sl = &s->slots[(s->oldest + i) % STATUS_SLOTS];
+    if (!sl) {
+        sl = &s->slots[s->oldest];
+        int rc = status_finish_oldest(s, ops, last, err, errsz);
+        if (rc)
+            return rc;
+    }
+    PGconn *c = sl_pg_conn(sl->pg, err, errsz);
+    bool sent = false;
+    int rc = c ? write_status(s, c, ops, false, &sent, err, errsz) : SL_ERR_TRANSIENT;
+    if (rc) {
+        sl_warn("router", "could not record %zu operations (will retry): %s", n, err);
+        put_back(s, ops, last);
+        return rc;
+    }
+    if (!sent) { /* nothing to record */
+        give_back(s, ops);
+        return 0;
+    }
+    if (!status_inflight(s))
+        s->oldest = (unsigned)(sl - s->slots);
+    sl->c = c;
+    sl->ops = ops;
+    sl->last = last;
+    sl->n = n;
+    return 0;
+}
+
 /* Runs ops in one transaction. Returns 0, or an error with nothing committed. */
 static int run_ops(rt_store_t *s, PGconn *c, rt_op_t *ops, char *err, size_t errsz)
 {
-    /* Status rows only (the usual batch): one COPY, a transaction by itself, on the status
-     * connection. It needs no flush to disk: losing it to a Postgres crash costs a duplicate
-     * delivery at worst, never a job. Parking waits for the flush, on this connection. */
-    bool status_only = true;
-    for (rt_op_t *op = ops; op; op = op->next)
-        status_only &= op->kind == RT_OP_STATUS;
-    if (status_only) {
-        if (!s->c.job_status)
-            return 0;
-        PGconn *sc = sl_pg_conn(s->pg_status, err, errsz);
-        return sc ? write_status(s, sc, ops, err, errsz) : SL_ERR_TRANSIENT;
-    }
     int rc = exec(c, "BEGIN", 0, NULL, NULL, err, errsz);
     /* Parking first: resolving a key's parked rows in the same transaction sees them. */
     if (!rc)
@@ -529,8 +633,9 @@ static int run_ops(rt_store_t *s, PGconn *c, rt_op_t *ops, char *err, size_t err
             break;
         }
     }
+    bool sent;
     if (!rc)
-        rc = write_status(s, c, ops, err, errsz);
+        rc = write_status(s, c, ops, true, &sent, err, errsz);
     if (!rc)
         rc = exec(c, "COMMIT", 0, NULL, NULL, err, errsz);
     if (rc) {
@@ -710,7 +815,8 @@ static void *store_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&s->lock);
         int64_t wait = s->c.park_poll_ms - (sl_time_mono_ms() - last_drain);
-        if (!s->in_head && !s->stop && !s->drain_now && wait > 0) {
+        /* with a status batch in flight, nothing new to do means waiting for its outcome */
+        if (!s->in_head && !s->stop && !s->drain_now && wait > 0 && !status_inflight(s)) {
             struct timespec ts;
             sl_time_deadline(&ts, wait);
             pthread_cond_timedwait(&s->cond, &s->lock, &ts);
@@ -755,7 +861,38 @@ static void *store_main(void *arg)
             backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
             continue;
         }
-        if (ops) {
+        /* Status rows only (the usual batch) go to a status connection. They need no flush to
+         * disk: losing them to a Postgres crash costs a duplicate delivery at worst, never a
+         * job. Parking waits for the flush, on c, after the status batches in flight. */
+        bool status_only = ops && s->c.job_status;
+        for (rt_op_t *op = ops; op && status_only; op = op->next)
+            status_only = op->kind == RT_OP_STATUS;
+        int src = 0;
+        if (status_only)
+            src = status_send(s, ops, last, n, err, sizeof(err));
+        else if (ops || stopping)
+            src = status_finish_all(s, err, sizeof(err));
+        else if (status_inflight(s))
+            src = status_finish_oldest(s, NULL, NULL, err, sizeof(err));
+        if (src && ops && !status_only) {
+            put_back(s, ops, last);
+            ops = NULL;
+        }
+        if (src) {
+            pthread_mutex_lock(&s->lock);
+            struct timespec ts;
+            sl_time_deadline(&ts, backoff);
+            if (!s->stop)
+                pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+            pthread_mutex_unlock(&s->lock);
+            backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
+            if (stopping)
+                break;
+            continue;
+        }
+        if (status_only) {
+            backoff = 100;
+        } else if (ops) {
             if (run_ops(s, c, ops, err, sizeof(err)) != 0) {
                 sl_warn("router", "could not record %zu operations (will retry): %s", n, err);
                 PQreset(c);
@@ -811,8 +948,10 @@ rt_store_t *rt_store_start(const rt_store_conf_t *c)
     s->c.dsn = s->dsn;
     s->c.topic = s->topic;
     s->pg = sl_pg_new(s->dsn);
-    s->pg_status = sl_pg_new(s->dsn);
-    sl_pg_on_connect(s->pg_status, "SET synchronous_commit = off");
+    for (int i = 0; i < STATUS_SLOTS; i++) {
+        s->slots[i].pg = sl_pg_new(s->dsn);
+        sl_pg_on_connect(s->slots[i].pg, "SET synchronous_commit = off");
+    }
     s->last_maintain = -3600 * 1000 - 1;
     s->gauge_every = GAUGE_EVERY;
     pthread_mutex_init(&s->lock, NULL);
@@ -840,7 +979,13 @@ void rt_store_stop(rt_store_t *s)
         rt_op_free(op);
     }
     sl_pg_destroy(s->pg);
-    sl_pg_destroy(s->pg_status);
+    for (int i = 0; i < STATUS_SLOTS; i++) { /* batches left in flight when Postgres was down */
+        for (rt_op_t *op = s->slots[i].ops, *next; op; op = next) {
+            next = op->next;
+            rt_op_free(op);
+        }
+        sl_pg_destroy(s->slots[i].pg);
+    }
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
     free(s->parts);
