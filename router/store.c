@@ -525,6 +525,18 @@ static void put_back(rt_store_t *s, rt_op_t *ops, rt_op_t *last)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* Waits *backoff ms (less if stopped or woken), then doubles it up to 5 s. */
+static void backoff_wait(rt_store_t *s, int64_t *backoff)
+{
+    pthread_mutex_lock(&s->lock);
+    struct timespec ts;
+    sl_time_deadline(&ts, *backoff);
+    if (!s->stop)
+        pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+    pthread_mutex_unlock(&s->lock);
+    *backoff = *backoff * 2 > 5000 ? 5000 : *backoff * 2;
+}
+
 static bool status_inflight(const rt_store_t *s)
 {
     for (int i = 0; i < STATUS_SLOTS; i++)
@@ -842,23 +854,12 @@ static void *store_main(void *arg)
 
         PGconn *c = sl_pg_conn(s->pg, err, sizeof(err));
         if (!c) {
-            if (ops) { /* put them back in front */
-                pthread_mutex_lock(&s->lock);
-                last->next = s->in_head;
-                s->in_head = ops;
-                if (!s->in_tail)
-                    s->in_tail = last;
-                pthread_mutex_unlock(&s->lock);
-            }
+            if (ops) /* put them back in front */
+                put_back(s, ops, last);
             if (stopping)
                 break;
             sl_warn("router", "parking and job status wait for postgres: %s", err);
-            pthread_mutex_lock(&s->lock);
-            struct timespec ts;
-            sl_time_deadline(&ts, backoff);
-            pthread_cond_timedwait(&s->cond, &s->lock, &ts);
-            pthread_mutex_unlock(&s->lock);
-            backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
+            backoff_wait(s, &backoff);
             continue;
         }
         /* Status rows only (the usual batch) go to a status connection. They need no flush to
@@ -879,13 +880,7 @@ static void *store_main(void *arg)
             ops = NULL;
         }
         if (src) {
-            pthread_mutex_lock(&s->lock);
-            struct timespec ts;
-            sl_time_deadline(&ts, backoff);
-            if (!s->stop)
-                pthread_cond_timedwait(&s->cond, &s->lock, &ts);
-            pthread_mutex_unlock(&s->lock);
-            backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
+            backoff_wait(s, &backoff);
             if (stopping)
                 break;
             continue;
@@ -896,17 +891,8 @@ static void *store_main(void *arg)
             if (run_ops(s, c, ops, err, sizeof(err)) != 0) {
                 sl_warn("router", "could not record %zu operations (will retry): %s", n, err);
                 PQreset(c);
-                pthread_mutex_lock(&s->lock);
-                last->next = s->in_head;
-                s->in_head = ops;
-                if (!s->in_tail)
-                    s->in_tail = last;
-                struct timespec ts;
-                sl_time_deadline(&ts, backoff);
-                if (!s->stop)
-                    pthread_cond_timedwait(&s->cond, &s->lock, &ts);
-                pthread_mutex_unlock(&s->lock);
-                backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
+                put_back(s, ops, last);
+                backoff_wait(s, &backoff);
                 if (stopping)
                     break;
                 continue;
