@@ -1,7 +1,8 @@
 /*
  * Integration test for common/pg.c and common/migrate.c against the real test Postgres:
  * instances migrating at the same time apply each migration exactly once; errors are
- * classified; an unreachable server is retried with backoff and named in the error.
+ * classified; an unreachable server is retried with backoff and named in the error; the
+ * on-connect statement sets up each new connection.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -88,6 +89,34 @@ static void test_concurrent_migrations(void **state)
     sl_pg_destroy(pg);
 }
 
+/* The on-connect statement sets up every new connection, the first and a reconnect; one that
+ * fails makes the connection fail with its error. */
+static void test_on_connect(void **state)
+{
+    (void)state;
+    char err[512];
+    sl_pg_t *pg = sl_pg_new(dsn);
+    sl_pg_on_connect(pg, "SET synchronous_commit = off");
+    for (int round = 0; round < 2; round++) {
+        PGresult *r = NULL;
+        assert_int_equal(sl_pg_exec(pg, "SHOW synchronous_commit", 0, NULL, &r, err, sizeof(err)),
+                         0);
+        assert_string_equal(PQgetvalue(r, 0, 0), "off");
+        PQclear(r);
+        /* the server drops the connection: the next call reconnects, set up again */
+        sl_pg_exec(pg, "SELECT pg_terminate_backend(pg_backend_pid())", 0, NULL, NULL, err,
+                   sizeof(err));
+    }
+    sl_pg_destroy(pg);
+
+    pg = sl_pg_new(dsn);
+    sl_pg_on_connect(pg, "SET no_such_setting = 1");
+    assert_null(sl_pg_conn(pg, err, sizeof(err)));
+    assert_non_null(strstr(err, "SET no_such_setting = 1"));
+    assert_non_null(strstr(err, "no_such_setting"));
+    sl_pg_destroy(pg);
+}
+
 static void test_unreachable_backoff(void **state)
 {
     (void)state;
@@ -109,6 +138,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_concurrent_migrations),
+        cmocka_unit_test(test_on_connect),
         cmocka_unit_test(test_unreachable_backoff),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
