@@ -44,10 +44,12 @@
 #define RT_POLL_MAX        2000 /* messages taken from the consumer per loop */
 #define RT_COMMIT_EVERY_MS 500
 #define RT_IDLE_WAIT_MS    10 /* the longest sleep: the consumer's wake-up is not always given */
-#define RT_HEADERS_MAX     64
-#define RT_EASY_POOL       1024 /* idle curl handles kept for reuse */
-#define RT_SLOW_MS         1000 /* a destination whose requests take longer is slow */
-#define RT_BREAKER         50   /* failures in a row after which new jobs are parked untried */
+/* ... and after a second without work: 100 wake-ups a second cost ~1% of a core when idle */
+#define RT_IDLE_LONG_WAIT_MS 100
+#define RT_HEADERS_MAX       64
+#define RT_EASY_POOL         1024 /* idle curl handles kept for reuse */
+#define RT_SLOW_MS           1000 /* a destination whose requests take longer is slow */
+#define RT_BREAKER           50   /* failures in a row after which new jobs are parked untried */
 
 /* --- settings per destination (router.* options, overridden by type, then by id) --- */
 
@@ -139,6 +141,7 @@ struct rt_router {
     size_t nfree_easy;
     bool hold;          /* a quick destination is full: stop taking jobs until it drains */
     bool consumer_more; /* the last poll left messages in the consumer queue */
+    int64_t busy_ms;    /* the last turn with jobs read, or requests or records in flight */
     rt_op_t *status_op; /* outcomes of this turn, for the store */
     rt_job_t *status_tail;
     sl_pg_t *pg; /* the loop's own connection, for rebalances */
@@ -1433,6 +1436,8 @@ static void poll_consumer(rt_router_t *rt)
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rt->consumer, 0);
         if (!m) {
             rt->consumer_more = false;
+            if (i > 0) /* jobs came: no long idle sleep (wait_ms) */
+                rt->busy_ms = sl_time_mono_ms();
             break;
         }
         sl_kafka_nudger_took(rt->nudger, m->len);
@@ -1449,9 +1454,13 @@ static void poll_consumer(rt_router_t *rt)
 
 static int wait_ms(rt_router_t *rt)
 {
-    int64_t now = sl_time_mono_ms(), wait = RT_IDLE_WAIT_MS;
+    int64_t now = sl_time_mono_ms();
     if (rt->consumer_more && !rt->hold && rt_store_backlog(rt->store) < RT_STORE_BACKLOG)
         return 0;
+    if (rt->consumer_more || rt->inflight || rt->dl_pending || rt->status_op ||
+        rt_store_backlog(rt->store))
+        rt->busy_ms = now;
+    int64_t wait = now - rt->busy_ms > 1000 ? RT_IDLE_LONG_WAIT_MS : RT_IDLE_WAIT_MS;
     for (rt_dest_t *d = rt->dests; d; d = d->next) {
         if (!d->ready_head)
             continue;
