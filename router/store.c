@@ -16,6 +16,7 @@
 #include "router/internal.h"
 #include "router/status.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -525,14 +526,15 @@ static void put_back(rt_store_t *s, rt_op_t *ops, rt_op_t *last)
     pthread_mutex_unlock(&s->lock);
 }
 
-/* Waits *backoff ms (less if stopped or woken), then doubles it up to 5 s. */
+/* Waits *backoff ms (less if stopped: new ops do not cut it short, or each would retry
+ * and log while Postgres is away), then doubles it up to 5 s. */
 static void backoff_wait(rt_store_t *s, int64_t *backoff)
 {
     pthread_mutex_lock(&s->lock);
     struct timespec ts;
     sl_time_deadline(&ts, *backoff);
-    if (!s->stop)
-        pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+    while (!s->stop && pthread_cond_timedwait(&s->cond, &s->lock, &ts) != ETIMEDOUT)
+        ;
     pthread_mutex_unlock(&s->lock);
     *backoff = *backoff * 2 > 5000 ? 5000 : *backoff * 2;
 }
