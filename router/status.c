@@ -7,6 +7,7 @@
 
 #include <inttypes.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,14 @@ static const char copy_sql[] =
     "kafka_topic, kafka_partition, kafka_offset, trace_id, span_id, parent_span_id, received_at, "
     "enqueued_at, picked_at, processed_at, routed_at, completed_at) FROM STDIN (FORMAT binary)";
 #define COPY_FIELDS 24
+
+/* Sent before the rows when some of them are final: the offsets of those jobs, per topic and
+ * partition (migration 0010). One query string, so one implicit transaction: an offset is in
+ * sluice_jobs_done only if its rows are in sluice_jobs. */
+static const char copy_done_sql[] = "COPY sluice_jobs_done (kafka_topic, kafka_partition, "
+                                    "last_offset, offsets) FROM STDIN (FORMAT binary); ";
+#define COPY_DONE_FIELDS 4
+#define INT8_OID         20
 
 /* Microseconds from the Unix epoch to Postgres's (2000-01-01), for binary timestamptz. */
 #define PG_EPOCH_US 946684800000000LL
@@ -146,6 +155,16 @@ static void put_text(sl_buf_t *b, const char *s, size_t n, size_t cap)
     const unsigned char *p = (const unsigned char *)s;
     size_t kept = 0;
     for (size_t i = 0; i < n;) {
+        /* a run of ASCII other than NUL goes as it is, in one append */
+        size_t run = i;
+        while (run < n && run - i < cap - kept && p[run] && p[run] < 0x80)
+            run++;
+        if (run > i) {
+            sl_buf_append(b, p + i, run - i);
+            kept += run - i;
+            i = run;
+            continue;
+        }
         size_t len = utf8_len(p + i, n - i);
         size_t out = len ? len : 3;
         if (p[i] == '\0')
@@ -215,6 +234,107 @@ static void put_row(sl_buf_t *b, const rt_status_row_t *w)
         put_time(b, times[i]);
 }
 
+/* A final job's place in its partition, for the rows of sluice_jobs_done. */
+typedef struct done_off {
+    size_t group; /* index of its (topic, partition) among the batch's */
+    int64_t offset;
+} done_off_t;
+
+static int done_off_cmp(const void *a, const void *b)
+{
+    const done_off_t *x = a, *y = b;
+    if (x->group != y->group)
+        return x->group < y->group ? -1 : 1;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+static bool is_final(const char *state)
+{
+    return strcmp(state, "succeeded") == 0 || strcmp(state, "aborted") == 0;
+}
+
+/* Appends to b the sluice_jobs_done rows of the final jobs among rows (nothing if none): one
+ * per topic and partition, with its offsets ascending and distinct. */
+static void put_done_rows(sl_buf_t *b, const rt_status_row_t *rows, size_t n)
+{
+    done_off_t *offs = NULL;
+    const rt_status_row_t **groups = NULL; /* the first row of each (topic, partition) */
+    size_t noffs = 0, ngroups = 0, last = 0;
+    for (size_t i = 0; i < n; i++) {
+        const rt_status_row_t *w = &rows[i];
+        if (!w->kafka_topic || !is_final(w->state))
+            continue;
+        if (!offs)
+            offs = sl_malloc((n - i) * sizeof(*offs));
+        /* rows come in runs of one partition: try the last group first */
+        size_t g = last;
+        if (g >= ngroups || groups[g]->kafka_partition != w->kafka_partition ||
+            strcmp(groups[g]->kafka_topic, w->kafka_topic) != 0) {
+            for (g = 0; g < ngroups; g++)
+                if (groups[g]->kafka_partition == w->kafka_partition &&
+                    strcmp(groups[g]->kafka_topic, w->kafka_topic) == 0)
+                    break;
+            if (g == ngroups) {
+                groups = sl_realloc(groups, (ngroups + 1) * sizeof(*groups));
+                groups[ngroups++] = w;
+            }
+        }
+        last = g;
+        offs[noffs++] = (done_off_t){g, w->kafka_offset};
+    }
+    if (noffs == 0)
+        return;
+    qsort(offs, noffs, sizeof(*offs), done_off_cmp);
+    for (size_t i = 0; i < noffs;) {
+        size_t end = i, distinct = 0;
+        for (; end < noffs && offs[end].group == offs[i].group; end++)
+            distinct += end == i || offs[end].offset != offs[end - 1].offset;
+        const rt_status_row_t *w = groups[offs[i].group];
+        put_be(b, COPY_DONE_FIELDS, 2);
+        put_text(b, w->kafka_topic, SIZE_MAX, SIZE_MAX);
+        put_int4(b, w->kafka_partition);
+        put_int8(b, offs[end - 1].offset);
+        /* int8[]: dimensions, no NULLs, the element type, then length and lower bound */
+        put_be(b, 20 + 12 * distinct, 4);
+        put_be(b, 1, 4);
+        put_be(b, 0, 4);
+        put_be(b, INT8_OID, 4);
+        put_be(b, distinct, 4);
+        put_be(b, 1, 4);
+        for (size_t k = i; k < end; k++)
+            if (k == i || offs[k].offset != offs[k - 1].offset)
+                put_int8(b, offs[k].offset);
+        i = end;
+    }
+    free(groups);
+    free(offs);
+}
+
+static void put_header(sl_buf_t *b)
+{
+    sl_buf_append(b, "PGCOPY\n\377\r\n\0", 11); /* the signature */
+    put_be(b, 0, 4);                            /* flags */
+    put_be(b, 0, 4);                            /* header extension length */
+}
+
+static void put_trailer(sl_buf_t *b)
+{
+    put_be(b, 0xFFFF, 2); /* -1 fields */
+}
+
+/* Takes the next result, which must be a COPY's start, and sends it data and its end. */
+static int copy_data(PGconn *c, const sl_buf_t *data, char *errstr, size_t errstr_size)
+{
+    PGresult *r = PQgetResult(c);
+    int err = 0;
+    if (PQresultStatus(r) != PGRES_COPY_IN)
+        err = pg_fail(c, r, "could not write job status", errstr, errstr_size);
+    PQclear(r);
+    if (!err && (PQputCopyData(c, data->data, (int)data->len) != 1 || PQputCopyEnd(c, NULL) != 1))
+        err = pg_fail(c, NULL, "could not write job status", errstr, errstr_size);
+    return err;
+}
+
 int rt_status_send(PGconn *c, const rt_status_row_t *rows, size_t n, char *errstr,
                    size_t errstr_size)
 {
@@ -228,23 +348,35 @@ int rt_status_send(PGconn *c, const rt_status_row_t *rows, size_t n, char *errst
             return err;
         atomic_store(&partition_day, day);
     }
-    sl_buf_t b = SL_BUF_INIT;
-    sl_buf_append(&b, "PGCOPY\n\377\r\n\0", 11); /* the signature */
-    put_be(&b, 0, 4);                            /* flags */
-    put_be(&b, 0, 4);                            /* header extension length */
+    sl_buf_t b = SL_BUF_INIT, done = SL_BUF_INIT;
+    put_header(&done);
+    size_t header = done.len;
+    put_done_rows(&done, rows, n);
+    bool with_done = done.len > header;
+    put_trailer(&done);
+    put_header(&b);
     for (size_t i = 0; i < n; i++)
         put_row(&b, &rows[i]);
-    put_be(&b, 0xFFFF, 2); /* the trailer: -1 fields */
+    put_trailer(&b);
 
-    PGresult *r = run(c, copy_sql, 0, NULL, PGRES_COPY_IN, "could not write job status", &err,
-                      errstr, errstr_size);
-    if (r) {
-        PQclear(r);
-        if (PQputCopyData(c, b.data, (int)b.len) != 1 || PQputCopyEnd(c, NULL) != 1) {
-            err = pg_fail(c, NULL, "could not write job status", errstr, errstr_size);
-            rt_status_finish(c, NULL, 0); /* so the connection is usable again */
+    char sql[sizeof(copy_done_sql) + sizeof(copy_sql)];
+    snprintf(sql, sizeof(sql), "%s%s", with_done ? copy_done_sql : "", copy_sql);
+    if (PQsendQuery(c, sql) != 1) {
+        err = pg_fail(c, NULL, "could not write job status", errstr, errstr_size);
+    } else {
+        if (with_done) {
+            err = copy_data(c, &done, errstr, errstr_size);
+            PGresult *r = err ? NULL : PQgetResult(c);
+            if (!err && PQresultStatus(r) != PGRES_COMMAND_OK)
+                err = pg_fail(c, r, "could not write job status", errstr, errstr_size);
+            PQclear(r);
         }
+        if (!err)
+            err = copy_data(c, &b, errstr, errstr_size);
+        if (err)
+            rt_status_finish(c, NULL, 0); /* so the connection is usable again */
     }
+    sl_buf_free(&done);
     sl_buf_free(&b);
     return err;
 }
@@ -280,26 +412,31 @@ int rt_status_maintain(PGconn *c, int64_t now_ms, int64_t retention_ms, char *er
     if (err || retention_ms <= 0)
         return err;
 
-    /* Day D covers [D, D + 1): entirely older than the cutoff when D + 1 <= cutoff's day. */
-    char first_kept[32], d[16];
+    /* Day D covers [D, D + 1): entirely older than the cutoff when D + 1 <= cutoff's day. The
+     * days of sluice_jobs_done go with those of sluice_jobs. */
+    char d[16];
     day_digits((now_ms - retention_ms) / DAY_MS, d);
-    snprintf(first_kept, sizeof(first_kept), "sluice_jobs_p%s", d);
-    const char *params[] = {first_kept};
-    PGresult *r = run(c,
-                      "SELECT c.relname FROM pg_inherits i JOIN pg_class c "
-                      "ON c.oid = i.inhrelid WHERE i.inhparent = 'sluice_jobs'::regclass "
-                      "AND c.relname ~ '^sluice_jobs_p[0-9]{8}$' "
-                      "AND c.relname COLLATE \"C\" < $1 ORDER BY 1",
-                      1, params, PGRES_TUPLES_OK, "could not list the job status partitions", &err,
-                      errstr, errstr_size);
-    for (int i = 0; r && i < PQntuples(r) && !err; i++) {
-        char sql[128];
-        /* the name matched ^sluice_jobs_p[0-9]{8}$: no quoting needed */
-        snprintf(sql, sizeof(sql), "DROP TABLE IF EXISTS %s", PQgetvalue(r, i, 0));
-        PQclear(run(c, sql, 0, NULL, PGRES_COMMAND_OK, "could not drop an old job status partition",
-                    &err, errstr, errstr_size));
+    static const char *const parents[] = {"sluice_jobs", "sluice_jobs_done"};
+    for (size_t p = 0; p < sizeof(parents) / sizeof(parents[0]) && !err; p++) {
+        char first_kept[48], pattern[48];
+        snprintf(first_kept, sizeof(first_kept), "%s_p%s", parents[p], d);
+        snprintf(pattern, sizeof(pattern), "^%s_p[0-9]{8}$", parents[p]);
+        const char *params[] = {parents[p], first_kept, pattern};
+        PGresult *r = run(c,
+                          "SELECT c.relname FROM pg_inherits i JOIN pg_class c "
+                          "ON c.oid = i.inhrelid WHERE i.inhparent = $1::regclass "
+                          "AND c.relname ~ $3 AND c.relname COLLATE \"C\" < $2 ORDER BY 1",
+                          3, params, PGRES_TUPLES_OK, "could not list the job status partitions",
+                          &err, errstr, errstr_size);
+        for (int i = 0; r && i < PQntuples(r) && !err; i++) {
+            char sql[128];
+            /* the name matched ^PARENT_p[0-9]{8}$: no quoting needed */
+            snprintf(sql, sizeof(sql), "DROP TABLE IF EXISTS %s", PQgetvalue(r, i, 0));
+            PQclear(run(c, sql, 0, NULL, PGRES_COMMAND_OK,
+                        "could not drop an old job status partition", &err, errstr, errstr_size));
+        }
+        PQclear(r);
     }
-    PQclear(r);
     return err;
 }
 
@@ -314,10 +451,9 @@ int rt_status_done_offsets(PGconn *c, const char *topic, int32_t partition, int6
     const char *params[] = {topic, part, from};
     int err = 0;
     PGresult *r = run(c,
-                      "SELECT DISTINCT kafka_offset FROM sluice_jobs "
-                      "WHERE kafka_topic = $1 AND kafka_partition = $2::int "
-                      "AND kafka_offset >= $3::bigint "
-                      "AND state IN ('succeeded', 'aborted') ORDER BY 1",
+                      "SELECT DISTINCT o FROM sluice_jobs_done d, unnest(d.offsets) o "
+                      "WHERE d.kafka_topic = $1 AND d.kafka_partition = $2::int "
+                      "AND d.last_offset >= $3::bigint AND o >= $3::bigint ORDER BY 1",
                       3, params, PGRES_TUPLES_OK, "could not read the jobs already done", &err,
                       errstr, errstr_size);
     if (!r)

@@ -214,9 +214,14 @@ static void test_partitions_retention(void **state)
     v = value(exists, "sluice_jobs_p20210608", NULL, NULL);
     assert_string_equal(v, "f");
     free(v);
-    const char *kept[] = {"sluice_jobs_p20210609", "sluice_jobs_p20210610", "sluice_jobs_p20210611",
-                          "sluice_jobs_default"};
-    for (size_t i = 0; i < 4; i++) {
+    v = value(exists, "sluice_jobs_done_p20210608", NULL, NULL);
+    assert_string_equal(v, "f");
+    free(v);
+    const char *kept[] = {"sluice_jobs_p20210609",      "sluice_jobs_p20210610",
+                          "sluice_jobs_p20210611",      "sluice_jobs_default",
+                          "sluice_jobs_done_p20210609", "sluice_jobs_done_p20210610",
+                          "sluice_jobs_done_p20210611", "sluice_jobs_done_default"};
+    for (size_t i = 0; i < 8; i++) {
         v = value(exists, kept[i], NULL, NULL);
         assert_string_equal(v, "t");
         free(v);
@@ -274,6 +279,93 @@ static void test_done_offsets(void **state)
     assert_int_equal(rt_status_done_offsets(conn, "t.done", 2, 0, &offs, &n, err, sizeof(err)), 0);
     assert_int_equal(n, 0);
     assert_null(offs);
+
+    /* They are kept as one row per topic and partition of the batch, offsets distinct. */
+    char *v = value("SELECT string_agg(format('%s/%s %s %s', kafka_topic, kafka_partition, "
+                    "last_offset, offsets), '; ' ORDER BY kafka_topic, kafka_partition) "
+                    "FROM sluice_jobs_done",
+                    NULL, NULL, NULL);
+    assert_string_equal(v, "t.done/0 8 {3,5,7,8}; t.done/1 9 {9}; t.other/0 10 {10}");
+    free(v);
+
+    /* A later batch adds to them; an offset below from_offset in a row that reaches past it is
+     * left out. */
+    rows[0].kafka_offset = 2;
+    rows[1].kafka_offset = 20;
+    assert_int_equal(rt_status_write(conn, rows, 2, err, sizeof(err)), 0);
+    assert_int_equal(rt_status_done_offsets(conn, "t.done", 0, 5, &offs, &n, err, sizeof(err)), 0);
+    assert_int_equal(n, 4);
+    assert_int_equal(offs[0], 5);
+    assert_int_equal(offs[3], 20);
+    free(offs);
+
+    /* A batch Postgres refuses (a state the table does not allow) records no offset either:
+     * both are one transaction. */
+    rows[0].kafka_offset = 30;
+    rows[1].state = "bogus";
+    assert_int_equal(rt_status_write(conn, rows, 2, err, sizeof(err)), SL_ERR_INVALID);
+    assert_int_equal(rt_status_done_offsets(conn, "t.done", 0, 21, &offs, &n, err, sizeof(err)), 0);
+    assert_int_equal(n, 0);
+    v = value("SELECT count(*) FROM sluice_jobs WHERE kafka_offset = 30", NULL, NULL, NULL);
+    assert_string_equal(v, "0");
+    free(v);
+}
+
+/* Migration 0010 on a database with job status rows from before it: their final offsets are
+ * found as before, and sluice_jobs loses the index it no longer needs. */
+static void test_done_offsets_upgrade(void **state)
+{
+    (void)state;
+    char err[512], dsn[1024];
+    assert_int_equal(sl_test_fresh_db("itest_status_upgrade", dsn, sizeof(dsn)), 0);
+    sl_pg_t *old = sl_pg_new(dsn);
+    PGconn *c = sl_pg_conn(old, err, sizeof(err));
+    assert_non_null(c);
+    /* everything but 0010, as if this database predated it */
+    const char *skip[] = {"CREATE TABLE sluice_schema_migrations (version int PRIMARY KEY, "
+                          "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+                          "INSERT INTO sluice_schema_migrations VALUES (10, '0010_jobs_done')"};
+    for (size_t i = 0; i < 2; i++)
+        assert_int_equal(sl_pg_exec(old, skip[i], 0, NULL, NULL, err, sizeof(err)), 0);
+    assert_int_equal(sl_migrate_run(c, NULL, err, sizeof(err)), 0);
+    assert_int_equal(sl_pg_exec(old, "SELECT sluice_jobs_add_day('2021-06-08')", 0, NULL, NULL, err,
+                                sizeof(err)),
+                     0);
+    const char *rows =
+        "INSERT INTO sluice_jobs (job_id, message_id, destination_id, state, attempts, "
+        "kafka_topic, kafka_partition, kafka_offset, created_at) VALUES "
+        "('j', 'm', 'd', 'succeeded', 1, 'up', 0, 4, '2021-06-08 10:00Z'), "
+        "('j', 'm', 'd', 'failed', 1, 'up', 0, 5, '2021-06-08 10:00Z'), "
+        "('j', 'm', 'd', 'aborted', 2, 'up', 0, 5, now()), "
+        "('j', 'm', 'd', 'succeeded', 1, 'up', 0, 6, now()), "
+        "('j', 'm', 'd', 'succeeded', 1, 'up', 1, 7, now())";
+    assert_int_equal(sl_pg_exec(old, rows, 0, NULL, NULL, err, sizeof(err)), 0);
+    assert_int_equal(sl_pg_exec(old, "DELETE FROM sluice_schema_migrations WHERE version = 10", 0,
+                                NULL, NULL, err, sizeof(err)),
+                     0);
+    int applied = 0;
+    assert_int_equal(sl_migrate_run(c, &applied, err, sizeof(err)), 0);
+    assert_int_equal(applied, 1);
+
+    int64_t *offs;
+    size_t n;
+    assert_int_equal(rt_status_done_offsets(c, "up", 0, 0, &offs, &n, err, sizeof(err)), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(offs[0], 4);
+    assert_int_equal(offs[1], 5);
+    assert_int_equal(offs[2], 6);
+    free(offs);
+    PGresult *r;
+    assert_int_equal(sl_pg_exec(old,
+                                "SELECT tableoid::regclass::text, to_regclass('sluice_jobs_kafka') "
+                                "IS NULL FROM sluice_jobs_done WHERE last_offset = 4",
+                                0, NULL, &r, err, sizeof(err)),
+                     0);
+    assert_int_equal(PQntuples(r), 1);
+    assert_string_equal(PQgetvalue(r, 0, 0), "sluice_jobs_done_p20210608");
+    assert_string_equal(PQgetvalue(r, 0, 1), "t");
+    PQclear(r);
+    sl_pg_destroy(old);
 }
 
 int main(void)
@@ -282,6 +374,7 @@ int main(void)
         cmocka_unit_test(test_write_read),
         cmocka_unit_test(test_partitions_retention),
         cmocka_unit_test(test_done_offsets),
+        cmocka_unit_test(test_done_offsets_upgrade),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
