@@ -91,12 +91,31 @@ static bool read_hex4(const char *p, const char *end, uint32_t *out)
     return true;
 }
 
+/* Whether none of the 8 bytes in v needs a look: no control character, quote, backslash or
+ * non-ASCII byte. (x - 0x01..01 * n) & ~x & 0x80..80 is nonzero iff a byte of x is below n,
+ * for n <= 0x80; a byte equal to c is a zero byte of x ^ 0x01..01 * c. */
+static inline bool plain8(uint64_t v)
+{
+    const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+    uint64_t quote = v ^ (ones * '"'), bslash = v ^ (ones * '\\');
+    uint64_t special =
+        ((v - ones * 0x20) & ~v) | ((quote - ones) & ~quote) | ((bslash - ones) & ~bslash) | v;
+    return (special & high) == 0;
+}
+
 /* s->p is at the opening quote. */
 static bool scan_string(scanner_t *s)
 {
     const char *p = s->p + 1, *end = s->end;
     for (;;) {
-        /* The common case: plain ASCII. */
+        /* The common case: plain ASCII, 8 bytes at a time, then byte by byte. */
+        while (end - p >= 8) {
+            uint64_t v;
+            memcpy(&v, p, 8);
+            if (!plain8(v))
+                break;
+            p += 8;
+        }
         while (p < end) {
             unsigned char c = (unsigned char)*p;
             if (c < 0x20 || c == '"' || c == '\\' || c >= 0x80)

@@ -72,6 +72,39 @@ static void test_scan_grammar(void **state)
     assert_int_equal(e.offset, 6);
 }
 
+/* Strings are scanned 8 bytes at a time where they are plain ASCII: a byte that needs a look
+ * (quote, backslash, control character, UTF-8) is found at every place in and around a block,
+ * and every byte value counts as plain or not as the byte-by-byte scan says. */
+static void test_scan_string_blocks(void **state)
+{
+    (void)state;
+    char doc[64];
+    for (size_t at = 0; at < 24; at++) {
+        for (int c = 0; c < 256; c++) {
+            /* "aaaa...<c>...aaaa" with 20 plain bytes around c */
+            memset(doc, 'a', sizeof(doc));
+            doc[0] = '"';
+            doc[1 + at] = (char)c;
+            doc[26] = '"';
+            bool want = c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+            if (c == '"') /* ends the string early: trailing garbage */
+                want = false;
+            sl_json_error_t e;
+            bool got = sl_json_scan_document(doc, 27, NULL, &e);
+            if (got != want)
+                fail_msg("byte 0x%02x at %zu: scanned %d, want %d", c, at, got, want);
+        }
+        /* an escape and a two-byte character in place of the byte are fine */
+        memset(doc, 'a', sizeof(doc));
+        doc[0] = '"';
+        memcpy(doc + 1 + at, "\\n\xc3\xa9", 4);
+        doc[28] = '"';
+        assert_true(sl_json_scan_document(doc, 29, NULL, NULL));
+        /* an unterminated string ending at any place */
+        assert_false(sl_json_scan_document(doc, 2 + at, NULL, NULL));
+    }
+}
+
 static void test_string_decode(void **state)
 {
     (void)state;
@@ -242,9 +275,9 @@ static void test_params_and_ip(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_scan_grammar),  cmocka_unit_test(test_string_decode),
-        cmocka_unit_test(test_enrich),        cmocka_unit_test(test_reject),
-        cmocka_unit_test(test_params_and_ip),
+        cmocka_unit_test(test_scan_grammar),  cmocka_unit_test(test_scan_string_blocks),
+        cmocka_unit_test(test_string_decode), cmocka_unit_test(test_enrich),
+        cmocka_unit_test(test_reject),        cmocka_unit_test(test_params_and_ip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
