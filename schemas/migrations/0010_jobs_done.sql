@@ -10,8 +10,10 @@
 CREATE TABLE sluice_jobs_done (
     kafka_topic text NOT NULL,
     kafka_partition int NOT NULL,
-    last_offset bigint NOT NULL, -- the highest of offsets
-    offsets bigint[] NOT NULL,
+    last_offset bigint NOT NULL, -- the highest offset of the row
+    -- the offsets, as ranges of consecutive ones: first_offsets[i] to last_offsets[i]
+    first_offsets bigint[] NOT NULL,
+    last_offsets bigint[] NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 ) PARTITION BY RANGE (created_at);
 
@@ -52,13 +54,15 @@ END
 $$;
 
 -- The days sluice_jobs has get their sluice_jobs_done partition, and the final jobs recorded so
--- far their rows (one per topic, partition and day).
+-- far their rows (one per topic, partition and day; each offset a range of its own).
 SELECT sluice_jobs_add_day(to_date(substr(c.relname, 14), 'YYYYMMDD'))
 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'sluice_jobs'::regclass AND c.relname ~ '^sluice_jobs_p[0-9]{8}$';
 
-INSERT INTO sluice_jobs_done (kafka_topic, kafka_partition, last_offset, offsets, created_at)
+INSERT INTO sluice_jobs_done (kafka_topic, kafka_partition, last_offset, first_offsets,
+                              last_offsets, created_at)
 SELECT kafka_topic, kafka_partition, max(kafka_offset),
+       array_agg(DISTINCT kafka_offset ORDER BY kafka_offset),
        array_agg(DISTINCT kafka_offset ORDER BY kafka_offset), min(created_at)
 FROM sluice_jobs
 WHERE kafka_topic IS NOT NULL AND state IN ('succeeded', 'aborted')

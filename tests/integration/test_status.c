@@ -280,12 +280,13 @@ static void test_done_offsets(void **state)
     assert_int_equal(n, 0);
     assert_null(offs);
 
-    /* They are kept as one row per topic and partition of the batch, offsets distinct. */
-    char *v = value("SELECT string_agg(format('%s/%s %s %s', kafka_topic, kafka_partition, "
-                    "last_offset, offsets), '; ' ORDER BY kafka_topic, kafka_partition) "
-                    "FROM sluice_jobs_done",
+    /* They are kept as one row per topic and partition of the batch, as ranges. */
+    char *v = value("SELECT string_agg(format('%s/%s %s %s %s', kafka_topic, kafka_partition, "
+                    "last_offset, first_offsets, last_offsets), '; ' "
+                    "ORDER BY kafka_topic, kafka_partition) FROM sluice_jobs_done",
                     NULL, NULL, NULL);
-    assert_string_equal(v, "t.done/0 8 {3,5,7,8}; t.done/1 9 {9}; t.other/0 10 {10}");
+    assert_string_equal(v,
+                        "t.done/0 8 {3,5,7} {3,5,8}; t.done/1 9 {9} {9}; t.other/0 10 {10} {10}");
     free(v);
 
     /* A later batch adds to them; an offset below from_offset in a row that reaches past it is
@@ -297,6 +298,12 @@ static void test_done_offsets(void **state)
     assert_int_equal(n, 4);
     assert_int_equal(offs[0], 5);
     assert_int_equal(offs[3], 20);
+    free(offs);
+    /* from the middle of the range 7-8 */
+    assert_int_equal(rt_status_done_offsets(conn, "t.done", 0, 8, &offs, &n, err, sizeof(err)), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(offs[0], 8);
+    assert_int_equal(offs[1], 20);
     free(offs);
 
     /* A batch Postgres refuses (a state the table does not allow) records no offset either:
