@@ -22,14 +22,13 @@ static const char copy_sql[] =
     "enqueued_at, picked_at, processed_at, routed_at, completed_at) FROM STDIN (FORMAT binary)";
 #define COPY_FIELDS 24
 
-/* Sent before the rows when some of them are final: the offsets of those jobs, per topic and
- * partition (migration 0010). One query string, so one implicit transaction: an offset is in
- * sluice_jobs_done only if its rows are in sluice_jobs. */
-static const char copy_done_sql[] = "COPY sluice_jobs_done (kafka_topic, kafka_partition, "
-                                    "last_offset, first_offsets, last_offsets) FROM STDIN "
-                                    "(FORMAT binary); ";
-#define COPY_DONE_FIELDS 5
-#define INT8_OID         20
+/* Sent after the rows' COPY in the same query string when some of them are final, so in the
+ * same implicit transaction (an offset is in sluice_jobs_done only if its rows are in
+ * sluice_jobs), and without a round trip of its own: the offsets of those jobs, per topic and
+ * partition (migration 0010). */
+static const char insert_done_sql[] = "; INSERT INTO sluice_jobs_done (kafka_topic, "
+                                      "kafka_partition, last_offset, first_offsets, "
+                                      "last_offsets) VALUES ";
 
 /* Microseconds from the Unix epoch to Postgres's (2000-01-01), for binary timestamptz. */
 #define PG_EPOCH_US 946684800000000LL
@@ -254,10 +253,12 @@ static bool is_final(const char *state)
     return strcmp(state, "succeeded") == 0 || strcmp(state, "aborted") == 0;
 }
 
-/* Appends to b the sluice_jobs_done rows of the final jobs among rows (nothing if none): one
- * per topic and partition, its offsets as ascending ranges. (A list of offsets was over
- * Postgres's 2 KB for a row, so it compressed every one: 10% of its work per status row.) */
-static void put_done_rows(sl_buf_t *b, const rt_status_row_t *rows, size_t n)
+/* Appends to sql the INSERT of the sluice_jobs_done rows of the final jobs among rows (nothing
+ * if none): one per topic and partition, its offsets as ascending ranges. (A list of offsets
+ * was over Postgres's 2 KB for a row, so it compressed every one: 10% of its work per status
+ * row.) Returns 0, or SL_ERR_TRANSIENT when c could not quote a topic. */
+static int put_done_rows(sl_buf_t *sql, PGconn *c, const rt_status_row_t *rows, size_t n,
+                         char *errstr, size_t errstr_size)
 {
     done_off_t *offs = NULL;
     const rt_status_row_t **groups = NULL; /* the first row of each (topic, partition) */
@@ -284,50 +285,45 @@ static void put_done_rows(sl_buf_t *b, const rt_status_row_t *rows, size_t n)
         last = g;
         offs[noffs++] = (done_off_t){g, w->kafka_offset};
     }
+    int err = 0;
     if (noffs == 0)
-        return;
+        return 0;
+    sl_buf_append(sql, insert_done_sql, sizeof(insert_done_sql) - 1);
     qsort(offs, noffs, sizeof(*offs), done_off_cmp);
     for (size_t i = 0; i < noffs;) {
-        /* the group's offsets as ranges of consecutive ones: [firsts[k], lasts[k]] */
-        size_t end = i + 1, nranges = 1;
-        for (; end < noffs && offs[end].group == offs[i].group; end++)
-            nranges += offs[end].offset > offs[end - 1].offset + 1;
+        /* the group's offsets as ranges of consecutive ones: first_offsets[k] to
+         * last_offsets[k] */
+        size_t end = i + 1;
+        while (end < noffs && offs[end].group == offs[i].group)
+            end++;
         const rt_status_row_t *w = groups[offs[i].group];
-        put_be(b, COPY_DONE_FIELDS, 2);
-        put_text(b, w->kafka_topic, SIZE_MAX, SIZE_MAX);
-        put_int4(b, w->kafka_partition);
-        put_int8(b, offs[end - 1].offset);
+        char *topic = PQescapeLiteral(c, w->kafka_topic, strlen(w->kafka_topic));
+        if (!topic) {
+            err = pg_fail(c, NULL, "could not write job status", errstr, errstr_size);
+            break;
+        }
+        sl_buf_printf(sql, "(%s, %" PRId32 ", %" PRId64 ", ", topic, w->kafka_partition,
+                      offs[end - 1].offset);
+        PQfreemem(topic);
         for (int lasts = 0; lasts < 2; lasts++) {
-            /* int8[]: dimensions, no NULLs, the element type, then length and lower bound */
-            put_be(b, 20 + 12 * nranges, 4);
-            put_be(b, 1, 4);
-            put_be(b, 0, 4);
-            put_be(b, INT8_OID, 4);
-            put_be(b, nranges, 4);
-            put_be(b, 1, 4);
+            sl_buf_puts(sql, lasts ? ", '{" : "'{");
+            const char *sep = "";
             for (size_t k = i; k < end; k++) {
                 bool starts = k == i || offs[k].offset > offs[k - 1].offset + 1;
                 bool ends = k + 1 == end || offs[k + 1].offset > offs[k].offset + 1;
-                if (lasts ? ends : starts)
-                    put_int8(b, offs[k].offset);
+                if (lasts ? ends : starts) {
+                    sl_buf_printf(sql, "%s%" PRId64, sep, offs[k].offset);
+                    sep = ",";
+                }
             }
+            sl_buf_puts(sql, "}'");
         }
+        sl_buf_puts(sql, end < noffs ? "), " : ")");
         i = end;
     }
     free(groups);
     free(offs);
-}
-
-static void put_header(sl_buf_t *b)
-{
-    sl_buf_append(b, "PGCOPY\n\377\r\n\0", 11); /* the signature */
-    put_be(b, 0, 4);                            /* flags */
-    put_be(b, 0, 4);                            /* header extension length */
-}
-
-static void put_trailer(sl_buf_t *b)
-{
-    put_be(b, 0xFFFF, 2); /* -1 fields */
+    return err;
 }
 
 /* Takes the next result, which must be a COPY's start, and sends it data and its end. */
@@ -356,35 +352,25 @@ int rt_status_send(PGconn *c, const rt_status_row_t *rows, size_t n, char *errst
             return err;
         atomic_store(&partition_day, day);
     }
-    sl_buf_t b = SL_BUF_INIT, done = SL_BUF_INIT;
-    put_header(&done);
-    size_t header = done.len;
-    put_done_rows(&done, rows, n);
-    bool with_done = done.len > header;
-    put_trailer(&done);
-    put_header(&b);
-    for (size_t i = 0; i < n; i++)
-        put_row(&b, &rows[i]);
-    put_trailer(&b);
-
-    char sql[sizeof(copy_done_sql) + sizeof(copy_sql)];
-    snprintf(sql, sizeof(sql), "%s%s", with_done ? copy_done_sql : "", copy_sql);
-    if (PQsendQuery(c, sql) != 1) {
-        err = pg_fail(c, NULL, "could not write job status", errstr, errstr_size);
-    } else {
-        if (with_done) {
-            err = copy_data(c, &done, errstr, errstr_size);
-            PGresult *r = err ? NULL : PQgetResult(c);
-            if (!err && PQresultStatus(r) != PGRES_COMMAND_OK)
-                err = pg_fail(c, r, "could not write job status", errstr, errstr_size);
-            PQclear(r);
-        }
-        if (!err)
+    sl_buf_t sql = SL_BUF_INIT, b = SL_BUF_INIT;
+    sl_buf_puts(&sql, copy_sql);
+    err = put_done_rows(&sql, c, rows, n, errstr, errstr_size);
+    if (!err) {
+        sl_buf_append(&b, "PGCOPY\n\377\r\n\0", 11); /* the signature */
+        put_be(&b, 0, 4);                            /* flags */
+        put_be(&b, 0, 4);                            /* header extension length */
+        for (size_t i = 0; i < n; i++)
+            put_row(&b, &rows[i]);
+        put_be(&b, 0xFFFF, 2); /* the trailer: -1 fields */
+        if (PQsendQuery(c, sql.data) != 1) {
+            err = pg_fail(c, NULL, "could not write job status", errstr, errstr_size);
+        } else {
             err = copy_data(c, &b, errstr, errstr_size);
-        if (err)
-            rt_status_finish(c, NULL, 0); /* so the connection is usable again */
+            if (err)
+                rt_status_finish(c, NULL, 0); /* so the connection is usable again */
+        }
     }
-    sl_buf_free(&done);
+    sl_buf_free(&sql);
     sl_buf_free(&b);
     return err;
 }

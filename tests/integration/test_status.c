@@ -316,6 +316,15 @@ static void test_done_offsets(void **state)
     v = value("SELECT count(*) FROM sluice_jobs WHERE kafka_offset = 30", NULL, NULL, NULL);
     assert_string_equal(v, "0");
     free(v);
+
+    /* The topic is quoted in the statement. */
+    rows[0].kafka_topic = "it's \\ done";
+    assert_int_equal(rt_status_write(conn, rows, 1, err, sizeof(err)), 0);
+    assert_int_equal(
+        rt_status_done_offsets(conn, "it's \\ done", 0, 0, &offs, &n, err, sizeof(err)), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(offs[0], 30);
+    free(offs);
 }
 
 /* Migration 0010 on a database with job status rows from before it: their final offsets are
