@@ -33,12 +33,13 @@ typedef struct rt_status_row {
     int64_t received_ms, enqueued_ms, picked_ms, processed_ms, routed_ms, completed_ms;
 } rt_status_row_t;
 
-/* Appends rows with COPY ... FROM STDIN (text format, correct escaping of \t \n \\ and NUL-free
- * text; NULLs as \N) on c, inside whatever transaction the caller has open. Makes sure the day
- * partition for now exists first (cached, so normally no extra query). Invalid UTF-8 becomes
- * U+FFFD and NUL bytes are dropped, so one odd response cannot fail a batch. Returns 0 or
- * SL_ERR_* with errstr: SL_ERR_TRANSIENT when the connection is broken, SL_ERR_INVALID when
- * Postgres refused the rows (the caller's transaction is then aborted). */
+/* Appends rows with COPY ... FROM STDIN (binary format), and the offsets of the final ones to
+ * sluice_jobs_done (migration 0010) in the same statement string, so in one transaction, on
+ * c, inside whatever transaction the caller has open. Makes sure the day partition for now
+ * exists first (cached, so normally no extra query). Invalid UTF-8 becomes U+FFFD and NUL
+ * bytes are dropped, so one odd response cannot fail a batch. Returns 0 or SL_ERR_* with
+ * errstr: SL_ERR_TRANSIENT when the connection is broken, SL_ERR_INVALID when Postgres refused
+ * the rows (the caller's transaction is then aborted). */
 int rt_status_write(PGconn *c, const rt_status_row_t *rows, size_t n, char *errstr,
                     size_t errstr_size);
 
@@ -58,8 +59,9 @@ int rt_status_maintain(PGconn *c, int64_t now_ms, int64_t retention_ms, char *er
                        size_t errstr_size);
 
 /* The offsets >= from_offset of topic/partition whose job reached a final state (succeeded or
- * aborted), ascending and distinct: lets a router skip jobs already delivered after a crash or
- * rebalance. *offs is malloc'ed (caller frees; NULL when *n is 0). Returns 0 or SL_ERR_*. */
+ * aborted), ascending and distinct, from sluice_jobs_done: lets a router skip jobs already
+ * delivered after a crash or rebalance. *offs is malloc'ed (caller frees; NULL when *n is 0).
+ * Returns 0 or SL_ERR_*. */
 int rt_status_done_offsets(PGconn *c, const char *topic, int32_t partition, int64_t from_offset,
                            int64_t **offs, size_t *n, char *errstr, size_t errstr_size);
 
