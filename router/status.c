@@ -253,6 +253,11 @@ static bool is_final(const char *state)
     return strcmp(state, "succeeded") == 0 || strcmp(state, "aborted") == 0;
 }
 
+static bool same_partition(const rt_status_row_t *a, const rt_status_row_t *b)
+{
+    return a->kafka_partition == b->kafka_partition && strcmp(a->kafka_topic, b->kafka_topic) == 0;
+}
+
 /* Appends to sql the INSERT of the sluice_jobs_done rows of the final jobs among rows (nothing
  * if none): one per topic and partition, its offsets as ascending ranges. (A list of offsets
  * was over Postgres's 2 KB for a row, so it compressed every one: 10% of its work per status
@@ -271,12 +276,9 @@ static int put_done_rows(sl_buf_t *sql, PGconn *c, const rt_status_row_t *rows, 
             offs = sl_malloc((n - i) * sizeof(*offs));
         /* rows come in runs of one partition: try the last group first */
         size_t g = last;
-        if (g >= ngroups || groups[g]->kafka_partition != w->kafka_partition ||
-            strcmp(groups[g]->kafka_topic, w->kafka_topic) != 0) {
-            for (g = 0; g < ngroups; g++)
-                if (groups[g]->kafka_partition == w->kafka_partition &&
-                    strcmp(groups[g]->kafka_topic, w->kafka_topic) == 0)
-                    break;
+        if (g >= ngroups || !same_partition(groups[g], w)) {
+            for (g = 0; g < ngroups && !same_partition(groups[g], w); g++)
+                ;
             if (g == ngroups) {
                 groups = sl_realloc(groups, (ngroups + 1) * sizeof(*groups));
                 groups[ngroups++] = w;
@@ -285,9 +287,9 @@ static int put_done_rows(sl_buf_t *sql, PGconn *c, const rt_status_row_t *rows, 
         last = g;
         offs[noffs++] = (done_off_t){g, w->kafka_offset};
     }
-    int err = 0;
     if (noffs == 0)
         return 0;
+    int err = 0;
     sl_buf_append(sql, insert_done_sql, sizeof(insert_done_sql) - 1);
     qsort(offs, noffs, sizeof(*offs), done_off_cmp);
     for (size_t i = 0; i < noffs;) {
