@@ -113,6 +113,10 @@ struct rt_key {
     bool loading;          /* the queue holds loaded parked rows */
     bool in_ready;
     int parks_pending;
+    /* Loaded rows delivered, aborted or failed again whose outcome the store has not yet
+     * written (PARKED_DONE and PARKED_FAIL ops out): until it has, the rows are still in
+     * sluice_parked, and a drain that loads them again must not be taken. */
+    int resolving;
     rt_key_t *ready_next, *hnext;
 };
 
@@ -357,7 +361,8 @@ static rt_key_t *key_find(rt_router_t *rt, const char *dest_id, const char *user
 /* Frees the key when nothing refers to it any more. */
 static void key_maybe_free(rt_router_t *rt, rt_key_t *k)
 {
-    if (k->head || k->busy || k->blocked || k->loading || k->in_ready || k->parks_pending)
+    if (k->head || k->busy || k->blocked || k->loading || k->in_ready || k->parks_pending ||
+        k->resolving)
         return;
     rt_key_t **pp = &rt->keys[k->hash & (rt->keys_cap - 1)];
     while (*pp != k)
@@ -828,6 +833,9 @@ static void dl_report(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
         op->partition = j->partition;
         op->release = j->next_ms != 0; /* set by finish_parked: the key's last loaded row */
         op_add_job(op, j);
+        rt_key_t *k = key_find(rt, op->dest_id, op->user_key, false, 0, NULL);
+        if (k)
+            k->resolving++;
         rt_store_push(rt->store, op);
     } else {
         record_final(rt, j);
@@ -1122,6 +1130,7 @@ static void finish_parked(rt_router_t *rt, rt_key_t *k, rt_job_t *j, bool delive
         rt_op_t *op = op_new(RT_OP_PARKED_DONE, k);
         op->release = last;
         op_add_job(op, j);
+        k->resolving++;
         rt_store_push(rt->store, op);
     } else {
         j->next_ms = last ? 1 : 0;
@@ -1226,6 +1235,7 @@ static void outcome(rt_router_t *rt, rt_req_t *r, bool ok, bool retryable, long 
                 op->jobs = run;
                 rt_jobs_free(key_take_all(k));
                 k->loading = false;
+                k->resolving++;
                 rt_store_push(rt->store, op);
             } else {
                 /* The failed jobs, then the key's waiting jobs, all parked in order. */
@@ -1316,10 +1326,14 @@ static void take_store(rt_router_t *rt)
             }
             break;
         case RT_OP_PARKED_DONE:
-            if (k && op->key_empty && !k->parks_pending && !k->loading) {
+        case RT_OP_PARKED_FAIL:
+            if (!k)
+                break;
+            if (k->resolving > 0)
+                k->resolving--;
+            if (op->kind == RT_OP_PARKED_DONE && op->key_empty && !k->parks_pending && !k->loading)
                 k->blocked = false;
-                key_maybe_free(rt, k);
-            }
+            key_maybe_free(rt, k);
             break;
         case RT_OP_LOADED: {
             if (!k)
@@ -1327,9 +1341,10 @@ static void take_store(rt_router_t *rt)
             bool ours = false;
             for (size_t i = 0; i < rt->nparts; i++)
                 ours |= rt->parts[i] == op->partition;
-            if (!ours || k->loading || k->busy || k->head || k->dest->queued >= rt->memory_jobs) {
-                /* Revoked meanwhile, in hand already or no room: the rows stay parked, due
-                 * again after a park poll. */
+            if (!ours || k->loading || k->busy || k->head || k->resolving ||
+                k->dest->queued >= rt->memory_jobs) {
+                /* Revoked meanwhile, in hand already (or delivered, not yet recorded), or no
+                 * room: the rows stay parked, due again after a park poll. */
                 rt_op_t *rel = op_new(RT_OP_RELEASE, k);
                 rel->next_ms = sl_time_now_ms() + rt->park_poll_ms;
                 rt_store_push(rt->store, rel);

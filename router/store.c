@@ -163,19 +163,24 @@ void rt_store_set_partitions(rt_store_t *s, const int32_t *parts, size_t n)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* Appends v as an element of a Postgres array literal (after a comma unless first). */
+static void put_array_item(sl_buf_t *b, const char *v, bool first)
+{
+    sl_buf_puts(b, first ? "\"" : ",\"");
+    for (const char *c = v; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            sl_buf_putc(b, '\\');
+        sl_buf_putc(b, *c);
+    }
+    sl_buf_putc(b, '"');
+}
+
 void rt_store_set_full(rt_store_t *s, const char *const *dest_ids, size_t n)
 {
     sl_buf_t b = SL_BUF_INIT;
     sl_buf_putc(&b, '{');
-    for (size_t i = 0; i < n; i++) {
-        sl_buf_puts(&b, i ? ",\"" : "\"");
-        for (const char *c = dest_ids[i]; *c; c++) {
-            if (*c == '"' || *c == '\\')
-                sl_buf_putc(&b, '\\');
-            sl_buf_putc(&b, *c);
-        }
-        sl_buf_putc(&b, '"');
-    }
+    for (size_t i = 0; i < n; i++)
+        put_array_item(&b, dest_ids[i], i == 0);
     sl_buf_putc(&b, '}');
     pthread_mutex_lock(&s->lock);
     free(s->full);
@@ -398,39 +403,82 @@ static int parked_fail(rt_store_t *s, PGconn *c, rt_op_t *op, char *err, size_t 
     return set_due(s, c, op, err, errsz);
 }
 
-static int parked_done(rt_store_t *s, PGconn *c, rt_op_t *op, char *err, size_t errsz)
+/* A run of PARKED_DONE ops (ops up to end, not included): their rows go in one DELETE; keys
+ * left without rows lose their key row (their ops get key_empty), and the others whose last
+ * loaded row this was are due now. Three statements for the run, not three per job: after a
+ * destination's outage every parked job comes back through here, and those delivered but not
+ * yet recorded are what a SIGKILL delivers twice. */
+static int parked_done_run(rt_store_t *s, PGconn *c, rt_op_t *ops, rt_op_t *end, char *err,
+                           size_t errsz)
 {
-    sl_buf_t ids = SL_BUF_INIT;
+    sl_buf_t ids = SL_BUF_INIT, dests = SL_BUF_INIT, users = SL_BUF_INIT;
     sl_buf_putc(&ids, '{');
-    for (rt_job_t *j = op->jobs; j; j = j->next)
-        sl_buf_printf(&ids, "%s%lld", j == op->jobs ? "" : ",", (long long)j->parked_id);
+    sl_buf_putc(&dests, '{');
+    sl_buf_putc(&users, '{');
+    bool first_id = true;
+    for (rt_op_t *op = ops; op != end; op = op->next) {
+        for (rt_job_t *j = op->jobs; j; j = j->next) {
+            sl_buf_printf(&ids, "%s%lld", first_id ? "" : ",", (long long)j->parked_id);
+            first_id = false;
+        }
+        put_array_item(&dests, op->dest_id, op == ops);
+        put_array_item(&users, op->user_key, op == ops);
+    }
     sl_buf_putc(&ids, '}');
+    sl_buf_putc(&dests, '}');
+    sl_buf_putc(&users, '}');
     const char *p[] = {ids.data};
     int rc =
         exec(c, "DELETE FROM sluice_parked WHERE id = ANY($1::bigint[])", 1, p, NULL, err, errsz);
-    sl_buf_free(&ids);
-    if (rc)
-        return rc;
-    const char *kp[] = {s->topic, op->dest_id, op->user_key};
-    PGresult *r;
-    rc = exec(c,
-              "SELECT 1 FROM sluice_parked WHERE kafka_topic = $1 AND destination_id = $2 AND "
-              "user_key = $3 LIMIT 1",
-              3, kp, &r, err, errsz);
-    if (rc)
-        return rc;
-    op->key_empty = PQntuples(r) == 0;
-    PQclear(r);
-    if (op->key_empty)
-        return exec(c,
-                    "DELETE FROM sluice_parked_keys WHERE kafka_topic = $1 AND destination_id = "
-                    "$2 AND user_key = $3",
-                    3, kp, NULL, err, errsz);
-    if (op->release) {
-        op->next_ms = sl_time_now_ms();
-        return set_due(s, c, op, err, errsz);
+    PGresult *r = NULL;
+    if (!rc) {
+        /* the ordinal of each op whose key has no row left */
+        const char *kp[] = {s->topic, dests.data, users.data};
+        rc = exec(c,
+                  "WITH u AS (SELECT d, k, i FROM unnest($2::text[], $3::text[]) WITH "
+                  "ORDINALITY AS u(d, k, i)), e AS (SELECT DISTINCT d, k FROM u WHERE NOT EXISTS "
+                  "(SELECT 1 FROM sluice_parked p WHERE p.kafka_topic = $1 AND p.destination_id "
+                  "= u.d AND p.user_key = u.k)), x AS (DELETE FROM sluice_parked_keys pk USING e "
+                  "WHERE pk.kafka_topic = $1 AND pk.destination_id = e.d AND pk.user_key = e.k) "
+                  "SELECT u.i FROM u JOIN e ON u.d = e.d AND u.k = e.k ORDER BY u.i",
+                  3, kp, &r, err, errsz);
     }
-    return 0;
+    if (!rc) {
+        int t = 0, nt = PQntuples(r);
+        long i = 1;
+        for (rt_op_t *op = ops; op != end; op = op->next, i++) {
+            while (t < nt && atol(PQgetvalue(r, t, 0)) < i)
+                t++;
+            op->key_empty = t < nt && atol(PQgetvalue(r, t, 0)) == i;
+        }
+        PQclear(r);
+        sl_buf_reset(&dests);
+        sl_buf_reset(&users);
+        sl_buf_putc(&dests, '{');
+        sl_buf_putc(&users, '{');
+        bool any = false;
+        for (rt_op_t *op = ops; op != end; op = op->next) {
+            if (!op->release || op->key_empty)
+                continue;
+            put_array_item(&dests, op->dest_id, !any);
+            put_array_item(&users, op->user_key, !any);
+            any = true;
+        }
+        if (any) {
+            sl_buf_putc(&dests, '}');
+            sl_buf_putc(&users, '}');
+            const char *rp[] = {s->topic, dests.data, users.data};
+            rc = exec(c,
+                      "UPDATE sluice_parked_keys pk SET next_attempt_at = now() FROM "
+                      "unnest($2::text[], $3::text[]) AS r(d, k) WHERE pk.kafka_topic = $1 AND "
+                      "pk.destination_id = r.d AND pk.user_key = r.k",
+                      3, rp, NULL, err, errsz);
+        }
+    }
+    sl_buf_free(&ids);
+    sl_buf_free(&dests);
+    sl_buf_free(&users);
+    return rc;
 }
 
 /* The trace-id and parent span id of a job's traceparent ("" when it has none). */
@@ -632,13 +680,16 @@ static int run_ops(rt_store_t *s, PGconn *c, rt_op_t *ops, char *err, size_t err
     /* Parking first: resolving a key's parked rows in the same transaction sees them. */
     if (!rc)
         rc = park_all(s, c, ops, err, errsz);
-    for (rt_op_t *op = ops; op && !rc; op = op->next) {
+    for (rt_op_t *op = ops, *next; op && !rc; op = next) {
+        next = op->next;
         switch (op->kind) {
         case RT_OP_PARKED_FAIL:
             rc = parked_fail(s, c, op, err, errsz);
             break;
         case RT_OP_PARKED_DONE:
-            rc = parked_done(s, c, op, err, errsz);
+            while (next && next->kind == RT_OP_PARKED_DONE)
+                next = next->next;
+            rc = parked_done_run(s, c, op, next, err, errsz);
             break;
         case RT_OP_RELEASE:
             rc = set_due(s, c, op, err, errsz);
