@@ -801,73 +801,65 @@ static int drain(rt_store_t *s, PGconn *c, char *err, size_t errsz)
     char *full = sl_strdup(s->full ? s->full : "{}");
     pthread_mutex_unlock(&s->lock);
     const char *p[] = {s->topic, parts.data, limit, full};
-    PGresult *keys;
-    int rc = exec(c,
-                  "UPDATE sluice_parked_keys k SET next_attempt_at = 'infinity' FROM ("
-                  "SELECT destination_id, user_key FROM sluice_parked_keys WHERE kafka_topic = "
-                  "$1 AND kafka_partition = ANY($2::int[]) AND next_attempt_at <= now() AND NOT "
-                  "destination_id = ANY($4::text[]) ORDER BY next_attempt_at LIMIT $3::int FOR "
-                  "UPDATE SKIP LOCKED) d WHERE k.kafka_topic = $1 AND k.destination_id = "
-                  "d.destination_id AND k.user_key = d.user_key RETURNING k.destination_id, "
-                  "k.user_key, k.kafka_partition",
-                  4, p, &keys, err, errsz);
+    /* One statement: claim the due keys and read each one's first rows (the claim and the
+     * read are one snapshot's work; a key claimed with no row left comes back with nulls). */
+    PGresult *r;
+    int rc = exec(
+        c,
+        "WITH k AS (UPDATE sluice_parked_keys k SET next_attempt_at = 'infinity' FROM ("
+        "SELECT destination_id, user_key FROM sluice_parked_keys WHERE kafka_topic = $1 AND "
+        "kafka_partition = ANY($2::int[]) AND next_attempt_at <= now() AND NOT destination_id = "
+        "ANY($4::text[]) ORDER BY next_attempt_at LIMIT $3::int FOR UPDATE SKIP LOCKED) d WHERE "
+        "k.kafka_topic = $1 AND k.destination_id = d.destination_id AND k.user_key = d.user_key "
+        "RETURNING k.destination_id, k.user_key, k.kafka_partition) "
+        "SELECT p.id, p.job, p.attempts, (extract(epoch FROM p.first_attempt_at) * 1000)::bigint, "
+        "p.kafka_partition, p.kafka_offset, p.last_status, p.last_response, p.traceparent, "
+        "p.tracestate, (extract(epoch FROM p.received_at) * 1000)::bigint, "
+        "(extract(epoch FROM p.enqueued_at) * 1000)::bigint, "
+        "(extract(epoch FROM p.picked_at) * 1000)::bigint, "
+        "(extract(epoch FROM p.processed_at) * 1000)::bigint, "
+        "(extract(epoch FROM p.routed_at) * 1000)::bigint, "
+        "k.destination_id, k.user_key, k.kafka_partition FROM k LEFT JOIN LATERAL (SELECT * FROM "
+        "sluice_parked p WHERE p.kafka_topic = $1 AND p.destination_id = k.destination_id AND "
+        "p.user_key = k.user_key ORDER BY p.id LIMIT 100) p ON true ORDER BY k.destination_id, "
+        "k.user_key, p.id",
+        4, p, &r, err, errsz);
     sl_buf_free(&parts);
     free(full);
     if (rc)
         return rc;
-    rt_op_t *loaded = NULL, *tail = NULL;
-    for (int k = 0; k < PQntuples(keys) && !rc; k++) {
-        const char *dest = PQgetvalue(keys, k, 0), *user = PQgetvalue(keys, k, 1);
-        const char *q[] = {s->topic, dest, user};
-        PGresult *r;
-        rc = exec(
-            c,
-            "SELECT id, job, attempts, (extract(epoch FROM first_attempt_at) * 1000)::bigint, "
-            "kafka_partition, kafka_offset, last_status, last_response, traceparent, tracestate, "
-            "(extract(epoch FROM received_at) * 1000)::bigint, "
-            "(extract(epoch FROM enqueued_at) * 1000)::bigint, "
-            "(extract(epoch FROM picked_at) * 1000)::bigint, "
-            "(extract(epoch FROM processed_at) * 1000)::bigint, "
-            "(extract(epoch FROM routed_at) * 1000)::bigint "
-            "FROM sluice_parked WHERE kafka_topic = $1 AND destination_id = $2 AND "
-            "user_key = $3 ORDER BY id LIMIT 100",
-            3, q, &r, err, errsz);
-        if (rc)
-            break;
-        rt_op_t *op = sl_calloc(1, sizeof(*op));
-        op->kind = RT_OP_LOADED;
-        op->dest_id = sl_strdup(dest);
-        op->user_key = sl_strdup(user);
-        op->partition = atoi(PQgetvalue(keys, k, 2));
-        rt_job_t *jt = NULL;
-        /* A head that failed before goes alone: if it fails again the rest stays put. */
-        int n = PQntuples(r);
-        if (n > 0 && atoi(PQgetvalue(r, 0, 2)) > 0)
-            n = 1;
-        for (int i = 0; i < n; i++) {
-            rt_job_t *j = row_job(r, i, dest, user);
-            if (jt)
-                jt->next = j;
+    rt_op_t *loaded = NULL, *tail = NULL, *op = NULL;
+    rt_job_t *jt = NULL;
+    bool alone = false; /* the key's head failed before: it goes alone */
+    for (int i = 0; i < PQntuples(r); i++) {
+        const char *dest = PQgetvalue(r, i, 15), *user = PQgetvalue(r, i, 16);
+        if (!op || strcmp(op->dest_id, dest) || strcmp(op->user_key, user)) {
+            op = sl_calloc(1, sizeof(*op));
+            op->kind = RT_OP_LOADED;
+            op->dest_id = sl_strdup(dest);
+            op->user_key = sl_strdup(user);
+            op->partition = atoi(PQgetvalue(r, i, 17));
+            jt = NULL;
+            /* if it fails again the rest stays put */
+            alone = !PQgetisnull(r, i, 0) && atoi(PQgetvalue(r, i, 2)) > 0;
+            if (tail)
+                tail->next = op;
             else
-                op->jobs = j;
-            jt = j;
+                loaded = op;
+            tail = op;
+        } else if (alone) {
+            continue;
         }
-        PQclear(r);
-        if (tail)
-            tail->next = op;
+        if (PQgetisnull(r, i, 0))
+            continue;
+        rt_job_t *j = row_job(r, i, dest, user);
+        if (jt)
+            jt->next = j;
         else
-            loaded = op;
-        tail = op;
+            op->jobs = j;
+        jt = j;
     }
-    PQclear(keys);
-    if (rc) { /* the claims stand: the next router start sets them due again */
-        while (loaded) {
-            rt_op_t *next = loaded->next;
-            rt_op_free(loaded);
-            loaded = next;
-        }
-        return rc;
-    }
+    PQclear(r);
     give_back(s, loaded);
     return 0;
 }
