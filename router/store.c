@@ -806,7 +806,7 @@ static int drain(rt_store_t *s, PGconn *c, char *err, size_t errsz)
     PGresult *r;
     int rc = exec(
         c,
-        "WITH k AS (UPDATE sluice_parked_keys k SET next_attempt_at = 'infinity' FROM ("
+        "WITH claimed AS (UPDATE sluice_parked_keys k SET next_attempt_at = 'infinity' FROM ("
         "SELECT destination_id, user_key FROM sluice_parked_keys WHERE kafka_topic = $1 AND "
         "kafka_partition = ANY($2::int[]) AND next_attempt_at <= now() AND NOT destination_id = "
         "ANY($4::text[]) ORDER BY next_attempt_at LIMIT $3::int FOR UPDATE SKIP LOCKED) d WHERE "
@@ -819,10 +819,11 @@ static int drain(rt_store_t *s, PGconn *c, char *err, size_t errsz)
         "(extract(epoch FROM p.picked_at) * 1000)::bigint, "
         "(extract(epoch FROM p.processed_at) * 1000)::bigint, "
         "(extract(epoch FROM p.routed_at) * 1000)::bigint, "
-        "k.destination_id, k.user_key, k.kafka_partition FROM k LEFT JOIN LATERAL (SELECT * FROM "
-        "sluice_parked p WHERE p.kafka_topic = $1 AND p.destination_id = k.destination_id AND "
-        "p.user_key = k.user_key ORDER BY p.id LIMIT 100) p ON true ORDER BY k.destination_id, "
-        "k.user_key, p.id",
+        "c.destination_id, c.user_key, c.kafka_partition FROM claimed c LEFT JOIN LATERAL (SELECT "
+        "* FROM "
+        "sluice_parked p WHERE p.kafka_topic = $1 AND p.destination_id = c.destination_id AND "
+        "p.user_key = c.user_key ORDER BY p.id LIMIT 100) p ON true ORDER BY c.destination_id, "
+        "c.user_key, p.id",
         4, p, &r, err, errsz);
     sl_buf_free(&parts);
     free(full);
