@@ -91,7 +91,7 @@ typedef struct rt_store_conf {
     bool job_status;
     int64_t park_poll_ms, retention_ms;
     size_t load_keys; /* keys loaded per drain */
-    CURLM *wake;      /* woken (curl_multi_wakeup) when ops come back */
+    int wake_fd;      /* written to when ops come back (wakes the delivery loop) */
 } rt_store_conf_t;
 
 rt_store_t *rt_store_start(const rt_store_conf_t *c);

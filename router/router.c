@@ -39,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
 #define RT_POLL_MAX        2000 /* messages taken from the consumer per loop */
@@ -170,7 +171,9 @@ struct rt_router {
     int32_t *parts;
     size_t nparts;
     int wake_pipe[2];
-    size_t dl_pending; /* dead letters not yet acknowledged */
+    int epfd;            /* epoll: the sockets libcurl asks for, and the wake pipe */
+    int64_t curl_due_ms; /* libcurl's timer (monotonic ms), -1 for none */
+    size_t dl_pending;   /* dead letters not yet acknowledged */
     pthread_t thread;
     atomic_bool stop;
 };
@@ -953,17 +956,29 @@ static void start_request(rt_router_t *rt, rt_req_t *r)
     size_t body_len = j->body_len;
     if (r->njobs > 1 || j->batch_key) {
         bool wrap = j->batch_key != NULL;
-        sl_buf_puts(&r->body, wrap ? j->batch_prefix : "[");
+        const char *pre = wrap ? j->batch_prefix : "[", *sep = wrap ? j->batch_sep : ",";
+        const char *suf = wrap ? j->batch_suffix : "]";
+        /* sized first: a batch of hundreds of jobs grown by doubling was copied a dozen times */
+        size_t need = strlen(pre) + strlen(suf), nsep = strlen(sep);
+        for (rt_job_t *x = j; x; x = x->next) {
+            const char *p = x->body;
+            size_t n = x->body_len;
+            if (wrap)
+                batch_element(x, &p, &n);
+            need += n + (x != j ? nsep : 0);
+        }
+        sl_buf_reserve(&r->body, need);
+        sl_buf_puts(&r->body, pre);
         for (rt_job_t *x = j; x; x = x->next) {
             const char *p = x->body;
             size_t n = x->body_len;
             if (wrap)
                 batch_element(x, &p, &n);
             if (x != j)
-                sl_buf_puts(&r->body, wrap ? j->batch_sep : ",");
+                sl_buf_append(&r->body, sep, nsep);
             sl_buf_append(&r->body, p, n);
         }
-        sl_buf_puts(&r->body, wrap ? j->batch_suffix : "]");
+        sl_buf_puts(&r->body, suf);
         body = r->body.data;
         body_len = r->body.len;
     }
@@ -1492,6 +1507,80 @@ static int wait_ms(rt_router_t *rt)
     return wait < 0 ? 0 : (int)wait;
 }
 
+/* libcurl's multi_socket interface: it names the sockets to watch (socket_cb) and when to
+ * call it back (timer_cb); the loop waits on them with epoll and tells libcurl which socket
+ * is ready, so only that connection's transfer runs. curl_multi_perform ran every transfer
+ * in flight on each call, a stalled destination's too, each with a poll of its socket. */
+static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    (void)easy;
+    (void)socketp;
+    rt_router_t *rt = userp;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(rt->epfd, EPOLL_CTL_DEL, fd, NULL);
+        return 0;
+    }
+    struct epoll_event ev = {.events = (what & CURL_POLL_IN ? EPOLLIN : 0u) |
+                                       (what & CURL_POLL_OUT ? EPOLLOUT : 0u),
+                             .data.fd = fd};
+    if (epoll_ctl(rt->epfd, EPOLL_CTL_MOD, fd, &ev) != 0 && errno == ENOENT &&
+        epoll_ctl(rt->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
+        sl_warn("router", "epoll_ctl: %s", strerror(errno));
+    return 0;
+}
+
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    rt_router_t *rt = userp;
+    rt->curl_due_ms = timeout_ms < 0 ? -1 : sl_time_mono_ms() + timeout_ms;
+    return 0;
+}
+
+/* Runs libcurl's timer if it is due (new transfers start so, and timeouts fire). */
+static void curl_timer(rt_router_t *rt)
+{
+    if (rt->curl_due_ms < 0 || sl_time_mono_ms() < rt->curl_due_ms)
+        return;
+    int running;
+    rt->curl_due_ms = -1;
+    curl_multi_socket_action(rt->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+}
+
+/* Waits up to max_ms (or libcurl's timer) for a socket, the wake pipe or the consumer, and
+ * hands the ready sockets to libcurl. */
+static void wait_events(rt_router_t *rt, int max_ms)
+{
+    if (rt->curl_due_ms >= 0) {
+        int64_t left = rt->curl_due_ms - sl_time_mono_ms();
+        if (left < max_ms)
+            max_ms = left > 0 ? (int)left : 0;
+    }
+    struct epoll_event evs[64];
+    int n = epoll_wait(rt->epfd, evs, 64, max_ms);
+    for (int i = 0; i < n; i++) {
+        int fd = evs[i].data.fd;
+        if (fd == rt->wake_pipe[0]) {
+            char buf[64];
+            while (read(fd, buf, sizeof(buf)) > 0)
+                ;
+            continue;
+        }
+        int running, bits = (evs[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
+                            (evs[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+                            (evs[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
+        curl_multi_socket_action(rt->multi, fd, bits, &running);
+    }
+    curl_timer(rt);
+}
+
+/* Wakes the loop out of wait_events (any thread). */
+static void wake(rt_router_t *rt)
+{
+    ssize_t w = write(rt->wake_pipe[1], "1", 1);
+    (void)w; /* a full pipe wakes it already */
+}
+
 /* One turn of the loop; consume says whether to take new jobs. */
 static void turn(rt_router_t *rt, bool consume, int64_t *last_commit)
 {
@@ -1503,21 +1592,15 @@ static void turn(rt_router_t *rt, bool consume, int64_t *last_commit)
     take_store(rt);
     if (consume)
         schedule(rt);
-    int running;
-    curl_multi_perform(rt->multi, &running);
+    curl_timer(rt);
     read_done(rt);
     if (consume) { /* the keys those outcomes freed send their next jobs now, not a turn late */
         schedule(rt);
-        curl_multi_perform(rt->multi, &running);
+        curl_timer(rt);
     }
     flush_status(rt);
-    struct curl_waitfd wfd = {.fd = rt->wake_pipe[0], .events = CURL_WAIT_POLLIN};
-    curl_multi_poll(rt->multi, &wfd, 1, wait_ms(rt), NULL);
-    if (wfd.revents) {
-        char buf[64];
-        while (read(rt->wake_pipe[0], buf, sizeof(buf)) > 0)
-            ;
-    }
+    wait_events(rt, wait_ms(rt));
+    read_done(rt);
     if (sl_time_mono_ms() - *last_commit >= RT_COMMIT_EVERY_MS) {
         sl_kafka_offsets_commit(rt->offsets, rt->consumer, false);
         *last_commit = sl_time_mono_ms();
@@ -1755,6 +1838,8 @@ static void router_free(rt_router_t *rt)
         close(rt->wake_pipe[0]);
         close(rt->wake_pipe[1]);
     }
+    if (rt->epfd > 0)
+        close(rt->epfd);
     sl_kafka_offsets_destroy(rt->offsets);
     sl_pg_destroy(rt->pg);
     free(rt->dest_settings);
@@ -1803,12 +1888,21 @@ rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errst
     curl_multi_setopt(rt->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
     curl_multi_setopt(rt->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)rt->max_conns);
     curl_multi_setopt(rt->multi, CURLMOPT_MAXCONNECTS, (long)rt->max_conns);
-    if (pipe(rt->wake_pipe) != 0) {
+    rt->curl_due_ms = -1;
+    curl_multi_setopt(rt->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(rt->multi, CURLMOPT_SOCKETDATA, rt);
+    curl_multi_setopt(rt->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(rt->multi, CURLMOPT_TIMERDATA, rt);
+    if (pipe2(rt->wake_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
         sl_err_set(errstr, errstr_size, SL_ERR_FATAL, "pipe: %s", strerror(errno));
         goto fail;
     }
-    fcntl(rt->wake_pipe[0], F_SETFL, O_NONBLOCK);
-    fcntl(rt->wake_pipe[1], F_SETFL, O_NONBLOCK);
+    rt->epfd = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event wev = {.events = EPOLLIN, .data.fd = rt->wake_pipe[0]};
+    if (rt->epfd < 0 || epoll_ctl(rt->epfd, EPOLL_CTL_ADD, rt->wake_pipe[0], &wev) != 0) {
+        sl_err_set(errstr, errstr_size, SL_ERR_FATAL, "epoll: %s", strerror(errno));
+        goto fail;
+    }
 
     rd_kafka_conf_t *pconf = sl_kafka_conf_new(conf, SL_KAFKA_PRODUCER, NULL, errstr, errstr_size);
     if (!pconf)
@@ -1828,7 +1922,7 @@ rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errst
         .park_poll_ms = sl_conf_duration_ms(conf, "router.park_poll"),
         .retention_ms = sl_conf_duration_ms(conf, "router.status_retention"),
         .load_keys = 100,
-        .wake = rt->multi,
+        .wake_fd = rt->wake_pipe[1],
     };
     rt->store = rt_store_start(&sc);
     const char *topics[] = {rt->topic, NULL};
@@ -1837,7 +1931,7 @@ rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errst
     if (!rt->consumer)
         goto fail;
     sl_kafka_consumer_on_assign(rt->consumer, on_assign);
-    /* A job arriving wakes the loop out of curl_multi_poll. */
+    /* A job arriving wakes the loop out of wait_events. */
     rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(rt->consumer);
     rd_kafka_queue_io_event_enable(q, rt->wake_pipe[1], "1", 1);
     rd_kafka_queue_destroy(q);
@@ -1855,7 +1949,7 @@ void rt_router_stop(rt_router_t *rt)
     if (!rt)
         return;
     atomic_store(&rt->stop, true);
-    curl_multi_wakeup(rt->multi);
+    wake(rt);
     pthread_join(rt->thread, NULL);
     /* Finish what is in flight and record it; what waits stays uncommitted in Kafka or
      * parked, and is delivered after a restart. */
