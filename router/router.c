@@ -958,15 +958,11 @@ static void start_request(rt_router_t *rt, rt_req_t *r)
         bool wrap = j->batch_key != NULL;
         const char *pre = wrap ? j->batch_prefix : "[", *sep = wrap ? j->batch_sep : ",";
         const char *suf = wrap ? j->batch_suffix : "]";
-        /* sized first: a batch of hundreds of jobs grown by doubling was copied a dozen times */
+        /* Sized first (a batch of hundreds of jobs grown by doubling was copied a dozen
+         * times): each element is at most its job's body, each followed by a separator. */
         size_t need = strlen(pre) + strlen(suf), nsep = strlen(sep);
-        for (rt_job_t *x = j; x; x = x->next) {
-            const char *p = x->body;
-            size_t n = x->body_len;
-            if (wrap)
-                batch_element(x, &p, &n);
-            need += n + (x != j ? nsep : 0);
-        }
+        for (rt_job_t *x = j; x; x = x->next)
+            need += x->body_len + nsep;
         sl_buf_reserve(&r->body, need);
         sl_buf_puts(&r->body, pre);
         for (rt_job_t *x = j; x; x = x->next) {

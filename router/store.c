@@ -821,11 +821,10 @@ static int drain(rt_store_t *s, PGconn *c, char *err, size_t errsz)
         "(extract(epoch FROM p.picked_at) * 1000)::bigint, "
         "(extract(epoch FROM p.processed_at) * 1000)::bigint, "
         "(extract(epoch FROM p.routed_at) * 1000)::bigint, "
-        "c.destination_id, c.user_key, c.kafka_partition FROM claimed c LEFT JOIN LATERAL (SELECT "
-        "* FROM "
-        "sluice_parked p WHERE p.kafka_topic = $1 AND p.destination_id = c.destination_id AND "
-        "p.user_key = c.user_key ORDER BY p.id LIMIT 100) p ON true ORDER BY c.destination_id, "
-        "c.user_key, p.id",
+        "c.destination_id, c.user_key, c.kafka_partition FROM claimed c LEFT JOIN LATERAL ("
+        "SELECT * FROM sluice_parked p WHERE p.kafka_topic = $1 AND p.destination_id = "
+        "c.destination_id AND p.user_key = c.user_key ORDER BY p.id LIMIT 100) p ON true "
+        "ORDER BY c.destination_id, c.user_key, p.id",
         4, p, &r, err, errsz);
     sl_buf_free(&parts);
     free(full);
