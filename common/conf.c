@@ -153,6 +153,11 @@ static const sl_conf_opt_t options[] = {
     {"router.concurrency", SL_CONF_INT, "64", 1, 4096, NULL, 0,
      "Concurrent requests per destination (one user's events for one destination are always "
      "sent one request at a time, in order)."},
+    {"router.workers", SL_CONF_INT, "1", 1, 16, NULL, 0,
+     "Delivery loops in one router process, each a consumer of its own in the router group "
+     "(so each owns a share of the partitions, hence of the users) on a thread of its own. "
+     "router.concurrency, router.max_connections, router.memory_jobs and throttle limits are "
+     "shared out among them."},
     {"router.max_connections", SL_CONF_INT, "512", 1, 65536, NULL, 0,
      "Concurrent requests of the router over all destinations."},
     {"router.memory_jobs", SL_CONF_INT, "10000", 10, 10000000, NULL, 0,

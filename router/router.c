@@ -1,11 +1,12 @@
 /*
  * The router role, see router.h.
  *
- * One thread runs the whole delivery loop: it polls the consumer without blocking, keeps the
- * jobs of each (destination, user) key in a queue of which only the head is ever in flight,
- * sends requests with libcurl's multi interface (keep-alive, HTTP/2 multiplexing where the
- * server offers it) up to each destination's concurrency, throttle and batch rules, and reads
- * the outcomes. The store thread (store.c) does the Postgres work.
+ * One thread runs the whole delivery loop of a worker (router.workers of them, each its own
+ * consumer in the group, so its own share of the partitions and users): it polls the consumer
+ * without blocking, keeps the jobs of each (destination, user) key in a queue of which only the
+ * head is ever in flight, sends requests with libcurl's multi interface (keep-alive, HTTP/2
+ * multiplexing where the server offers it) up to each destination's concurrency, throttle and batch
+ * rules, and reads the outcomes. The store thread (store.c) does the Postgres work.
  *
  * A retryable failure parks the job, and every later job of its key, in Postgres: nothing
  * waits in memory, so a destination that is down costs the others nothing and memory stays
@@ -51,6 +52,7 @@
 #define RT_EASY_POOL         1024 /* idle curl handles kept for reuse */
 #define RT_SLOW_MS           1000 /* a destination whose requests take longer is slow */
 #define RT_BREAKER           50   /* failures in a row after which new jobs are parked untried */
+#define RT_REVOKE_WAIT_MS    2000 /* how long a rebalance waits for a request in flight */
 
 /* --- settings per destination (router.* options, overridden by type, then by id) --- */
 
@@ -176,6 +178,9 @@ struct rt_router {
     size_t dl_pending;   /* dead letters not yet acknowledged */
     pthread_t thread;
     atomic_bool stop;
+    int worker, nworkers;      /* this loop's number, and router.workers */
+    struct rt_router *next;    /* the next worker (rt_router_start made them all) */
+    sl_metric_t *m_partitions; /* partitions assigned to this worker */
 };
 
 /* --- settings --- */
@@ -263,6 +268,13 @@ static const char *settings_problem(const char *spec, char *buf, size_t n)
 
 /* --- destinations and keys --- */
 
+/* A worker's share of a limit: at least 1. */
+static long share(long limit, int nworkers)
+{
+    long n = (limit + nworkers - 1) / nworkers;
+    return n > 0 ? n : 1;
+}
+
 static rt_dest_t *dest_get(rt_router_t *rt, const char *id, const char *type)
 {
     for (rt_dest_t *d = rt->dests; d; d = d->next)
@@ -274,6 +286,10 @@ static rt_dest_t *dest_get(rt_router_t *rt, const char *id, const char *type)
     d->set = rt->defaults;
     apply_settings(&d->set, rt->dest_settings, d->type);
     apply_settings(&d->set, rt->dest_settings, d->id);
+    /* The workers share the destination's users (by partition), so they share its limits. */
+    d->set.concurrency = share(d->set.concurrency, rt->nworkers);
+    if (d->set.throttle_limit > 0)
+        d->set.throttle_limit = share(d->set.throttle_limit, rt->nworkers);
     const char *l = d->id;
     d->m_delivered = sl_metrics_counter("sluice_router_delivered_total", "Jobs delivered",
                                         "destination", l, NULL);
@@ -1149,15 +1165,10 @@ static void finish_parked(rt_router_t *rt, rt_key_t *k, rt_job_t *j, bool delive
     }
 }
 
-/* A request's outcome: ok, or a failure that is retryable or not, and why; status 0 for
- * none. */
-static void outcome(rt_router_t *rt, rt_req_t *r, bool ok, bool retryable, long status,
-                    rt_why_t why)
+/* Takes r off its destination's requests in flight. */
+static void req_unlink(rt_router_t *rt, rt_req_t *r)
 {
     rt_dest_t *d = r->dest;
-    sl_metrics_observe(d->m_latency, (double)(sl_time_mono_ms() - r->t0) / 1e3);
-    int64_t took = sl_time_mono_ms() - r->t0;
-    d->latency_ms = d->latency_ms * 0.9 + (double)took * 0.1;
     if (r->prev)
         r->prev->next = r->next;
     else
@@ -1168,6 +1179,39 @@ static void outcome(rt_router_t *rt, rt_req_t *r, bool ok, bool retryable, long 
         d->newest = r->prev;
     d->inflight--;
     rt->inflight--;
+}
+
+static void req_free(rt_req_t *r)
+{
+    sl_buf_free(&r->body);
+    sl_buf_free(&r->resp);
+    curl_slist_free_all(r->headers);
+    free(r);
+}
+
+/* Takes r's transfer out of libcurl and keeps its handle for the next request. */
+static void easy_release(rt_router_t *rt, rt_req_t *r)
+{
+    curl_multi_remove_handle(rt->multi, r->easy);
+    if (rt->nfree_easy < RT_EASY_POOL) { /* kept for the next request, options cleared */
+        curl_easy_reset(r->easy);
+        rt->free_easy[rt->nfree_easy++] = r->easy;
+    } else {
+        curl_easy_cleanup(r->easy);
+    }
+    r->easy = NULL;
+}
+
+/* A request's outcome: ok, or a failure that is retryable or not, and why; status 0 for
+ * none. */
+static void outcome(rt_router_t *rt, rt_req_t *r, bool ok, bool retryable, long status,
+                    rt_why_t why)
+{
+    rt_dest_t *d = r->dest;
+    sl_metrics_observe(d->m_latency, (double)(sl_time_mono_ms() - r->t0) / 1e3);
+    int64_t took = sl_time_mono_ms() - r->t0;
+    d->latency_ms = d->latency_ms * 0.9 + (double)took * 0.1;
+    req_unlink(rt, r);
     int64_t now = sl_time_now_ms();
     char reason[512];
     snprintf(reason, sizeof(reason), "%s %ld: %.400s", status ? "HTTP" : "error", status,
@@ -1261,10 +1305,7 @@ static void outcome(rt_router_t *rt, rt_req_t *r, bool ok, bool retryable, long 
         }
         key_release(rt, k);
     }
-    sl_buf_free(&r->body);
-    sl_buf_free(&r->resp);
-    curl_slist_free_all(r->headers);
-    free(r);
+    req_free(r);
 }
 
 static void on_done(rt_router_t *rt, rt_req_t *r, CURLcode rc)
@@ -1276,13 +1317,7 @@ static void on_done(rt_router_t *rt, rt_req_t *r, CURLcode rc)
         sl_buf_reset(&r->resp);
         sl_buf_puts(&r->resp, *r->errbuf ? r->errbuf : curl_easy_strerror(rc));
     }
-    curl_multi_remove_handle(rt->multi, r->easy);
-    if (rt->nfree_easy < RT_EASY_POOL) { /* kept for the next request, options cleared */
-        curl_easy_reset(r->easy);
-        rt->free_easy[rt->nfree_easy++] = r->easy;
-    } else {
-        curl_easy_cleanup(r->easy);
-    }
+    easy_release(rt, r);
     bool ok = status >= 200 && status < 300;
     rt_why_t why = rc == CURLE_OPERATION_TIMEDOUT ? RT_WHY_TIMEOUT
                    : status == 0                  ? RT_WHY_NETWORK
@@ -1621,12 +1656,62 @@ static bool in_list(const rd_kafka_topic_partition_list_t *parts, int32_t p)
     return false;
 }
 
+/* Gives up on HTTP request r, whose jobs are all of revoked partitions: the transfer is
+ * dropped and its jobs are left to the partitions' next owner, which delivers them again (as
+ * after a crash: the destination may get them twice, in order). */
+static void abandon(rt_router_t *rt, rt_req_t *r)
+{
+    req_unlink(rt, r);
+    easy_release(rt, r);
+    for (rt_job_t *j = r->jobs, *next; j; j = next) {
+        next = j->next;
+        rt_key_t *k = key_find(rt, j->dest_id, j->user_key, false, 0, NULL);
+        if (k)
+            k->busy = false; /* on_revoke drops the key */
+        rt_job_free(j);
+    }
+    req_free(r);
+}
+
+/* Lets the requests in flight finish and the store catch up before partitions are given up,
+ * but waits at most RT_REVOKE_WAIT_MS for a request: a destination that stalls (each request
+ * up to router.timeout) must not hold the rebalance, and with it every other destination. */
+static void settle_revoked(rt_router_t *rt, const rd_kafka_topic_partition_list_t *parts)
+{
+    int64_t deadline = sl_time_mono_ms() + 60000, last_commit = sl_time_mono_ms(), abandoned = 0;
+    while (sl_time_mono_ms() < deadline &&
+           (rt->inflight || rt->dl_pending || rt->status_op || rt_store_backlog(rt->store))) {
+        int64_t now = sl_time_mono_ms();
+        for (rt_dest_t *d = rt->dests; d; d = d->next) {
+            for (rt_req_t *r = d->oldest, *next; r; r = next) {
+                next = r->next;
+                if (!r->easy || now - r->t0 < RT_REVOKE_WAIT_MS)
+                    continue;
+                bool revoked = true;
+                for (const rt_job_t *j = r->jobs; j && revoked; j = j->next)
+                    revoked = in_list(parts, j->partition);
+                if (revoked) {
+                    abandoned += (int64_t)r->njobs;
+                    abandon(rt, r);
+                }
+            }
+        }
+        turn(rt, false, &last_commit);
+    }
+    take_store(rt);
+    if (abandoned)
+        sl_info("router",
+                "partitions revoked: %lld jobs whose requests took over %d ms are left to the "
+                "partitions' next owner",
+                (long long)abandoned, RT_REVOKE_WAIT_MS);
+}
+
 /* Before partitions go: finish what is in flight, record it, drop the rest of theirs (their
  * offsets stay uncommitted, so the new owner takes them from Kafka) and commit. */
 static void on_revoke(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
     rt_router_t *rt = opaque;
-    settle(rt, 60000);
+    settle_revoked(rt, parts);
     for (size_t i = 0; i < rt->keys_cap; i++) {
         for (rt_key_t *k = rt->keys[i], *next; k; k = next) {
             next = k->hnext;
@@ -1663,6 +1748,7 @@ static void on_revoke(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *par
             rt->parts[n++] = rt->parts[i];
     rt->nparts = n;
     rt_store_set_partitions(rt->store, rt->parts, rt->nparts);
+    sl_metrics_set(rt->m_partitions, (double)rt->nparts);
     sl_kafka_offsets_commit(rt->offsets, rk, true);
     sl_kafka_offsets_forget(rt->offsets, parts);
 }
@@ -1788,6 +1874,7 @@ static void on_assign(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *par
         }
     }
     rt_store_set_partitions(rt->store, rt->parts, rt->nparts);
+    sl_metrics_set(rt->m_partitions, (double)rt->nparts);
 }
 
 static void *loop_main(void *arg)
@@ -1846,8 +1933,10 @@ static void router_free(rt_router_t *rt)
     curl_global_cleanup();
 }
 
-rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errstr,
-                             size_t errstr_size)
+/* Starts worker number `worker` of nworkers: a loop with its own consumer in the group (so
+ * its own share of the partitions, hence of the users), store, producer and connections. */
+static rt_router_t *worker_start(const sl_conf_t *conf, sl_wsconf_t *ws, int worker, int nworkers,
+                                 char *errstr, size_t errstr_size)
 {
     char buf[512];
     const char *problem =
@@ -1860,6 +1949,13 @@ rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errst
     rt_router_t *rt = sl_calloc(1, sizeof(*rt));
     sl_json_index_init(&rt->job_idx);
     rt->ws = ws;
+    rt->worker = worker;
+    rt->nworkers = nworkers;
+    char wl[16];
+    snprintf(wl, sizeof(wl), "%d", worker);
+    rt->m_partitions = sl_metrics_gauge("sluice_router_partitions",
+                                        "Delivery topic partitions assigned to the router worker",
+                                        "worker", wl, NULL);
     rt->topic = sl_kafka_topic(conf, SL_TOPIC_DELIVERY);
     rt->failed_topic = sl_kafka_topic(conf, SL_TOPIC_FAILED);
     rt->group = sl_kafka_topic(conf, SL_GROUP_ROUTER);
@@ -1874,8 +1970,8 @@ rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errst
         .concurrency = (int)sl_conf_int(conf, "router.concurrency"),
     };
     rt->dest_settings = sl_strdup(sl_conf_str(conf, "router.destination_settings"));
-    rt->max_conns = (int)sl_conf_int(conf, "router.max_connections");
-    rt->memory_jobs = (size_t)sl_conf_int(conf, "router.memory_jobs");
+    rt->max_conns = (int)share(sl_conf_int(conf, "router.max_connections"), nworkers);
+    rt->memory_jobs = (size_t)share(sl_conf_int(conf, "router.memory_jobs"), nworkers);
     rt->batch_timeout_ms = sl_conf_duration_ms(conf, "router.batch_timeout");
     rt->park_poll_ms = sl_conf_duration_ms(conf, "router.park_poll");
     rt->job_status = sl_conf_bool(conf, "router.job_status");
@@ -1933,19 +2029,38 @@ rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errst
     rd_kafka_queue_destroy(q);
     rt->nudger = sl_kafka_nudger_start(rt->consumer);
     pthread_create(&rt->thread, NULL, loop_main, rt);
-    pthread_setname_np(rt->thread, "rt:loop");
+    char name[16] = "rt:loop";
+    if (worker > 0)
+        snprintf(name, sizeof(name), "rt:loop%d", (worker + 1) % 100);
+    pthread_setname_np(rt->thread, name);
     return rt;
 fail:
     router_free(rt);
     return NULL;
 }
 
-void rt_router_stop(rt_router_t *rt)
+rt_router_t *rt_router_start(const sl_conf_t *conf, sl_wsconf_t *ws, char *errstr,
+                             size_t errstr_size)
 {
-    if (!rt)
-        return;
-    atomic_store(&rt->stop, true);
-    wake(rt);
+    int n = (int)sl_conf_int(conf, "router.workers");
+    rt_router_t *first = NULL, **tail = &first;
+    for (int i = 0; i < n; i++) {
+        rt_router_t *w = worker_start(conf, ws, i, n, errstr, errstr_size);
+        if (!w) {
+            rt_router_stop(first);
+            return NULL;
+        }
+        *tail = w;
+        tail = &w->next;
+    }
+    return first;
+}
+
+/* Stops one worker whose loop has stopped; runs on a thread of its own per worker, so that
+ * the workers settle and leave the group together. */
+static void *worker_stop(void *arg)
+{
+    rt_router_t *rt = arg;
     pthread_join(rt->thread, NULL);
     /* Finish what is in flight and record it; what waits stays uncommitted in Kafka or
      * parked, and is delivered after a restart. */
@@ -1961,5 +2076,27 @@ void rt_router_stop(rt_router_t *rt)
     sl_kafka_nudger_stop(rt->nudger);
     rd_kafka_consumer_close(rt->consumer); /* revokes: on_revoke settles and commits */
     sl_kafka_consumer_destroy(rt->consumer);
+    sl_metrics_set(rt->m_partitions, 0);
     router_free(rt);
+    return NULL;
+}
+
+void rt_router_stop(rt_router_t *rt)
+{
+    for (rt_router_t *w = rt; w; w = w->next) {
+        atomic_store(&w->stop, true);
+        wake(w);
+    }
+    size_t n = 0;
+    for (rt_router_t *w = rt; w; w = w->next)
+        n++;
+    pthread_t *threads = sl_calloc(n ? n : 1, sizeof(*threads));
+    n = 0;
+    for (rt_router_t *w = rt, *next; w; w = next) {
+        next = w->next; /* w is freed by its thread */
+        pthread_create(&threads[n++], NULL, worker_stop, w);
+    }
+    for (size_t i = 0; i < n; i++)
+        pthread_join(threads[i], NULL);
+    free(threads);
 }

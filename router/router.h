@@ -13,7 +13,8 @@
 
 typedef struct rt_router rt_router_t;
 
-/* Creates the consumer, the delivery workers and the status writer and starts them.
+/* Creates router.workers delivery loops, each with its consumer in the group, its status
+ * writer and its thread, and starts them.
  * ws is borrowed and must outlive the router: a job whose destination is not in the current
  * workspace config is aborted (NULL skips that check). Returns NULL with errstr. Options read:
  * router.workers, .timeout, .retry_base, .retry_max, .give_up_after, .min_attempts,

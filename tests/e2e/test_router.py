@@ -18,6 +18,15 @@ instances are the destinations.
   --case status     gateway -> processor -> router, then `sluice status <messageId>` (and
                     --json) shows the destination and `succeeded` (skipped, exit 77, while
                     the command does not exist)
+  --case workers    router.workers=2: both loops own delivery partitions (their
+                    sluice_router_partitions gauges), every event arrives once and in its
+                    user's order across a retry, and a throttle of 20/1s is shared out
+                    between them (not 20 for each)
+  --case rebalance  a second router joins the group while the first has requests in flight
+                    to a stalled destination (router.timeout 20 s): the rebalance waits at
+                    most 2 s for them, so another destination's new events arrive within
+                    seconds, not after the timeout; the stalled jobs reach their destination
+                    later, in order
   --case batch      jobs with a "batch" block (Amplitude-like) and a WEBHOOK with batch=N are
                     merged: fewer requests than events, valid bodies, all events, user order
 """
@@ -135,6 +144,15 @@ def start_router(env, name="router", **over):
 def restart_router(env, old, name, **over):
     return start_router(env, name=name, SLUICE_ROUTER_PORT=old.env["SLUICE_ROUTER_PORT"],
                         **over)
+
+
+def produce_until_delivered(env, sink, jobs, sent, what, timeout):
+    """Produces jobs and waits until each messageId of sent ({user: [mids]}) reached sink;
+    returns the set of those messageIds."""
+    produce(env, jobs)
+    want = {m for ms in sent.values() for m in ms}
+    wait(env, what, lambda: want <= set(mids(arrivals(sink))), timeout=timeout, interval=0.5)
+    return want
 
 
 def sigkill(p):
@@ -557,10 +575,7 @@ def case_throttle(env):
     users = [f"user-{i}" for i in range(8)]
     jobs, sent = interleaved("dT", sink.url + "/t", users, 10, "t")
     t0 = time.time()
-    produce(env, jobs)
-    want = {m for ms in sent.values() for m in ms}
-    wait(env, "every throttled job delivered", lambda: want <= set(mids(arrivals(sink))),
-               timeout=40, interval=0.5)
+    want = produce_until_delivered(env, sink, jobs, sent, "every throttled job delivered", 40)
     time.sleep(1.0)
     recs = arrivals(sink)
     ts = sorted(r["t"] for r in recs)
@@ -733,9 +748,94 @@ def case_batch(env):
         check_user_order(path, ids, sent)
 
 
+def worker_partitions(p):
+    """{worker: partitions assigned} from the router's sluice_router_partitions gauges."""
+    _, body, _ = h.http("GET", p.url + "/metrics")
+    out = {}
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith("sluice_router_partitions{"):
+            w = line.split('worker="', 1)[1].split('"', 1)[0]
+            out[w] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def case_workers(env):
+    sink = h.Sink(env)
+    workspace(env, [webhook("dW", sink.url + "/w")])
+    rt = start_router(env, SLUICE_ROUTER_WORKERS="2",
+                      SLUICE_ROUTER_DESTINATION_SETTINGS="dW.throttle=20/1s")
+    parts = wait(env, "both workers assigned partitions", lambda: (lambda w: w if len(w) == 2
+                 and all(v > 0 for v in w.values()) else None)(worker_partitions(rt)),
+                 timeout=30, interval=0.3)
+    h.log(f"partitions per worker: {parts}")
+    users = ["user-U"] + [f"user-{i}" for i in range(15)]
+    jobs, sent = interleaved("dW", sink.url + "/w", users, 8, "w")
+    n_fail = 3
+    sink.set_mode(status=503, match='"user-U"', count=n_fail)
+    t0 = time.time()
+    want = produce_until_delivered(env, sink, jobs, sent, "every event at the sink", 60)
+    time.sleep(0.5)
+    recs = arrivals(sink)
+    ok = [r for r in recs if r["body"]["userId"] != "user-U"] + \
+        [r for r in recs if r["body"]["userId"] == "user-U"][n_fail:]
+    ok.sort(key=lambda r: r["t"])
+    check_user_order("two workers", mids(ok), sent)
+    if len(mids(ok)) != len(want):
+        h.fail(f"{len(mids(ok)) - len(want)} events delivered twice")
+    ts = sorted(r["t"] for r in recs)
+    most = max(sum(1 for x in ts[i:] if x < t + 1000) for i, t in enumerate(ts))
+    h.log(f"{len(want)} events over {(ts[-1] - ts[0]) / 1000:.1f} s ({time.time() - t0:.1f} s "
+          f"from producing), most in any 1 s at the sink: {most}")
+    # Each worker allows half of 20/1s; unshared, the two would let up to 40 through.
+    if most > 22:
+        h.fail(f"{most} requests within 1 s: the two workers did not share the 20/1s throttle")
+
+
+def case_rebalance(env):
+    a, c = h.Sink(env), h.Sink(env)
+    workspace(env, [webhook("dA", a.url + "/a"), webhook("dC", c.url + "/c")])
+    c.set_mode(status=200, delay_ms=60000)  # C stalls: each request until router.timeout
+    slow = {"SLUICE_ROUTER_TIMEOUT": "20s"}
+    r1 = start_router(env, **slow)
+    users = [f"user-{i}" for i in range(4)]
+    jc, sc = interleaved("dC", c.url + "/c", users, 3, "c")
+    ja, sa = interleaved("dA", a.url + "/a", users, 5, "a1")
+    produce(env, jc + ja)
+    want_a = {m for ms in sa.values() for m in ms}
+    wait(env, "A's first events", lambda: want_a <= set(mids(arrivals(a))), timeout=20)
+    wait(env, "C's first requests in flight", lambda: len(c.requests()) >= len(users),
+         timeout=20)
+    start_router(env, name="router2", **slow)
+    wait(env, "the rebalance to reach router 1", lambda: "partitions revoked" in r1.output(),
+         timeout=30, interval=0.05)
+    t0 = time.time()
+    ja2, sa2 = interleaved("dA", a.url + "/a", users, 5, "a2")
+    produce(env, ja2)
+    want_a2 = {m for ms in sa2.values() for m in ms}
+    wait(env, "A's events produced during the rebalance",
+         lambda: want_a2 <= set(mids(arrivals(a))), timeout=30, interval=0.2)
+    took = time.time() - t0
+    h.log(f"A's events produced once router 1 saw the rebalance arrived {took:.1f} s later "
+          f"(C's requests time out after 20 s)")
+    if took > 12:
+        h.fail(f"A's events took {took:.1f} s through the rebalance: it waited for the stalled "
+               "destination's requests")
+    check_user_order("A", mids(arrivals(a)), {u: sa[u] + sa2[u] for u in users})
+    c.set_mode(status=200)
+    want_c = {m for ms in sc.values() for m in ms}
+    wait(env, "C's events once it answers again", lambda: want_c <= set(mids(arrivals(c))),
+         timeout=60, interval=0.5)
+    check_user_order("C", last_arrival_order(arrivals(c)), sc)
+    h.log(f"C: {len(arrivals(c))} requests for {len(want_c)} events (requests given up at the "
+          "rebalance are sent again by the partitions' next owner)")
+    if "left to the partitions' next owner" not in r1.output():
+        h.fail("router 1 gave up no request at the rebalance: C's requests should have been "
+               "in flight")
+
+
 CASES = {"retry": case_retry, "order": case_order, "isolation": case_isolation,
          "restart": case_restart, "throttle": case_throttle, "status": case_status,
-         "batch": case_batch}
+         "batch": case_batch, "workers": case_workers, "rebalance": case_rebalance}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
