@@ -1,5 +1,6 @@
 /* Job status rows in sluice_jobs: COPY writer, day partitions and retention, see status.h. */
 #include "router/status.h"
+#include "router/pgcopy.h"
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/mem.h"
@@ -29,9 +30,6 @@ static const char copy_sql[] =
 static const char insert_done_sql[] = "; INSERT INTO sluice_jobs_done (kafka_topic, "
                                       "kafka_partition, last_offset, first_offsets, "
                                       "last_offsets) VALUES ";
-
-/* Microseconds from the Unix epoch to Postgres's (2000-01-01), for binary timestamptz. */
-#define PG_EPOCH_US 946684800000000LL
 
 /* The UTC day (ms / DAY_MS) whose partition this process created or saw last. A write in a
  * transaction that is rolled back may leave it set for a partition that does not exist; rows
@@ -86,152 +84,37 @@ static int add_day(PGconn *c, int64_t day, char *errstr, size_t errstr_size)
     return err;
 }
 
-/* Length of the valid UTF-8 sequence at s (n > 0 bytes left), or 0 if it is not one. */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    size_t len;
-    unsigned char lo = 0x80, hi = 0xBF; /* range of the second byte */
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0)
-            lo = 0xA0;
-        else if (c == 0xED)
-            hi = 0x9F; /* no UTF-16 surrogates */
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0)
-            lo = 0x90;
-        else if (c == 0xF4)
-            hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (n < len || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++)
-        if (s[i] < 0x80 || s[i] > 0xBF)
-            return 0;
-    return len;
-}
-
-/* Binary COPY (the text form made Postgres parse eight timestamps a row): big-endian
- * integers, each field its length (-1 for NULL) then its bytes. */
-static void store_be(char *dst, uint64_t v, int bytes)
-{
-    for (int i = bytes - 1; i >= 0; i--, v >>= 8)
-        dst[i] = (char)(v & 0xFF);
-}
-
-static void put_be(sl_buf_t *b, uint64_t v, int bytes)
-{
-    char x[8];
-    store_be(x, v, bytes);
-    sl_buf_append(b, x, (size_t)bytes);
-}
-
-static void put_null(sl_buf_t *b)
-{
-    put_be(b, (uint32_t)-1, 4);
-}
-
-/* Appends s (n bytes, or up to its NUL if n is SIZE_MAX) as one text field: at most cap bytes
- * of UTF-8 (whole characters), NULs dropped, invalid bytes as U+FFFD (Postgres refuses both).
- * NULL is NULL. */
-static void put_text(sl_buf_t *b, const char *s, size_t n, size_t cap)
-{
-    if (!s) {
-        put_null(b);
-        return;
-    }
-    if (n == SIZE_MAX)
-        n = strlen(s);
-    size_t at = b->len;
-    put_be(b, 0, 4); /* the length, set below */
-    const unsigned char *p = (const unsigned char *)s;
-    size_t kept = 0;
-    for (size_t i = 0; i < n;) {
-        /* a run of ASCII other than NUL goes as it is, in one append */
-        size_t run = i;
-        while (run < n && run - i < cap - kept && p[run] && p[run] < 0x80)
-            run++;
-        if (run > i) {
-            sl_buf_append(b, p + i, run - i);
-            kept += run - i;
-            i = run;
-            continue;
-        }
-        size_t len = utf8_len(p + i, n - i);
-        size_t out = len ? len : 3;
-        if (p[i] == '\0')
-            out = 0;
-        if (kept + out > cap)
-            break;
-        kept += out;
-        if (len && p[i])
-            sl_buf_append(b, p + i, len);
-        else if (!len)
-            sl_buf_puts(b, "\xEF\xBF\xBD");
-        i += len ? len : 1;
-    }
-    store_be(b->data + at, b->len - at - 4, 4);
-}
-
-static void put_int4(sl_buf_t *b, int32_t v)
-{
-    put_be(b, 4, 4);
-    put_be(b, (uint32_t)v, 4);
-}
-
-static void put_int8(sl_buf_t *b, int64_t v)
-{
-    put_be(b, 8, 4);
-    put_be(b, (uint64_t)v, 8);
-}
-
-static void put_time(sl_buf_t *b, int64_t ms)
-{
-    if (ms)
-        put_int8(b, ms * 1000 - PG_EPOCH_US);
-    else
-        put_null(b);
-}
-
 static void put_row(sl_buf_t *b, const rt_status_row_t *w)
 {
-    put_be(b, COPY_FIELDS, 2);
+    rt_copy_be(b, COPY_FIELDS, 2);
     const char *text[] = {w->job_id,           w->message_id, w->source_id, w->destination_id,
                           w->destination_type, w->user_key,   w->state};
     for (size_t i = 0; i < sizeof(text) / sizeof(text[0]); i++)
-        put_text(b, text[i], SIZE_MAX, SIZE_MAX);
-    put_int4(b, w->attempts);
+        rt_copy_text(b, text[i], SIZE_MAX, SIZE_MAX);
+    rt_copy_int4(b, w->attempts);
     if (w->last_status)
-        put_int4(b, (int32_t)w->last_status);
+        rt_copy_int4(b, (int32_t)w->last_status);
     else
-        put_null(b);
-    put_text(b, w->last_response, w->last_response ? w->last_response_len : 0,
-             RT_STATUS_RESPONSE_MAX);
-    put_time(b, w->first_attempt_ms);
-    put_time(b, w->last_attempt_ms);
-    put_text(b, w->kafka_topic, SIZE_MAX, SIZE_MAX);
+        rt_copy_null(b);
+    rt_copy_text(b, w->last_response, w->last_response ? w->last_response_len : 0,
+                 RT_STATUS_RESPONSE_MAX);
+    rt_copy_time(b, w->first_attempt_ms);
+    rt_copy_time(b, w->last_attempt_ms);
+    rt_copy_text(b, w->kafka_topic, SIZE_MAX, SIZE_MAX);
     if (w->kafka_topic) {
-        put_int4(b, w->kafka_partition);
-        put_int8(b, w->kafka_offset);
+        rt_copy_int4(b, w->kafka_partition);
+        rt_copy_int8(b, w->kafka_offset);
     } else {
-        put_null(b);
-        put_null(b);
+        rt_copy_null(b);
+        rt_copy_null(b);
     }
     const char *ids[] = {w->trace_id, w->span_id, w->parent_span_id};
     for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++)
-        put_text(b, ids[i] && *ids[i] ? ids[i] : NULL, SIZE_MAX, SIZE_MAX);
+        rt_copy_text(b, ids[i] && *ids[i] ? ids[i] : NULL, SIZE_MAX, SIZE_MAX);
     const int64_t times[] = {w->received_ms,  w->enqueued_ms, w->picked_ms,
                              w->processed_ms, w->routed_ms,   w->completed_ms};
     for (size_t i = 0; i < sizeof(times) / sizeof(times[0]); i++)
-        put_time(b, times[i]);
+        rt_copy_time(b, times[i]);
 }
 
 /* A final job's place in its partition, for the rows of sluice_jobs_done. */
@@ -358,12 +241,10 @@ int rt_status_send(PGconn *c, const rt_status_row_t *rows, size_t n, char *errst
     sl_buf_puts(&sql, copy_sql);
     err = put_done_rows(&sql, c, rows, n, errstr, errstr_size);
     if (!err) {
-        sl_buf_append(&b, "PGCOPY\n\377\r\n\0", 11); /* the signature */
-        put_be(&b, 0, 4);                            /* flags */
-        put_be(&b, 0, 4);                            /* header extension length */
+        rt_copy_begin(&b);
         for (size_t i = 0; i < n; i++)
             put_row(&b, &rows[i]);
-        put_be(&b, 0xFFFF, 2); /* the trailer: -1 fields */
+        rt_copy_end(&b);
         if (PQsendQuery(c, sql.data) != 1) {
             err = pg_fail(c, NULL, "could not write job status", errstr, errstr_size);
         } else {

@@ -14,6 +14,7 @@
 #include "common/mem.h"
 #include "common/timeutil.h"
 #include "router/internal.h"
+#include "router/pgcopy.h"
 #include "router/status.h"
 
 #include <errno.h>
@@ -244,67 +245,49 @@ static const char *cap_response(const rt_job_t *j)
     return j->last_response; /* capped when it was read (RT_RESPONSE_CAP) */
 }
 
-#define PARK_CHUNK 1000 /* rows per INSERT */
+#define PARK_CHUNK 1000 /* rows per COPY */
 
-/* One INSERT of n parked jobs, in order (their ids keep that order). */
+static const char park_sql[] =
+    "COPY sluice_parked (kafka_topic, kafka_partition, kafka_offset, destination_id, user_key, "
+    "job_id, message_id, job, attempts, first_attempt_at, last_attempt_at, last_status, "
+    "last_response, traceparent, tracestate, received_at, enqueued_at, picked_at, processed_at, "
+    "routed_at) FROM STDIN (FORMAT binary)";
+#define PARK_FIELDS 20
+
+/* One binary COPY of n parked jobs, in order (their ids keep that order). */
 static int park_rows(rt_store_t *s, PGconn *c, rt_job_t *const *jobs, size_t n, char *err,
                      size_t errsz)
 {
-    enum { COLS = 20 };
-    const char **p = sl_calloc(n * COLS, sizeof(char *));
-    char(*nums)[4][24] = sl_malloc(n * sizeof(*nums));
-    char(*times)[7][SL_TIME_STRLEN] = sl_malloc(n * sizeof(*times));
-    sl_buf_t sql = SL_BUF_INIT;
-    sl_buf_puts(&sql, "INSERT INTO sluice_parked (kafka_topic, kafka_partition, kafka_offset, "
-                      "destination_id, user_key, job_id, message_id, job, attempts, "
-                      "first_attempt_at, last_attempt_at, last_status, last_response, "
-                      "traceparent, tracestate, received_at, enqueued_at, picked_at, "
-                      "processed_at, routed_at) VALUES ");
+    sl_buf_t b = SL_BUF_INIT;
+    rt_copy_begin(&b);
     for (size_t i = 0; i < n; i++) {
         const rt_job_t *j = jobs[i];
-        const char **q = p + i * COLS;
-        snprintf(nums[i][0], 24, "%d", (int)j->partition);
-        snprintf(nums[i][1], 24, "%lld", (long long)j->offset);
-        snprintf(nums[i][2], 24, "%d", j->attempts);
-        snprintf(nums[i][3], 24, "%ld", j->last_status);
-        fmt_ms(j->first_ms, times[i][0]);
-        fmt_ms(j->last_ms, times[i][1]);
-        q[0] = s->topic;
-        q[1] = nums[i][0];
-        q[2] = nums[i][1];
-        q[3] = j->dest_id;
-        q[4] = j->user_key;
-        q[5] = j->job_id;
-        q[6] = j->message_id;
-        q[7] = j->raw;
-        q[8] = nums[i][2];
-        q[9] = j->first_ms ? times[i][0] : NULL;
-        q[10] = j->last_ms ? times[i][1] : NULL;
-        q[11] = j->last_status ? nums[i][3] : NULL;
-        q[12] = cap_response(j);
-        q[13] = *j->traceparent ? j->traceparent : NULL;
-        q[14] = j->tracestate;
+        rt_copy_be(&b, PARK_FIELDS, 2);
+        rt_copy_text(&b, s->topic, SIZE_MAX, SIZE_MAX);
+        rt_copy_int4(&b, j->partition);
+        rt_copy_int8(&b, j->offset);
+        const char *ids[] = {j->dest_id, j->user_key, j->job_id, j->message_id};
+        for (size_t t = 0; t < sizeof(ids) / sizeof(ids[0]); t++)
+            rt_copy_text(&b, ids[t], SIZE_MAX, SIZE_MAX);
+        rt_copy_text(&b, j->raw, SIZE_MAX, SIZE_MAX); /* NUL-terminated, as Kafka gave it */
+        rt_copy_int4(&b, j->attempts);
+        rt_copy_time(&b, j->first_ms);
+        rt_copy_time(&b, j->last_ms);
+        if (j->last_status)
+            rt_copy_int4(&b, (int32_t)j->last_status);
+        else
+            rt_copy_null(&b);
+        rt_copy_text(&b, cap_response(j), SIZE_MAX, SIZE_MAX);
+        rt_copy_text(&b, *j->traceparent ? j->traceparent : NULL, SIZE_MAX, SIZE_MAX);
+        rt_copy_text(&b, j->tracestate, SIZE_MAX, SIZE_MAX);
         const int64_t stage[] = {j->received_ms, j->enqueued_ms, j->picked_ms, j->processed_ms,
                                  j->routed_ms};
-        for (size_t t = 0; t < 5; t++) {
-            fmt_ms(stage[t], times[i][2 + t]);
-            q[15 + t] = stage[t] ? times[i][2 + t] : NULL;
-        }
-        size_t b = i * COLS;
-        sl_buf_printf(&sql,
-                      "%s($%zu,$%zu::int,$%zu::bigint,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu::int,"
-                      "$%zu::timestamptz,$%zu::timestamptz,$%zu::int,$%zu,$%zu,$%zu",
-                      i ? "," : "", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9,
-                      b + 10, b + 11, b + 12, b + 13, b + 14, b + 15);
-        for (size_t t = 0; t < 5; t++)
-            sl_buf_printf(&sql, ",$%zu::timestamptz", b + 16 + t);
-        sl_buf_putc(&sql, ')');
+        for (size_t t = 0; t < sizeof(stage) / sizeof(stage[0]); t++)
+            rt_copy_time(&b, stage[t]);
     }
-    int rc = exec(c, sql.data, (int)(n * COLS), p, NULL, err, errsz);
-    sl_buf_free(&sql);
-    free(p);
-    free(nums);
-    free(times);
+    rt_copy_end(&b);
+    int rc = rt_copy_run(c, park_sql, &b, "could not park jobs", err, errsz);
+    sl_buf_free(&b);
     return rc;
 }
 
@@ -866,6 +849,34 @@ static int drain(rt_store_t *s, PGconn *c, char *err, size_t errsz)
     return 0;
 }
 
+/* Takes up to MAX_OPS_TXN status ops out of the queue, in order, wherever they are (caller
+ * holds s->lock). Returns how many, the first in *first and the last in *last. */
+static size_t take_status(rt_store_t *s, rt_op_t **first, rt_op_t **last)
+{
+    size_t n = 0;
+    rt_op_t **pp = &s->in_head, *prev = NULL;
+    *first = *last = NULL;
+    while (*pp && n < MAX_OPS_TXN) {
+        rt_op_t *op = *pp;
+        if (op->kind != RT_OP_STATUS) {
+            prev = op;
+            pp = &op->next;
+            continue;
+        }
+        *pp = op->next;
+        if (s->in_tail == op)
+            s->in_tail = prev;
+        op->next = NULL;
+        if (*last)
+            (*last)->next = op;
+        else
+            *first = op;
+        *last = op;
+        n++;
+    }
+    return n;
+}
+
 static void *store_main(void *arg)
 {
     rt_store_t *s = arg;
@@ -880,7 +891,11 @@ static void *store_main(void *arg)
             sl_time_deadline(&ts, wait);
             pthread_cond_timedwait(&s->cond, &s->lock, &ts);
         }
-        /* Take up to MAX_OPS_TXN ops. */
+        /* Status rows first, wherever they are in the queue, then up to MAX_OPS_TXN other
+         * ops in order. A status op depends on no other op, and until its rows are written a
+         * crash delivers its jobs twice: a rush of parking must not hold it up. */
+        rt_op_t *sts = NULL, *sts_last = NULL;
+        size_t nsts = s->c.job_status ? take_status(s, &sts, &sts_last) : 0;
         rt_op_t *ops = s->in_head, *last = NULL;
         size_t n = 0;
         for (rt_op_t *op = ops; op && n < MAX_OPS_TXN; op = op->next, n++)
@@ -890,6 +905,8 @@ static void *store_main(void *arg)
             if (!s->in_head)
                 s->in_tail = NULL;
             last->next = NULL;
+        } else {
+            ops = NULL;
         }
         bool stopping = s->stop, drain_now = s->drain_now;
         /* Loading parked jobs while the records of delivered ones queue up would only grow
@@ -903,26 +920,25 @@ static void *store_main(void *arg)
         if (!c) {
             if (ops) /* put them back in front */
                 put_back(s, ops, last);
+            if (sts)
+                put_back(s, sts, sts_last);
             if (stopping)
                 break;
             sl_warn("router", "parking and job status wait for postgres: %s", err);
             backoff_wait(s, &backoff);
             continue;
         }
-        /* Status rows only (the usual batch) go to a status connection. They need no flush to
-         * disk: losing them to a Postgres crash costs a duplicate delivery at worst, never a
-         * job. Parking waits for the flush, on c, after the status batches in flight. */
-        bool status_only = ops && s->c.job_status;
-        for (rt_op_t *op = ops; op && status_only; op = op->next)
-            status_only = op->kind == RT_OP_STATUS;
+        /* Status rows go to a status connection. They need no flush to disk: losing them to a
+         * Postgres crash costs a duplicate delivery at worst, never a job. Parking waits for
+         * the flush, on c, after the status batches in flight. */
         int src = 0;
-        if (status_only)
-            src = status_send(s, ops, last, n, err, sizeof(err));
-        else if (ops || stopping)
+        if (sts) /* on an error, the ops are back in the queue */
+            src = status_send(s, sts, sts_last, nsts, err, sizeof(err));
+        if (!src && (ops || stopping))
             src = status_finish_all(s, err, sizeof(err));
-        else if (status_inflight(s))
+        else if (!src && !sts && status_inflight(s))
             src = status_finish_oldest(s, NULL, NULL, err, sizeof(err));
-        if (src && ops && !status_only) {
+        if (src && ops) {
             put_back(s, ops, last);
             ops = NULL;
         }
@@ -932,9 +948,9 @@ static void *store_main(void *arg)
                 break;
             continue;
         }
-        if (status_only) {
+        if (sts)
             backoff = 100;
-        } else if (ops) {
+        if (ops) {
             if (run_ops(s, c, ops, err, sizeof(err)) != 0) {
                 sl_warn("router", "could not record %zu operations (will retry): %s", n, err);
                 PQreset(c);
@@ -947,7 +963,7 @@ static void *store_main(void *arg)
             backoff = 100;
             give_back(s, ops);
         }
-        if (stopping && !ops)
+        if (stopping && !ops && !sts)
             break;
         int64_t now = sl_time_mono_ms();
         if (s->c.job_status && now - s->last_maintain > 3600 * 1000) {
