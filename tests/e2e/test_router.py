@@ -786,8 +786,9 @@ def case_workers(env):
     most = max(sum(1 for x in ts[i:] if x < t + 1000) for i, t in enumerate(ts))
     h.log(f"{len(want)} events over {(ts[-1] - ts[0]) / 1000:.1f} s ({time.time() - t0:.1f} s "
           f"from producing), most in any 1 s at the sink: {most}")
-    # Each worker allows half of 20/1s; unshared, the two would let up to 40 through.
-    if most > 22:
+    # Each worker allows half of 20/1s, +1 at a window's edge, and arrivals at the sink may
+    # bunch by one or two more; unshared, the two would let up to 40 through.
+    if most > 26:
         h.fail(f"{most} requests within 1 s: the two workers did not share the 20/1s throttle")
 
 
