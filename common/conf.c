@@ -175,7 +175,8 @@ static const sl_conf_opt_t options[] = {
      "An id wins over a type, which wins over the router.* option."},
     {"router.job_status", SL_CONF_BOOL, "true", NO_RANGE, NULL, 0,
      "Record every job's state changes in Postgres (sluice_jobs, for `sluice status`). "
-     "Without it a restart may deliver again the jobs of the last second."},
+     "Without it a restart or a rebalance may deliver again the jobs delivered since the last "
+     "offset commit."},
     {"router.status_retention", SL_CONF_DURATION, "7d", 3600000, 31536000000LL, NULL, 0,
      "How long job status rows are kept: sluice_jobs is partitioned by day and older days are "
      "dropped."},
