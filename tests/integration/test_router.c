@@ -769,7 +769,8 @@ static void test_parked_reloaded(void **state)
     rt_router_t *rt = rt_router_start(conf, ws, err, sizeof(err));
     if (!rt)
         fail_msg("%s", err);
-    int64_t deadline = sl_time_mono_ms() + 30000;
+    /* 60 s: the dev broker has let a new member in only after 30 s (as in test_postgres_down) */
+    int64_t deadline = sl_time_mono_ms() + 60000;
     while (sink_count("\"rl-1\"", 0) == 0 && sl_time_mono_ms() < deadline)
         usleep(5000);
     assert_int_equal(sink_count("\"rl-1\"", 0), 1);
