@@ -40,6 +40,7 @@ struct sl_http_server {
     unsigned threads, max_connections;
     size_t max_body, max_buffered;
     atomic_size_t buffered; /* body bytes held by requests, see max_buffered */
+    atomic_size_t resumed;  /* suspended requests answered, their responses not yet sent */
     bool cors;
     sl_metric_t *m_too_large, *m_bad_encoding, *m_overloaded, *m_not_found;
     route_t *routes;
@@ -58,6 +59,7 @@ struct sl_http_req {
     bool path_known;           /* some route has this path (405 rather than 404) */
     size_t max_body, held, wire_size;
     long long start_ms;
+    bool resumed; /* answered while suspended: counted in srv->resumed until freed */
     bool too_large, overloaded;
     char *origin; /* the Origin header, for CORS */
     char *basic_user;
@@ -173,6 +175,8 @@ static void req_hold(sl_http_req_t *req, size_t bytes)
 static void req_free(sl_http_req_t *req)
 {
     atomic_fetch_sub(&req->srv->buffered, req->held);
+    if (req->resumed)
+        atomic_fetch_sub(&req->srv->resumed, 1);
     free(req->origin);
     sl_buf_free(&req->body);
     free(req->basic_user);
@@ -434,6 +438,11 @@ void sl_http_server_destroy(sl_http_server_t *srv)
 {
     if (!srv)
         return;
+    /* A request answered after it was suspended (a delayed answer) has its response sent by
+     * the daemon's thread a moment later: stopping the daemon first would close the
+     * connection without it. Wait for those, up to 2 s. */
+    for (int i = 0; i < 400 && atomic_load(&srv->resumed) > 0; i++)
+        usleep(5000);
     if (srv->daemon)
         MHD_stop_daemon(srv->daemon);
     for (size_t i = 0; i < srv->nroutes; i++) {
@@ -575,8 +584,11 @@ void sl_http_respond(sl_http_req_t *req, int status, const char *content_type, c
     req->resp = resp;
     req->status = (unsigned)status;
     bool resume = req->state == REQ_SUSPENDED;
-    if (resume)
+    if (resume) {
+        req->resumed = true;
+        atomic_fetch_add(&req->srv->resumed, 1);
         MHD_resume_connection(req->conn);
+    }
     pthread_mutex_unlock(&req->lock);
 }
 
