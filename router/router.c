@@ -178,7 +178,7 @@ struct rt_router {
     size_t dl_pending;   /* dead letters not yet acknowledged */
     pthread_t thread;
     atomic_bool stop;
-    int worker, nworkers;      /* this loop's number, and router.workers */
+    int nworkers;              /* router.workers */
     struct rt_router *next;    /* the next worker (rt_router_start made them all) */
     sl_metric_t *m_partitions; /* partitions assigned to this worker */
 };
@@ -1638,16 +1638,6 @@ static void turn(rt_router_t *rt, bool consume, int64_t *last_commit)
     }
 }
 
-/* Lets requests in flight finish and the store catch up; no new jobs start. */
-static void settle(rt_router_t *rt, int64_t max_ms)
-{
-    int64_t deadline = sl_time_mono_ms() + max_ms, last_commit = sl_time_mono_ms();
-    while (sl_time_mono_ms() < deadline &&
-           (rt->inflight || rt->dl_pending || rt->status_op || rt_store_backlog(rt->store)))
-        turn(rt, false, &last_commit);
-    take_store(rt);
-}
-
 static bool in_list(const rd_kafka_topic_partition_list_t *parts, int32_t p)
 {
     for (int i = 0; i < parts->cnt; i++)
@@ -1673,29 +1663,39 @@ static void abandon(rt_router_t *rt, rt_req_t *r)
     req_free(r);
 }
 
-/* Lets the requests in flight finish and the store catch up before partitions are given up,
- * but waits at most RT_REVOKE_WAIT_MS for a request: a destination that stalls (each request
- * up to router.timeout) must not hold the rebalance, and with it every other destination. */
-static void settle_revoked(rt_router_t *rt, const rd_kafka_topic_partition_list_t *parts)
+/* Gives up on the HTTP requests in flight for RT_REVOKE_WAIT_MS or more whose jobs are all of
+ * the partitions in parts; returns how many jobs they carried. */
+static int64_t abandon_stale(rt_router_t *rt, const rd_kafka_topic_partition_list_t *parts)
 {
-    int64_t deadline = sl_time_mono_ms() + 60000, last_commit = sl_time_mono_ms(), abandoned = 0;
-    while (sl_time_mono_ms() < deadline &&
-           (rt->inflight || rt->dl_pending || rt->status_op || rt_store_backlog(rt->store))) {
-        int64_t now = sl_time_mono_ms();
-        for (rt_dest_t *d = rt->dests; d; d = d->next) {
-            for (rt_req_t *r = d->oldest, *next; r; r = next) {
-                next = r->next;
-                if (!r->easy || now - r->t0 < RT_REVOKE_WAIT_MS)
-                    continue;
-                bool revoked = true;
-                for (const rt_job_t *j = r->jobs; j && revoked; j = j->next)
-                    revoked = in_list(parts, j->partition);
-                if (revoked) {
-                    abandoned += (int64_t)r->njobs;
-                    abandon(rt, r);
-                }
+    int64_t now = sl_time_mono_ms(), abandoned = 0;
+    for (rt_dest_t *d = rt->dests; d; d = d->next) {
+        for (rt_req_t *r = d->oldest, *next; r; r = next) {
+            next = r->next;
+            if (!r->easy || now - r->t0 < RT_REVOKE_WAIT_MS)
+                continue;
+            bool revoked = true;
+            for (const rt_job_t *j = r->jobs; j && revoked; j = j->next)
+                revoked = in_list(parts, j->partition);
+            if (revoked) {
+                abandoned += (int64_t)r->njobs;
+                abandon(rt, r);
             }
         }
+    }
+    return abandoned;
+}
+
+/* Lets requests in flight finish and the store catch up; no new jobs start. With revoked
+ * (partitions being given up), waits at most RT_REVOKE_WAIT_MS for a request of theirs: a
+ * destination that stalls (each request up to router.timeout) must not hold the rebalance,
+ * and with it every other destination. */
+static void settle(rt_router_t *rt, int64_t max_ms, const rd_kafka_topic_partition_list_t *revoked)
+{
+    int64_t deadline = sl_time_mono_ms() + max_ms, last_commit = sl_time_mono_ms(), abandoned = 0;
+    while (sl_time_mono_ms() < deadline &&
+           (rt->inflight || rt->dl_pending || rt->status_op || rt_store_backlog(rt->store))) {
+        if (revoked)
+            abandoned += abandon_stale(rt, revoked);
         turn(rt, false, &last_commit);
     }
     take_store(rt);
@@ -1711,7 +1711,7 @@ static void settle_revoked(rt_router_t *rt, const rd_kafka_topic_partition_list_
 static void on_revoke(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
     rt_router_t *rt = opaque;
-    settle_revoked(rt, parts);
+    settle(rt, 60000, parts);
     for (size_t i = 0; i < rt->keys_cap; i++) {
         for (rt_key_t *k = rt->keys[i], *next; k; k = next) {
             next = k->hnext;
@@ -1741,7 +1741,7 @@ static void on_revoke(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *par
             key_maybe_free(rt, k);
         }
     }
-    settle(rt, 10000);
+    settle(rt, 10000, NULL);
     size_t n = 0;
     for (size_t i = 0; i < rt->nparts; i++)
         if (!in_list(parts, rt->parts[i]))
@@ -1949,7 +1949,6 @@ static rt_router_t *worker_start(const sl_conf_t *conf, sl_wsconf_t *ws, int wor
     rt_router_t *rt = sl_calloc(1, sizeof(*rt));
     sl_json_index_init(&rt->job_idx);
     rt->ws = ws;
-    rt->worker = worker;
     rt->nworkers = nworkers;
     char wl[16];
     snprintf(wl, sizeof(wl), "%d", worker);
@@ -2064,11 +2063,11 @@ static void *worker_stop(void *arg)
     pthread_join(rt->thread, NULL);
     /* Finish what is in flight and record it; what waits stays uncommitted in Kafka or
      * parked, and is delivered after a restart. */
-    settle(rt, 30000);
+    settle(rt, 30000, NULL);
     rt_kdest_free(rt->kdest, 5000, on_kafka_done, rt); /* reports what it can */
     rt->kdest = NULL;
     rd_kafka_flush(rt->producer, 5000);
-    settle(rt, 10000);
+    settle(rt, 10000, NULL);
     sl_kafka_offsets_commit(rt->offsets, rt->consumer, true);
     rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(rt->consumer);
     rd_kafka_queue_io_event_enable(q, -1, NULL, 0);
