@@ -69,7 +69,9 @@ typedef struct part {
 } part_t;
 
 typedef struct group {
-    char *name, *topic; /* topic NULL: what the group committed or holds */
+    char *name, *topic;  /* topic NULL: what the group committed or holds */
+    rd_kafka_t *offsets; /* a consumer named after the group that never joins it: its
+                          * committed offsets (fetch_committed) */
     char *state, *error;
     part_t *parts;
     size_t nparts;
@@ -79,8 +81,10 @@ typedef struct group {
 
 struct sl_lag {
     rd_kafka_t *rk;
+    const sl_conf_t *conf; /* for the groups' offset readers */
     size_t window;
     bool all;
+    int timeout_ms;  /* one request or metadata call: LAG_TIMEOUT_MS */
     int group_admin; /* the brokers answer ListGroups and DescribeGroups: 1, 0, -1 unknown */
     char *brokers;
     group_t *groups;
@@ -99,7 +103,8 @@ typedef struct members {
     bool known; /* DescribeGroups answered */
     owner_t *owners;
     size_t n;
-    const char **states; /* per group index, NULL when unknown */
+    const char **states; /* per group index (nstates), NULL when unknown; malloc'ed */
+    size_t nstates;
 } members_t;
 
 sl_lag_t *sl_lag_new(const sl_conf_t *conf, size_t window, char *errstr, size_t errstr_size)
@@ -127,7 +132,9 @@ sl_lag_t *sl_lag_new(const sl_conf_t *conf, size_t window, char *errstr, size_t 
     rd_kafka_poll_set_consumer(rk);
     sl_lag_t *l = sl_calloc(1, sizeof(*l));
     l->rk = rk;
+    l->conf = conf;
     l->window = window ? window : 1;
+    l->timeout_ms = LAG_TIMEOUT_MS;
     l->group_admin = -1;
     l->brokers = sl_strdup(sl_conf_str(conf, "kafka.brokers"));
     return l;
@@ -158,6 +165,8 @@ void sl_lag_destroy(sl_lag_t *l)
     for (size_t i = 0; i < l->ngroups; i++) {
         group_t *g = &l->groups[i];
         group_clear_parts(g);
+        if (g->offsets)
+            rd_kafka_destroy(g->offsets);
         free(g->name);
         free(g->topic);
         free(g->state);
@@ -181,6 +190,11 @@ void sl_lag_add_group(sl_lag_t *l, const char *group, const char *topic)
     memset(g, 0, sizeof(*g));
     g->name = sl_strdup(group);
     g->topic = topic ? sl_strdup(topic) : NULL;
+}
+
+void sl_lag_set_timeout(sl_lag_t *l, int timeout_ms)
+{
+    l->timeout_ms = timeout_ms;
 }
 
 void sl_lag_all_groups(sl_lag_t *l, bool all)
@@ -242,14 +256,73 @@ static void members_free(members_t *m)
         free((char *)m->owners[i].client_id);
     }
     free(m->owners);
+    for (size_t i = 0; i < m->nstates; i++)
+        free((char *)m->states[i]);
     free(m->states);
 }
 
-/* Membership of every watched group. On failure m->known is false and l->note says why. */
+/* Reads a big-endian integer of n bytes at *p, within end; false when it is cut short. */
+static bool be_read(const uint8_t **p, const uint8_t *end, int n, int64_t *v)
+{
+    if (end - *p < n)
+        return false;
+    int64_t x = 0;
+    for (int i = 0; i < n; i++)
+        x = x << 8 | (*p)[i];
+    *v = n == 2 ? (int16_t)x : n == 4 ? (int32_t)x : x;
+    *p += n;
+    return true;
+}
+
+/* Adds to m the partitions of a member's assignment: the consumer protocol's Assignment
+ * (version, [topic, [partition]], user data). A malformed one adds what it holds up to the
+ * flaw: the bytes come from the broker, as another client wrote them. */
+static void add_assignment(members_t *m, size_t *cap, const char *group,
+                           const struct rd_kafka_group_member_info *mi)
+{
+    const uint8_t *p = mi->member_assignment, *end = p + mi->member_assignment_size;
+    int64_t version, ntopics;
+    if (!p || !be_read(&p, end, 2, &version) || !be_read(&p, end, 4, &ntopics))
+        return;
+    for (int64_t t = 0; t < ntopics; t++) {
+        int64_t tlen, nparts;
+        if (!be_read(&p, end, 2, &tlen) || tlen < 0 || end - p < tlen)
+            return;
+        char *topic = sl_strndup((const char *)p, (size_t)tlen);
+        p += tlen;
+        if (!be_read(&p, end, 4, &nparts)) {
+            free(topic);
+            return;
+        }
+        for (int64_t k = 0; k < nparts; k++) {
+            int64_t part;
+            if (!be_read(&p, end, 4, &part))
+                break;
+            if (m->n == *cap) {
+                *cap = *cap ? *cap * 2 : 32;
+                m->owners = sl_realloc(m->owners, *cap * sizeof(*m->owners));
+            }
+            m->owners[m->n++] = (owner_t){.group = group,
+                                          .topic = sl_strdup(topic),
+                                          .partition = (int32_t)part,
+                                          .consumer_id = sl_strdup(mi->member_id),
+                                          .host = sl_strdup(mi->client_host),
+                                          .client_id = sl_strdup(mi->client_id)};
+        }
+        free(topic);
+    }
+}
+
+/* Membership of every watched group, with librdkafka's ListGroups/DescribeGroups
+ * (rd_kafka_list_groups), not the Admin API's DescribeConsumerGroups: in librdkafka 2.0.2
+ * that one aborts the process (an assertion on a freed request, "eonce->refcnt > 0") when the
+ * connection to the group's coordinator drops under it, as when a broker restarts. On failure
+ * m->known is false and l->note says why. */
 static void describe_groups(sl_lag_t *l, members_t *m)
 {
     memset(m, 0, sizeof(*m));
     m->states = sl_calloc(l->ngroups ? l->ngroups : 1, sizeof(*m->states));
+    m->nstates = l->ngroups;
     if (!l->ngroups)
         return;
     if (l->group_admin == 0) {
@@ -258,71 +331,38 @@ static void describe_groups(sl_lag_t *l, members_t *m)
                  "so a stopped consumer shows as STALL, not STOP");
         return;
     }
-    const char **names = sl_calloc(l->ngroups, sizeof(*names));
-    for (size_t i = 0; i < l->ngroups; i++)
-        names[i] = l->groups[i].name;
-    rd_kafka_queue_t *q = rd_kafka_queue_new(l->rk);
-    rd_kafka_AdminOptions_t *o =
-        sl_kafka_admin_options(l->rk, RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS);
-    rd_kafka_DescribeConsumerGroups(l->rk, names, l->ngroups, o, q);
-    char e[512];
-    rd_kafka_event_t *ev = sl_kafka_admin_wait(q, "DescribeGroups", e, sizeof(e));
+    char e[512] = "";
     size_t cap = 0;
-    if (ev) {
-        size_t n;
-        const rd_kafka_ConsumerGroupDescription_t **gd =
-            rd_kafka_DescribeConsumerGroups_result_groups(
-                rd_kafka_event_DescribeConsumerGroups_result(ev), &n);
-        m->known = true;
-        for (size_t i = 0; i < n && m->known; i++) {
-            const rd_kafka_error_t *ge = rd_kafka_ConsumerGroupDescription_error(gd[i]);
-            if (ge) {
-                snprintf(e, sizeof(e), "DescribeGroups: %s", rd_kafka_error_string(ge));
-                m->known = false;
-                break;
-            }
-            const char *gid = rd_kafka_ConsumerGroupDescription_group_id(gd[i]);
-            size_t gi = 0;
-            while (gi < l->ngroups && strcmp(l->groups[gi].name, gid) != 0)
-                gi++;
-            if (gi == l->ngroups)
-                continue;
-            m->states[gi] =
-                rd_kafka_consumer_group_state_name(rd_kafka_ConsumerGroupDescription_state(gd[i]));
-            size_t nm = rd_kafka_ConsumerGroupDescription_member_count(gd[i]);
-            for (size_t j = 0; j < nm; j++) {
-                const rd_kafka_MemberDescription_t *md =
-                    rd_kafka_ConsumerGroupDescription_member(gd[i], j);
-                const rd_kafka_topic_partition_list_t *a =
-                    rd_kafka_MemberAssignment_partitions(rd_kafka_MemberDescription_assignment(md));
-                for (int k = 0; a && k < a->cnt; k++) {
-                    if (m->n == cap) {
-                        cap = cap ? cap * 2 : 32;
-                        m->owners = sl_realloc(m->owners, cap * sizeof(*m->owners));
-                    }
-                    m->owners[m->n++] = (owner_t){
-                        .group = l->groups[gi].name,
-                        .topic = sl_strdup(a->elems[k].topic),
-                        .partition = a->elems[k].partition,
-                        .consumer_id = sl_strdup(rd_kafka_MemberDescription_consumer_id(md)),
-                        .host = sl_strdup(rd_kafka_MemberDescription_host(md)),
-                        .client_id = sl_strdup(rd_kafka_MemberDescription_client_id(md))};
-                }
-            }
+    m->known = true;
+    for (size_t gi = 0; gi < l->ngroups && m->known; gi++) {
+        const struct rd_kafka_group_list *gl = NULL;
+        rd_kafka_resp_err_t err =
+            rd_kafka_list_groups(l->rk, l->groups[gi].name, &gl, l->timeout_ms);
+        const struct rd_kafka_group_info *gr = NULL;
+        for (int i = 0; !err && i < gl->group_cnt && !gr; i++)
+            if (strcmp(gl->groups[i].group, l->groups[gi].name) == 0)
+                gr = &gl->groups[i];
+        if (err || (gr && gr->err)) {
+            snprintf(e, sizeof(e), "DescribeGroups: %s", rd_kafka_err2str(err ? err : gr->err));
+            m->known = false;
+        } else if (gr) { /* no entry: a group no broker knows, with no members */
+            m->states[gi] = gr->state ? sl_strdup(gr->state) : NULL;
+            for (int k = 0; k < gr->member_cnt; k++)
+                add_assignment(m, &cap, l->groups[gi].name, &gr->members[k]);
         }
-        rd_kafka_event_destroy(ev);
+        if (gl)
+            rd_kafka_group_list_destroy(gl);
     }
     if (!m->known) {
         snprintf(l->note, sizeof(l->note),
                  "group membership is unknown (%s): a stopped consumer shows as STALL, not "
                  "STOP; the embedded dev broker has no DescribeGroups",
                  e);
-        for (size_t i = 0; i < l->ngroups; i++)
+        for (size_t i = 0; i < l->ngroups; i++) {
+            free((char *)m->states[i]);
             m->states[i] = NULL;
+        }
     }
-    rd_kafka_AdminOptions_destroy(o);
-    rd_kafka_queue_destroy(q);
-    free(names);
 }
 
 static const owner_t *owner_of(const members_t *m, const char *group, const char *topic,
@@ -341,77 +381,76 @@ static void set_str(char **dst, const char *src)
     *dst = src ? sl_strdup(src) : NULL;
 }
 
-/* The committed offsets of every group, asked all at once (one group per request, as
- * librdkafka 2.0.2 wants): got[i] is group i's list (the caller destroys it), or NULL with
- * the group's error set. A group on a topic asks for every partition of it; another group
- * for every partition it committed. */
+/* The consumer that reads group g's committed offsets, made on first use (NULL with *e set
+ * when it can't be). */
+static rd_kafka_t *offsets_reader(sl_lag_t *l, group_t *g, char *e, size_t esz)
+{
+    if (g->offsets)
+        return g->offsets;
+    rd_kafka_conf_t *kconf = sl_kafka_conf_new(l->conf, SL_KAFKA_CONSUMER, g->name, e, esz);
+    if (!kconf)
+        return NULL;
+    rd_kafka_conf_set(kconf, "client.id", "sluice-lag", NULL, 0);
+    rd_kafka_conf_set(kconf, "enable.auto.commit", "false", NULL, 0);
+    g->offsets = rd_kafka_new(RD_KAFKA_CONSUMER, kconf, e, esz);
+    if (!g->offsets)
+        rd_kafka_conf_destroy(kconf);
+    return g->offsets;
+}
+
+/* The committed offsets of every group: got[i] is group i's list (the caller destroys it),
+ * or NULL with the group's error set. A group on a topic asks for every partition of it;
+ * another group for every partition of every topic, keeping those it committed. Asked with
+ * rd_kafka_committed() on a consumer named after the group, not the Admin API's
+ * ListConsumerGroupOffsets: see describe_groups. */
 static void fetch_committed(sl_lag_t *l, const rd_kafka_metadata_t *md,
                             rd_kafka_topic_partition_list_t **got)
 {
     char e[512];
-    rd_kafka_queue_t *q = rd_kafka_queue_new(l->rk);
-    size_t asked = 0;
     for (size_t i = 0; i < l->ngroups; i++) {
         group_t *g = &l->groups[i];
         set_str(&g->error, NULL);
-        rd_kafka_topic_partition_list_t *ask = NULL;
-        if (g->topic) {
-            const rd_kafka_metadata_topic_t *t = NULL;
-            for (int k = 0; k < md->topic_cnt && !t; k++)
-                if (strcmp(md->topics[k].topic, g->topic) == 0 && !md->topics[k].err)
-                    t = &md->topics[k];
-            if (!t) {
-                snprintf(e, sizeof(e), "topic %s does not exist", g->topic);
-                set_str(&g->error, e);
+        rd_kafka_topic_partition_list_t *ask = rd_kafka_topic_partition_list_new(8);
+        bool found = false;
+        for (int k = 0; k < md->topic_cnt; k++) {
+            const rd_kafka_metadata_topic_t *t = &md->topics[k];
+            if (t->err || (g->topic ? strcmp(t->topic, g->topic) != 0 : t->topic[0] == '_'))
                 continue;
-            }
-            ask = rd_kafka_topic_partition_list_new(t->partition_cnt);
-            for (int k = 0; k < t->partition_cnt; k++)
-                rd_kafka_topic_partition_list_add(ask, g->topic, t->partitions[k].id);
+            found = true;
+            for (int p = 0; p < t->partition_cnt; p++)
+                rd_kafka_topic_partition_list_add(ask, t->topic, t->partitions[p].id);
         }
-        rd_kafka_ListConsumerGroupOffsets_t *req =
-            rd_kafka_ListConsumerGroupOffsets_new(g->name, ask);
-        rd_kafka_AdminOptions_t *o =
-            sl_kafka_admin_options(l->rk, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS);
-        rd_kafka_AdminOptions_set_opaque(o, (void *)(uintptr_t)(i + 1));
-        rd_kafka_ListConsumerGroupOffsets(l->rk, &req, 1, o, q);
-        rd_kafka_AdminOptions_destroy(o);
-        rd_kafka_ListConsumerGroupOffsets_destroy(req);
-        if (ask)
-            rd_kafka_topic_partition_list_destroy(ask);
-        set_str(&g->error, "OffsetFetch: no answer"); /* until it comes */
-        asked++;
-    }
-    int64_t deadline = sl_time_mono_ms() + LAG_TIMEOUT_MS + 5000;
-    while (asked && sl_time_mono_ms() < deadline) {
-        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
-        if (!ev)
-            continue;
-        size_t i = (size_t)(uintptr_t)rd_kafka_event_opaque(ev) - 1;
-        if (i >= l->ngroups || got[i]) {
-            rd_kafka_event_destroy(ev);
-            continue;
-        }
-        asked--;
-        group_t *g = &l->groups[i];
-        size_t n = 0;
-        const rd_kafka_group_result_t **gr =
-            rd_kafka_event_error(ev) ? NULL
-                                     : rd_kafka_ListConsumerGroupOffsets_result_groups(
-                                           rd_kafka_event_ListConsumerGroupOffsets_result(ev), &n);
-        const rd_kafka_error_t *ge = n ? rd_kafka_group_result_error(gr[0]) : NULL;
-        if (rd_kafka_event_error(ev))
-            snprintf(e, sizeof(e), "OffsetFetch: %s", rd_kafka_event_error_string(ev));
-        else if (!n)
-            snprintf(e, sizeof(e), "OffsetFetch: no result");
-        else if (ge)
-            snprintf(e, sizeof(e), "OffsetFetch: %s", rd_kafka_error_string(ge));
+        rd_kafka_t *rk = NULL;
+        if (g->topic && !found)
+            snprintf(e, sizeof(e), "topic %s does not exist", g->topic);
         else
-            got[i] = rd_kafka_topic_partition_list_copy(rd_kafka_group_result_partitions(gr[0]));
-        set_str(&g->error, got[i] ? NULL : e);
-        rd_kafka_event_destroy(ev);
+            rk = offsets_reader(l, g, e, sizeof(e));
+        rd_kafka_resp_err_t err = rk ? rd_kafka_committed(rk, ask, l->timeout_ms) : 0;
+        if (rk && err)
+            snprintf(e, sizeof(e), "OffsetFetch: %s", rd_kafka_err2str(err));
+        for (int k = 0; rk && !err && k < ask->cnt; k++)
+            if (ask->elems[k].err && ask->elems[k].err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
+                snprintf(e, sizeof(e), "OffsetFetch: %s [%d]: %s", ask->elems[k].topic,
+                         (int)ask->elems[k].partition, rd_kafka_err2str(ask->elems[k].err));
+                err = ask->elems[k].err;
+            }
+        if (!rk || err) {
+            set_str(&g->error, e);
+            rd_kafka_topic_partition_list_destroy(ask);
+            continue;
+        }
+        if (g->topic) {
+            got[i] = ask;
+            continue;
+        }
+        got[i] = rd_kafka_topic_partition_list_new(8);
+        for (int k = 0; k < ask->cnt; k++)
+            if (ask->elems[k].offset >= 0)
+                rd_kafka_topic_partition_list_add(got[i], ask->elems[k].topic,
+                                                  ask->elems[k].partition)
+                    ->offset = ask->elems[k].offset;
+        rd_kafka_topic_partition_list_destroy(ask);
     }
-    rd_kafka_queue_destroy(q);
 }
 
 static part_t *find_old(part_t *parts, size_t n, const char *topic, int32_t partition)
@@ -503,8 +542,8 @@ static void fetch_ends(sl_lag_t *l, int64_t now)
     hi = rd_kafka_topic_partition_list_copy(lo);
     for (int i = 0; i < hi->cnt; i++)
         hi->elems[i].offset = RD_KAFKA_OFFSET_END; /* "latest": the high watermark */
-    rd_kafka_resp_err_t elo = lo->cnt ? rd_kafka_offsets_for_times(l->rk, lo, LAG_TIMEOUT_MS) : 0;
-    rd_kafka_resp_err_t ehi = hi->cnt ? rd_kafka_offsets_for_times(l->rk, hi, LAG_TIMEOUT_MS) : 0;
+    rd_kafka_resp_err_t elo = lo->cnt ? rd_kafka_offsets_for_times(l->rk, lo, l->timeout_ms) : 0;
+    rd_kafka_resp_err_t ehi = hi->cnt ? rd_kafka_offsets_for_times(l->rk, hi, l->timeout_ms) : 0;
     for (size_t i = 0; i < l->ngroups; i++) {
         group_t *g = &l->groups[i];
         for (size_t j = 0; j < g->nparts; j++) {
@@ -666,12 +705,12 @@ int sl_lag_sample(sl_lag_t *l, char *errstr, size_t errstr_size)
         /* The dev broker is librdkafka's mock cluster, which has no ListGroups or
          * DescribeGroups; librdkafka 2.0.2 leaks on a refused ListGroups and never completes a
          * refused DescribeGroups, so they are not even tried there. */
-        char *id = rd_kafka_clusterid(l->rk, LAG_TIMEOUT_MS);
+        char *id = rd_kafka_clusterid(l->rk, l->timeout_ms);
         if (!id)
             return sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT,
                               "could not reach kafka at \"%s\" within %d s; check "
                               "SLUICE_KAFKA_BROKERS and that the brokers are up",
-                              l->brokers, LAG_TIMEOUT_MS / 1000);
+                              l->brokers, l->timeout_ms / 1000);
         l->group_admin = strncmp(id, "mockCluster", 11) != 0;
         rd_kafka_mem_free(l->rk, id);
     }
@@ -685,7 +724,7 @@ int sl_lag_sample(sl_lag_t *l, char *errstr, size_t errstr_size)
             return rc;
     }
     const rd_kafka_metadata_t *md = NULL;
-    rd_kafka_resp_err_t err = rd_kafka_metadata(l->rk, 1, NULL, &md, LAG_TIMEOUT_MS);
+    rd_kafka_resp_err_t err = rd_kafka_metadata(l->rk, 1, NULL, &md, l->timeout_ms);
     if (err)
         return sl_err_set(errstr, errstr_size, SL_ERR_TRANSIENT,
                           "could not read the cluster's metadata: %s", rd_kafka_err2str(err));

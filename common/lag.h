@@ -97,6 +97,8 @@ void sl_lag_add_group(sl_lag_t *l, const char *group, const char *topic);
 /* Every sample also lists the cluster's consumer groups (ListGroups) and watches the new
  * ones. The dev broker has no ListGroups: sampling then fails with a message saying so. */
 void sl_lag_all_groups(sl_lag_t *l, bool all);
+/* How long one request or metadata call may take (default 10 s; tests shorten it). */
+void sl_lag_set_timeout(sl_lag_t *l, int timeout_ms);
 
 /* Takes one sample of every watched group. Returns 0 (a group that could not be read has its
  * error set), or an sl_err_t with errstr when nothing could be read (Kafka unreachable,

@@ -1173,9 +1173,10 @@ static void finish_parked(rt_router_t *rt, rt_key_t *k, rt_job_t *j, bool delive
          * the parking work in the store's queue (after an outage, every parked job comes back
          * through here). Once the status row is in, a router that loads the row again after
          * a crash knows it was delivered (drain, take_store). */
-        parked_done(rt, k, j->parked_id, last);
+        int64_t id = j->parked_id;
         record_final(rt, j);
-        flush_status(rt);
+        flush_status(rt); /* queued first: the store commits it before running the deletion */
+        parked_done(rt, k, id, last);
     } else {
         j->next_ms = last ? 1 : 0;
         dead_letter(rt, j, reason);
