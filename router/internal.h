@@ -42,7 +42,6 @@ typedef struct rt_job {
     int32_t partition;
     int64_t offset;
     int64_t parked_id; /* row in sluice_parked, 0 for a job from Kafka */
-    bool recorded;     /* a parked row whose delivery a status row records already */
     int attempts;
     int64_t first_ms, last_ms; /* attempt times, 0 before the first */
     long last_status;          /* HTTP status of the last attempt, 0 for none or an error */

@@ -740,8 +740,7 @@ static void job_drop_request(rt_job_t *j)
 static void record_final(rt_router_t *rt, rt_job_t *j)
 {
     if (!rt->job_status) {
-        if (!j->parked_id) /* a parked job's offset was done when it was parked */
-            sl_kafka_offsets_done(rt->offsets, rt->topic, j->partition, j->offset);
+        sl_kafka_offsets_done(rt->offsets, rt->topic, j->partition, j->offset);
         rt_job_free(j);
         return;
     }
@@ -1147,20 +1146,6 @@ static void key_release(rt_router_t *rt, rt_key_t *k)
     key_maybe_free(rt, k);
 }
 
-/* Deletes the row of a parked job of k that was delivered: a PARKED_DONE op for it alone,
- * without the status row (recorded on its own). last: k has no more loaded rows in memory,
- * so its next rows are due. */
-static void parked_done(rt_router_t *rt, rt_key_t *k, int64_t parked_id, bool last)
-{
-    rt_job_t *row = sl_calloc(1, sizeof(*row));
-    row->parked_id = parked_id;
-    rt_op_t *op = op_new(RT_OP_PARKED_DONE, k);
-    op->release = last;
-    op_add_job(op, row);
-    k->resolving++;
-    rt_store_push(rt->store, op);
-}
-
 /* Outcome of parked job j (loaded): delivered or aborted. */
 static void finish_parked(rt_router_t *rt, rt_key_t *k, rt_job_t *j, bool delivered,
                           const char *reason)
@@ -1169,14 +1154,11 @@ static void finish_parked(rt_router_t *rt, rt_key_t *k, rt_job_t *j, bool delive
     if (last)
         k->loading = false;
     if (delivered) {
-        /* Its status row goes the fast way, ahead of the row's deletion, which waits behind
-         * the parking work in the store's queue (after an outage, every parked job comes back
-         * through here). Once the status row is in, a router that loads the row again after
-         * a crash knows it was delivered (drain, take_store). */
-        int64_t id = j->parked_id;
-        record_final(rt, j);
-        flush_status(rt); /* queued first: the store commits it before running the deletion */
-        parked_done(rt, k, id, last);
+        rt_op_t *op = op_new(RT_OP_PARKED_DONE, k);
+        op->release = last;
+        op_add_job(op, j);
+        k->resolving++;
+        rt_store_push(rt->store, op);
     } else {
         j->next_ms = last ? 1 : 0;
         dead_letter(rt, j, reason);
@@ -1417,22 +1399,7 @@ static void take_store(rt_router_t *rt)
             }
             k->blocked = true;
             k->loading = true;
-            rt_job_t *rows = op->jobs;
-            /* Rows delivered already (the first ones, in order): deleted, not sent again. */
-            int recorded = 0;
-            while (rows && rows->recorded) {
-                rt_job_t *j = rows;
-                rows = j->next;
-                parked_done(rt, k, j->parked_id, !rows);
-                rt_job_free(j);
-                recorded++;
-            }
-            if (recorded)
-                sl_info("router",
-                        "%d parked jobs of %s were delivered before a crash (their status rows "
-                        "say so); they are not sent again",
-                        recorded, k->dest_id);
-            for (rt_job_t *j = rows, *next; j; j = next) {
+            for (rt_job_t *j = op->jobs, *next; j; j = next) {
                 next = j->next;
                 const char *problem = parse_job(rt, j);
                 if (!k->dest->type[0] && j->dest_type) {
@@ -1443,9 +1410,8 @@ static void take_store(rt_router_t *rt)
                 key_append(k, j);
             }
             op->jobs = NULL;
-            if (!k->head)
+            if (!k->head) {
                 k->loading = false;
-            if (!k->head && !(recorded && !rows)) { /* the last PARKED_DONE releases the key */
                 rt_op_t *rel = op_new(RT_OP_RELEASE, k);
                 rel->next_ms = sl_time_now_ms();
                 rt_store_push(rt->store, rel);

@@ -789,7 +789,8 @@ static int drain(rt_store_t *s, PGconn *c, char *err, size_t errsz)
     /* One statement: claim the due keys and read each one's first rows (the claim and the
      * read are one snapshot's work; a key claimed with no row left comes back with nulls). */
     PGresult *r;
-    char *sql = sl_asprintf(
+    int rc = exec(
+        c,
         "WITH claimed AS (UPDATE sluice_parked_keys k SET next_attempt_at = 'infinity' FROM ("
         "SELECT destination_id, user_key FROM sluice_parked_keys WHERE kafka_topic = $1 AND "
         "kafka_partition = ANY($2::int[]) AND next_attempt_at <= now() AND NOT destination_id = "
@@ -803,18 +804,11 @@ static int drain(rt_store_t *s, PGconn *c, char *err, size_t errsz)
         "(extract(epoch FROM p.picked_at) * 1000)::bigint, "
         "(extract(epoch FROM p.processed_at) * 1000)::bigint, "
         "(extract(epoch FROM p.routed_at) * 1000)::bigint, "
-        "c.destination_id, c.user_key, c.kafka_partition, %s FROM claimed c LEFT JOIN LATERAL ("
+        "c.destination_id, c.user_key, c.kafka_partition FROM claimed c LEFT JOIN LATERAL ("
         "SELECT * FROM sluice_parked p WHERE p.kafka_topic = $1 AND p.destination_id = "
         "c.destination_id AND p.user_key = c.user_key ORDER BY p.id LIMIT 100) p ON true "
         "ORDER BY c.destination_id, c.user_key, p.id",
-        /* A row whose delivery a status row already records: delivered just before a crash
-         * that lost the deletion (it was waiting behind parking work). Only the fast status
-         * path ran: the row is not sent again (take_store). */
-        s->c.job_status ? "EXISTS (SELECT 1 FROM sluice_jobs s WHERE s.message_id = "
-                          "p.message_id AND s.job_id = p.job_id AND s.state = 'succeeded')"
-                        : "false");
-    int rc = exec(c, sql, 4, p, &r, err, errsz);
-    free(sql);
+        4, p, &r, err, errsz);
     sl_buf_free(&parts);
     free(full);
     if (rc)
@@ -844,7 +838,6 @@ static int drain(rt_store_t *s, PGconn *c, char *err, size_t errsz)
         if (PQgetisnull(r, i, 0))
             continue;
         rt_job_t *j = row_job(r, i, dest, user);
-        j->recorded = PQgetvalue(r, i, 18)[0] == 't';
         if (jt)
             jt->next = j;
         else

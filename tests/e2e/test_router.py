@@ -12,9 +12,7 @@ instances are the destinations.
   --case isolation  destination B down (503) and C stalled: A's events all arrive; B's and C's
                     are parked in sluice_parked and delivered in order once they recover
   --case restart    SIGKILL the router while it delivers thousands of jobs: nothing lost,
-                    duplicates counted (only the unrecorded last moment may repeat); SIGKILL while jobs are parked: all delivered;
-                    SIGKILL after parked jobs were delivered but before their rows were
-                    deleted: those with a status row are not delivered again
+                    duplicates counted (only the unrecorded last moment may repeat); SIGKILL while jobs are parked: all delivered
   --case throttle   destination_settings throttle=20/1s: never more than 20 (+1) requests in
                     any 1 s, nothing lost
   --case status     gateway -> processor -> router, then `sluice status <messageId>` (and
@@ -469,9 +467,8 @@ def case_isolation(env):
 
 
 def case_restart(env):
-    s, pk, qk = h.Sink(env), h.Sink(env), h.Sink(env)
-    workspace(env, [webhook("dR", s.url + "/r"), webhook("dP", pk.url + "/p"),
-                    webhook("dQ", qk.url + "/q")])
+    s, pk = h.Sink(env), h.Sink(env)
+    workspace(env, [webhook("dR", s.url + "/r"), webhook("dP", pk.url + "/p")])
     rt = start_router(env)
 
     # Part 1: a SIGKILL while a few thousand jobs are being delivered.
@@ -569,66 +566,6 @@ def case_restart(env):
     h.log(f"parked jobs: all {len(pwant)} delivered after the restart, {pd} twice")
     if pd:
         h.fail(f"{pd} parked jobs were delivered twice after the restart")
-
-    # Part 3: a SIGKILL after parked jobs were delivered, before their rows were deleted (the
-    # deletion waits behind parking work in the store's queue; here a lock on the rows holds
-    # it). Their status rows are written first, on their own: the next router finds them and
-    # does not deliver those jobs again.
-    qk.set_mode(status=503)
-    qjobs, qsent = interleaved("dQ", qk.url + "/q", ["quser-0", "quser-1"], 5, "q")
-    qwant = {m for ms in qsent.values() for m in ms}
-    produce(env, qjobs)
-    wait(env, "all 10 of dQ's jobs parked", lambda: parked(env, "dQ")[0] >= len(qjobs),
-         timeout=30)
-    holder = subprocess.Popen(["psql", env.dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1"],
-                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-    # Not the rows of each user's first job: those are retried meanwhile, and the update of a
-    # locked row would hold up the store (the rows behind them were never attempted).
-    locked = int(sql(env, "SELECT count(*) FROM sluice_parked WHERE destination_id = 'dQ' "
-                          "AND attempts = 0")[0][0])
-    holder.stdin.write("BEGIN;\nSELECT id FROM sluice_parked WHERE destination_id = 'dQ' "
-                       "AND attempts = 0 FOR UPDATE;\n")
-    holder.stdin.flush()
-    wait(env, "the lock on dQ's parked rows", lambda: int(sql(
-        env, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE "
-             "l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND a.query LIKE "
-             "'%FOR UPDATE%' AND a.state = 'idle in transaction'")[0][0]) > 0, timeout=10)
-    qk.set_mode(status=200)
-    wait(env, "dQ's parked jobs delivered (their rows locked)",
-         lambda: qwant <= set(mids(arrivals(qk))), timeout=30)
-
-    def recorded():
-        return {r[0] for r in sql(env, "SELECT message_id FROM sluice_jobs WHERE "
-                                       "destination_id = 'dQ' AND state = 'succeeded'")}
-    wait(env, "a status row for a delivered parked job whose row is locked",
-         lambda: len(recorded()) > len(qwant) - locked, timeout=10)
-    time.sleep(1.0)
-    done = recorded()
-    still = parked(env, "dQ")[0]
-    sigkill(rt)
-    holder.stdin.write("ROLLBACK;\n")
-    holder.stdin.close()
-    holder.wait(10)
-    h.log(f"SIGKILL the router with {len(done)} of dQ's {len(qwant)} delivered jobs recorded "
-          f"and {still} rows still parked (their deletion held by a lock)")
-    if still != locked:
-        h.fail(f"the lock did not hold the deletion: {still} rows left, {locked} locked")
-    before = len(arrivals(qk))
-    rt = restart_router(env, rt, "router-4")
-    wait(env, "dQ's parked rows gone after the restart", lambda: parked(env, "dQ")[0] == 0,
-         timeout=40)
-    time.sleep(1.0)
-    got = mids(arrivals(qk))
-    again = [m for m in got[before:] if m in done]
-    check_user_order("dQ's jobs", got, qsent)
-    h.log(f"after the restart: {len(got) - before} deliveries to dQ, {len(again)} of jobs "
-          f"recorded before the SIGKILL")
-    if again:
-        h.fail(f"{len(again)} parked jobs recorded delivered before the SIGKILL were delivered "
-               f"again, e.g. {again[:3]}")
-    if "parked jobs of dQ were delivered before a crash" not in rt.output():
-        h.fail("router-4 did not say it skipped the recorded parked jobs")
 
 
 def case_throttle(env):
