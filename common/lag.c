@@ -274,6 +274,12 @@ static bool be_read(const uint8_t **p, const uint8_t *end, int n, int64_t *v)
     return true;
 }
 
+/* A string of a broker's answer that Kafka's protocol says is never null ("" if it is). */
+static const char *nonnull(const char *s)
+{
+    return s ? s : "";
+}
+
 /* Adds to m the partitions of a member's assignment: the consumer protocol's Assignment
  * (version, [topic, [partition]], user data). A malformed one adds what it holds up to the
  * flaw: the bytes come from the broker, as another client wrote them. */
@@ -305,9 +311,9 @@ static void add_assignment(members_t *m, size_t *cap, const char *group,
             m->owners[m->n++] = (owner_t){.group = group,
                                           .topic = sl_strdup(topic),
                                           .partition = (int32_t)part,
-                                          .consumer_id = sl_strdup(mi->member_id),
-                                          .host = sl_strdup(mi->client_host),
-                                          .client_id = sl_strdup(mi->client_id)};
+                                          .consumer_id = sl_strdup(nonnull(mi->member_id)),
+                                          .host = sl_strdup(nonnull(mi->client_host)),
+                                          .client_id = sl_strdup(nonnull(mi->client_id))};
         }
         free(topic);
     }
