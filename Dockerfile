@@ -18,7 +18,7 @@ FROM debian:12
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       librdkafka1 libpq5 libmicrohttpd12 libjson-c5 libcurl4 libssl3 zlib1g libavro23 \
-      libduktape207 ca-certificates curl \
+      libduktape207 libjemalloc2 ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/sluice --shell /usr/sbin/nologin sluice \
  && mkdir -p /etc/sluice /var/lib/sluice/staging \

@@ -2,7 +2,7 @@
 # test and run, skipping apt when everything is already there.
 SLUICE_DEBS="build-essential cmake pkg-config git librdkafka-dev libpq-dev postgresql
 libmicrohttpd-dev libjson-c-dev libcurl4-openssl-dev libssl-dev zlib1g-dev libavro-dev
-duktape-dev libcmocka-dev kcat python3 clang clang-format libclang-rt-14-dev
+duktape-dev libcmocka-dev libjemalloc-dev kcat python3 clang clang-format libclang-rt-14-dev
 default-jdk-headless maven docker-compose"
 # Node.js and npm run a real SDK in tests/e2e/test_sdk_node.py. They are installed from Debian
 # only when there is no `npm` at all: a Node.js from elsewhere (e.g. nodesource's nodejs, which
