@@ -675,12 +675,14 @@ static json_object *slim_event(const char *p, size_t len, sl_json_index_t *idx)
             char *big = n < sizeof(small) ? NULL : sl_malloc(n + 1);
             if (big)
                 sl_json_string_decode(it.value, big, n + 1);
-            json_object_object_add(ev, strings[i],
-                                   json_object_new_string_len(big ? big : small, (int)n));
+            json_object_object_add_ex(ev, strings[i],
+                                      json_object_new_string_len(big ? big : small, (int)n),
+                                      JSON_C_OBJECT_KEY_IS_CONSTANT);
             free(big);
         }
         if (sl_json_key_is(it.key, "integrations") && it.value.type == SL_JSON_OBJECT) {
-            json_object_object_add(ev, "integrations", parse_span(it.value.p, it.value.len));
+            json_object_object_add_ex(ev, "integrations", parse_span(it.value.p, it.value.len),
+                                      JSON_C_OBJECT_KEY_IS_CONSTANT);
         } else if (sl_json_key_is(it.key, "context") && it.value.type == SL_JSON_OBJECT) {
             sl_json_members_t c;
             sl_json_members_init(&c, it.value);
@@ -688,9 +690,10 @@ static json_object *slim_event(const char *p, size_t len, sl_json_index_t *idx)
                 if (!sl_json_key_is(c.key, "consentManagement"))
                     continue;
                 json_object *ctx = json_object_new_object();
-                json_object_object_add(ctx, "consentManagement",
-                                       parse_span(c.value.p, c.value.len));
-                json_object_object_add(ev, "context", ctx);
+                json_object_object_add_ex(ctx, "consentManagement",
+                                          parse_span(c.value.p, c.value.len),
+                                          JSON_C_OBJECT_KEY_IS_CONSTANT);
+                json_object_object_add_ex(ev, "context", ctx, JSON_C_OBJECT_KEY_IS_CONSTANT);
             }
         }
     }
