@@ -1,7 +1,14 @@
 /*
  * `sluice offsets reset` and `sluice offsets show`: a consumer group's committed offsets, and
  * replays by moving them, as `kafka-consumer-groups --reset-offsets` does (same options, same
- * clamping into each partition's earliest..latest, same table), with librdkafka's Admin API.
+ * clamping into each partition's earliest..latest, same table).
+ *
+ * The group is read with DescribeGroups (rd_kafka_list_groups) and its offsets read and written
+ * through a consumer named after it that never joins it (rd_kafka_committed, rd_kafka_commit),
+ * as a consumer that assigns its own partitions does; not with the Admin API's
+ * DescribeConsumerGroups, ListConsumerGroupOffsets and AlterConsumerGroupOffsets, which in
+ * librdkafka 2.0.2 abort the process when the connection to the group's coordinator drops
+ * under them (librdkafka issue 4605; common/lag.c).
  */
 #include "cmd/cmd.h"
 #include "common/kafka.h"
@@ -67,7 +74,7 @@ typedef struct ctx {
     const char *cmd; /* "sluice offsets reset", for messages */
     const sl_conf_t *conf;
     rd_kafka_t *rk;
-    rd_kafka_queue_t *q;
+    rd_kafka_t *group_rk; /* the consumer named after the group (group_consumer) */
     const rd_kafka_metadata_t *md;
     rd_kafka_topic_partition_list_t *committed; /* the group's committed offsets */
     char err[1024];
@@ -267,93 +274,34 @@ fail:
     return NULL;
 }
 
-/* The group-level error of a group Admin API result (or its first partition's). */
-static rd_kafka_resp_err_t group_err(rd_kafka_event_t *ev)
+/* The consumer named after the group, made on first use (NULL with c->err). It never
+ * subscribes, so it never joins the group: Kafka takes its commits as those of a consumer that
+ * assigns its own partitions, which it accepts while the group has no active members. */
+static rd_kafka_t *group_consumer(ctx_t *c)
 {
-    size_t n = 0;
-    const rd_kafka_group_result_t **g = NULL;
-    switch (rd_kafka_event_type(ev)) {
-    case RD_KAFKA_EVENT_DESCRIBECONSUMERGROUPS_RESULT: {
-        const rd_kafka_ConsumerGroupDescription_t **d =
-            rd_kafka_DescribeConsumerGroups_result_groups(
-                rd_kafka_event_DescribeConsumerGroups_result(ev), &n);
-        const rd_kafka_error_t *e = n ? rd_kafka_ConsumerGroupDescription_error(d[0]) : NULL;
-        return e ? rd_kafka_error_code(e) : RD_KAFKA_RESP_ERR_NO_ERROR;
-    }
-    case RD_KAFKA_EVENT_LISTCONSUMERGROUPOFFSETS_RESULT:
-        g = rd_kafka_ListConsumerGroupOffsets_result_groups(
-            rd_kafka_event_ListConsumerGroupOffsets_result(ev), &n);
-        break;
-    case RD_KAFKA_EVENT_ALTERCONSUMERGROUPOFFSETS_RESULT:
-        g = rd_kafka_AlterConsumerGroupOffsets_result_groups(
-            rd_kafka_event_AlterConsumerGroupOffsets_result(ev), &n);
-        break;
-    default:
-        return RD_KAFKA_RESP_ERR_NO_ERROR;
-    }
-    if (!n)
-        return RD_KAFKA_RESP_ERR_NO_ERROR;
-    const rd_kafka_error_t *e = rd_kafka_group_result_error(g[0]);
-    if (e)
-        return rd_kafka_error_code(e);
-    const rd_kafka_topic_partition_list_t *p = rd_kafka_group_result_partitions(g[0]);
-    return p && p->cnt ? p->elems[0].err : RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (c->group_rk)
+        return c->group_rk;
+    rd_kafka_conf_t *kconf =
+        sl_kafka_conf_new(c->conf, SL_KAFKA_CONSUMER, c->a->group, c->err, sizeof(c->err));
+    if (!kconf)
+        return NULL;
+    rd_kafka_conf_set(kconf, "client.id", "sluice-offsets", NULL, 0);
+    rd_kafka_conf_set(kconf, "enable.auto.commit", "false", NULL, 0);
+    c->group_rk = rd_kafka_new(RD_KAFKA_CONSUMER, kconf, c->err, sizeof(c->err));
+    if (!c->group_rk)
+        rd_kafka_conf_destroy(kconf);
+    return c->group_rk;
 }
 
-/* Sends a request about the group with send(c, arg) and waits for its result. While the
- * group's coordinator moves or loads (what Kafka's AdminClient retries), asks again, for up to
- * about 10 s. Returns the event (the caller destroys it) or NULL with c->err. */
-static rd_kafka_event_t *group_request(ctx_t *c, const char *what,
-                                       void (*send)(ctx_t *c, const void *arg), const void *arg)
+/* While the group's coordinator moves or loads (what Kafka's AdminClient retries). */
+static bool coordinator_busy(rd_kafka_resp_err_t e)
 {
-    for (int attempt = 1;; attempt++) {
-        send(c, arg);
-        rd_kafka_event_t *ev = sl_kafka_admin_wait(c->q, what, c->err, sizeof(c->err));
-        if (!ev)
-            return NULL;
-        rd_kafka_resp_err_t e = group_err(ev);
-        if ((e != RD_KAFKA_RESP_ERR_NOT_COORDINATOR &&
-             e != RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS &&
-             e != RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE) ||
-            attempt == 20)
-            return ev;
-        rd_kafka_event_destroy(ev);
-        usleep(500 * 1000);
-    }
+    return e == RD_KAFKA_RESP_ERR_NOT_COORDINATOR ||
+           e == RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS ||
+           e == RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE;
 }
 
-static void send_describe(ctx_t *c, const void *arg)
-{
-    (void)arg;
-    const char *groups[] = {c->a->group};
-    rd_kafka_AdminOptions_t *opts =
-        sl_kafka_admin_options(c->rk, RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS);
-    rd_kafka_DescribeConsumerGroups(c->rk, groups, 1, opts, c->q);
-    rd_kafka_AdminOptions_destroy(opts);
-}
-
-static void send_list(ctx_t *c, const void *arg)
-{
-    (void)arg;
-    rd_kafka_ListConsumerGroupOffsets_t *l =
-        rd_kafka_ListConsumerGroupOffsets_new(c->a->group, NULL);
-    rd_kafka_AdminOptions_t *opts =
-        sl_kafka_admin_options(c->rk, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS);
-    rd_kafka_ListConsumerGroupOffsets(c->rk, &l, 1, opts, c->q);
-    rd_kafka_AdminOptions_destroy(opts);
-    rd_kafka_ListConsumerGroupOffsets_destroy(l);
-}
-
-static void send_alter(ctx_t *c, const void *arg)
-{
-    rd_kafka_AlterConsumerGroupOffsets_t *alt =
-        rd_kafka_AlterConsumerGroupOffsets_new(c->a->group, arg);
-    rd_kafka_AdminOptions_t *opts =
-        sl_kafka_admin_options(c->rk, RD_KAFKA_ADMIN_OP_ALTERCONSUMERGROUPOFFSETS);
-    rd_kafka_AlterConsumerGroupOffsets(c->rk, &alt, 1, opts, c->q);
-    rd_kafka_AdminOptions_destroy(opts);
-    rd_kafka_AlterConsumerGroupOffsets_destroy(alt);
-}
+#define GROUP_ATTEMPTS 20 /* 0.5 s apart: about 10 s */
 
 /* Describes the group. Returns 0 when it has no active members (Empty or Dead, as Kafka's tool
  * requires), 1 with a refusal or the dev broker's limits printed, or -1 with c->err. When
@@ -381,80 +329,97 @@ static int check_inactive(ctx_t *c, char *state, size_t state_size, char *member
                 c->cmd, c->a->group);
         return 1;
     }
-    rd_kafka_event_t *ev = group_request(c, "DescribeGroups", send_describe, NULL);
-    if (!ev)
-        return -1;
+    const struct rd_kafka_group_list *gl = NULL;
+    const struct rd_kafka_group_info *gr = NULL;
+    rd_kafka_resp_err_t err;
+    for (int attempt = 1;; attempt++) {
+        err = rd_kafka_list_groups(c->rk, c->a->group, &gl, SL_KAFKA_ADMIN_TIMEOUT_MS);
+        for (int i = 0; !err && i < gl->group_cnt && !gr; i++)
+            if (strcmp(gl->groups[i].group, c->a->group) == 0)
+                gr = &gl->groups[i];
+        rd_kafka_resp_err_t e = err ? err : gr ? gr->err : RD_KAFKA_RESP_ERR_NO_ERROR;
+        if (!coordinator_busy(e) || attempt == GROUP_ATTEMPTS)
+            break;
+        if (gl)
+            rd_kafka_group_list_destroy(gl);
+        gl = NULL, gr = NULL;
+        usleep(500 * 1000);
+    }
     int rc = 0;
-    size_t n;
-    const rd_kafka_ConsumerGroupDescription_t **d = rd_kafka_DescribeConsumerGroups_result_groups(
-        rd_kafka_event_DescribeConsumerGroups_result(ev), &n);
-    const rd_kafka_error_t *e = n == 1 ? rd_kafka_ConsumerGroupDescription_error(d[0]) : NULL;
-    if (n != 1) {
-        snprintf(c->err, sizeof(c->err), "DescribeGroups answered %zu groups", n);
-        rc = -1;
-    } else if (e && rd_kafka_error_code(e) != RD_KAFKA_RESP_ERR_GROUP_ID_NOT_FOUND) {
+    if (err || (gr && gr->err)) {
         snprintf(c->err, sizeof(c->err), "could not describe group %s: %s", c->a->group,
-                 rd_kafka_error_string(e));
+                 rd_kafka_err2str(err ? err : gr->err));
         rc = -1;
     } else {
-        rd_kafka_consumer_group_state_t st =
-            e ? RD_KAFKA_CONSUMER_GROUP_STATE_DEAD : rd_kafka_ConsumerGroupDescription_state(d[0]);
-        size_t nm = e ? 0 : rd_kafka_ConsumerGroupDescription_member_count(d[0]);
+        /* No broker knows a group that never committed nor had members: Kafka calls it Dead. */
+        const char *st = gr && gr->state && *gr->state ? gr->state : "Dead";
+        int nm = gr ? gr->member_cnt : 0;
         char list[1024] = "";
         size_t len = 0;
-        for (size_t i = 0; i < nm && len < sizeof(list); i++) {
-            const rd_kafka_MemberDescription_t *m =
-                rd_kafka_ConsumerGroupDescription_member(d[0], i);
+        for (int i = 0; i < nm && len < sizeof(list); i++) {
+            const struct rd_kafka_group_member_info *m = &gr->members[i];
             len += (size_t)snprintf(list + len, sizeof(list) - len, "%s%s (client %s on %s)",
-                                    i ? ", " : "", rd_kafka_MemberDescription_consumer_id(m),
-                                    rd_kafka_MemberDescription_client_id(m),
-                                    rd_kafka_MemberDescription_host(m));
+                                    i ? ", " : "", m->member_id ? m->member_id : "",
+                                    m->client_id ? m->client_id : "",
+                                    m->client_host ? m->client_host : "");
         }
         if (state) {
-            snprintf(state, state_size, "%s", rd_kafka_consumer_group_state_name(st));
+            snprintf(state, state_size, "%s", st);
             snprintf(members, members_size, "%s", list);
-        } else if (nm || (st != RD_KAFKA_CONSUMER_GROUP_STATE_EMPTY &&
-                          st != RD_KAFKA_CONSUMER_GROUP_STATE_DEAD)) {
+        } else if (nm || (strcmp(st, "Empty") != 0 && strcmp(st, "Dead") != 0)) {
             fprintf(stderr,
-                    "%s: group %s has %zu active member%s (state %s)%s%s; offsets can be reset "
+                    "%s: group %s has %d active member%s (state %s)%s%s; offsets can be reset "
                     "only while the group is inactive: stop its consumers (for a Sluice group, "
                     "every instance of the role that uses it) and run this again\n",
-                    c->cmd, c->a->group, nm, nm == 1 ? "" : "s",
-                    rd_kafka_consumer_group_state_name(st), nm ? ": " : "", list);
+                    c->cmd, c->a->group, nm, nm == 1 ? "" : "s", st, nm ? ": " : "", list);
             rc = 1;
         }
     }
-    rd_kafka_event_destroy(ev);
+    if (gl)
+        rd_kafka_group_list_destroy(gl);
     return rc;
 }
 
-/* Fills c->committed with the group's committed offsets. Returns 0 or -1 with c->err. */
+/* Fills c->committed with the group's committed offsets: asks for every partition of every
+ * topic but Kafka's own (__consumer_offsets, __transaction_state) and keeps those it has an
+ * offset for. Returns 0 or -1 with c->err. */
 static int list_committed(ctx_t *c)
 {
-    rd_kafka_event_t *ev = group_request(c, "OffsetFetch", send_list, NULL);
-    if (!ev)
+    rd_kafka_t *rk = group_consumer(c);
+    if (!rk)
         return -1;
-    int rc = 0;
-    size_t n;
-    const rd_kafka_group_result_t **g = rd_kafka_ListConsumerGroupOffsets_result_groups(
-        rd_kafka_event_ListConsumerGroupOffsets_result(ev), &n);
-    const rd_kafka_error_t *e = n == 1 ? rd_kafka_group_result_error(g[0]) : NULL;
-    if (n != 1 || e) {
-        snprintf(c->err, sizeof(c->err), "could not list the committed offsets of group %s: %s",
-                 c->a->group, e ? rd_kafka_error_string(e) : "no answer for the group");
-        rc = -1;
-        goto out;
+    rd_kafka_topic_partition_list_t *ask = rd_kafka_topic_partition_list_new(64);
+    for (int t = 0; t < c->md->topic_cnt; t++) {
+        const rd_kafka_metadata_topic_t *mt = &c->md->topics[t];
+        if (mt->err || strncmp(mt->topic, "__", 2) == 0)
+            continue;
+        for (int p = 0; p < mt->partition_cnt; p++)
+            rd_kafka_topic_partition_list_add(ask, mt->topic, mt->partitions[p].id);
     }
-    const rd_kafka_topic_partition_list_t *p = rd_kafka_group_result_partitions(g[0]);
-    c->committed = rd_kafka_topic_partition_list_new(p ? p->cnt : 0);
-    for (int i = 0; p && i < p->cnt; i++)
-        if (!p->elems[i].err && p->elems[i].offset >= 0)
-            rd_kafka_topic_partition_list_add(c->committed, p->elems[i].topic,
-                                              p->elems[i].partition)
-                ->offset = p->elems[i].offset;
-out:
-    rd_kafka_event_destroy(ev);
-    return rc;
+    rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
+    for (int attempt = 1; ask->cnt; attempt++) {
+        err = rd_kafka_committed(rk, ask, SL_KAFKA_ADMIN_TIMEOUT_MS);
+        for (int i = 0; !err && i < ask->cnt; i++)
+            if (ask->elems[i].err && ask->elems[i].err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                err = ask->elems[i].err;
+        if (!coordinator_busy(err) || attempt == GROUP_ATTEMPTS)
+            break;
+        usleep(500 * 1000);
+    }
+    if (err) {
+        snprintf(c->err, sizeof(c->err), "could not list the committed offsets of group %s: %s",
+                 c->a->group, rd_kafka_err2str(err));
+        rd_kafka_topic_partition_list_destroy(ask);
+        return -1;
+    }
+    c->committed = rd_kafka_topic_partition_list_new(ask->cnt ? ask->cnt : 1);
+    for (int i = 0; i < ask->cnt; i++)
+        if (!ask->elems[i].err && ask->elems[i].offset >= 0)
+            rd_kafka_topic_partition_list_add(c->committed, ask->elems[i].topic,
+                                              ask->elems[i].partition)
+                ->offset = ask->elems[i].offset;
+    rd_kafka_topic_partition_list_destroy(ask);
+    return 0;
 }
 
 /* Per partition of parts, the offset ListOffsets answers for `when`: a timestamp in ms,
@@ -570,32 +535,52 @@ out:
     return rc;
 }
 
+typedef struct commit_result {
+    bool done;
+    rd_kafka_resp_err_t err;
+    char what[512]; /* the first failed partition, or "" */
+} commit_result_t;
+
+static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                      rd_kafka_topic_partition_list_t *offsets, void *opaque)
+{
+    (void)rk;
+    commit_result_t *r = opaque;
+    r->done = true;
+    r->err = err;
+    for (int i = 0; offsets && i < offsets->cnt && !*r->what; i++)
+        if (offsets->elems[i].err) {
+            snprintf(r->what, sizeof(r->what), "%s-%d: %s", offsets->elems[i].topic,
+                     offsets->elems[i].partition, rd_kafka_err2str(offsets->elems[i].err));
+            if (!r->err)
+                r->err = offsets->elems[i].err;
+        }
+}
+
 /* Commits parts' offsets for the group. Returns 0 or -1 with c->err. */
 static int alter(ctx_t *c, const rd_kafka_topic_partition_list_t *parts)
 {
-    rd_kafka_event_t *ev = group_request(c, "OffsetCommit", send_alter, parts);
-    if (!ev)
+    rd_kafka_t *rk = group_consumer(c);
+    if (!rk)
         return -1;
-    int rc = 0;
-    size_t n;
-    const rd_kafka_group_result_t **g = rd_kafka_AlterConsumerGroupOffsets_result_groups(
-        rd_kafka_event_AlterConsumerGroupOffsets_result(ev), &n);
-    const rd_kafka_error_t *e = n == 1 ? rd_kafka_group_result_error(g[0]) : NULL;
-    const rd_kafka_topic_partition_list_t *p =
-        n == 1 ? rd_kafka_group_result_partitions(g[0]) : NULL;
-    if (n != 1 || e) {
-        snprintf(c->err, sizeof(c->err), "could not commit the offsets of group %s: %s",
-                 c->a->group, e ? rd_kafka_error_string(e) : "no answer for the group");
-        rc = -1;
+    commit_result_t r = {0};
+    for (int attempt = 1;; attempt++) {
+        memset(&r, 0, sizeof(r));
+        rd_kafka_resp_err_t err = rd_kafka_commit_queue(rk, parts, NULL, on_commit, &r);
+        if (!r.done)
+            r.err = err;
+        if (!coordinator_busy(r.err) || attempt == GROUP_ATTEMPTS)
+            break;
+        usleep(500 * 1000);
     }
-    for (int i = 0; !rc && p && i < p->cnt; i++)
-        if (p->elems[i].err) {
-            snprintf(c->err, sizeof(c->err), "could not commit the offset of %s-%d: %s",
-                     p->elems[i].topic, p->elems[i].partition, rd_kafka_err2str(p->elems[i].err));
-            rc = -1;
-        }
-    rd_kafka_event_destroy(ev);
-    return rc;
+    if (!r.err)
+        return 0;
+    if (*r.what)
+        snprintf(c->err, sizeof(c->err), "could not commit the offset of %s", r.what);
+    else
+        snprintf(c->err, sizeof(c->err), "could not commit the offsets of group %s: %s",
+                 c->a->group, rd_kafka_err2str(r.err));
+    return -1;
 }
 
 static int reset(ctx_t *c)
@@ -705,7 +690,6 @@ int cmd_offsets(int argc, char **argv, const char *config_file)
         rc = 2;
         goto fail;
     }
-    c.q = rd_kafka_queue_new(c.rk);
     rd_kafka_resp_err_t err = rd_kafka_metadata(c.rk, 1, NULL, &c.md, SL_KAFKA_ADMIN_TIMEOUT_MS);
     if (err) {
         snprintf(c.err, sizeof(c.err), "could not get the cluster's metadata from \"%s\": %s",
@@ -726,8 +710,8 @@ out:
         rd_kafka_topic_partition_list_destroy(c.committed);
     if (c.md)
         rd_kafka_metadata_destroy(c.md);
-    if (c.q)
-        rd_kafka_queue_destroy(c.q);
+    if (c.group_rk) /* it never joined: nothing to leave */
+        rd_kafka_destroy_flags(c.group_rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     if (c.rk)
         rd_kafka_destroy(c.rk);
     if (conf)
