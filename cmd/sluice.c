@@ -12,14 +12,19 @@
 #include <string.h>
 
 #ifdef SLUICE_JEMALLOC
-/* jemalloc's settings, read at its start (the MALLOC_CONF variable goes over them): freed
- * pages go back to the system after a second instead of ten, and at once rather than through
- * a second, "muzzy" stage, so that a burst's memory leaves the RSS soon after it; and two
- * arenas rather than four per CPU, as fewer arenas hold fewer idle pages (the processor's
- * peak RSS in tests/bench/processor: 127 MB, against 148 MB with eight and 167 MB with
- * jemalloc's defaults; a role's busy threads are few, and each thread's cache takes most of
- * its allocations without touching an arena). */
-const char *malloc_conf = "narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0";
+/* jemalloc's settings, read at its start (the MALLOC_CONF variable goes over them):
+ * - oversize_threshold: blocks of 256 KB and more (librdkafka's fetch buffers, up to a
+ *   megabyte each, many a second) come from an arena that gives them back to the system as
+ *   soon as they are freed, as glibc does for the blocks it maps (M_MMAP_THRESHOLD below);
+ *   cached, they put the router at 150 MB of RSS in tests/bench/e2e, against 102 MB so;
+ * - dirty_decay_ms, muzzy_decay_ms: other freed pages go back after a second instead of ten,
+ *   and at once rather than through a second, "muzzy" stage;
+ * - narenas: two arenas rather than four per CPU, as fewer arenas hold fewer idle pages (the
+ *   processor's peak RSS in tests/bench/processor: 127 MB, against 148 MB with eight); a
+ *   role's busy threads are few, and each thread's cache takes most of its allocations
+ *   without touching an arena. */
+const char *malloc_conf = "narenas:2,oversize_threshold:262144,dirty_decay_ms:1000,"
+                          "muzzy_decay_ms:0";
 #endif
 
 static const sl_cmd_t commands[] = {
