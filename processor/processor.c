@@ -36,9 +36,10 @@
  * 80 ms of events at 60,000 a second (a commit takes ~20 ms). */
 #define PR_STAGE_MAX       5000
 #define PR_STAGE_MAX_BYTES (4u << 20)
-/* A transformation's events of one batch are split over two sandbox calls at once from this
- * many. */
-#define PR_TX_SPLIT_MIN 64
+/* A transformation's events of one batch go to the sandbox workers in calls of this many, which
+ * run at once on the workers while the processor delivers the results of the calls before. */
+#define PR_TX_CHUNK       64
+#define PR_TX_THREADS_MAX 16 /* helper threads making the calls, at most (one per worker) */
 
 /* Kafka headers: from the gateway, to the router, and on events sent again by
  * `sluice failed retry` (which go to one destination and skip dedup). */
@@ -505,10 +506,37 @@ static void *tx_call_run(void *arg)
     return NULL;
 }
 
+/* The calls of one transformation's events, PR_TX_CHUNK at a time: helper threads, one per
+ * sandbox worker, take them in order, and the processor thread delivers each call's results
+ * once it is done, while the workers run the next ones. */
+typedef struct tx_calls {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    tx_call_t *calls;
+    bool *finished;
+    size_t n, next; /* next: the first call no helper took yet */
+} tx_calls_t;
+
+static void *tx_calls_helper(void *arg)
+{
+    tx_calls_t *q = arg;
+    for (;;) {
+        pthread_mutex_lock(&q->mu);
+        size_t i = q->next < q->n ? q->next++ : q->n;
+        pthread_mutex_unlock(&q->mu);
+        if (i == q->n)
+            return NULL;
+        tx_call_run(&q->calls[i]);
+        pthread_mutex_lock(&q->mu);
+        q->finished[i] = true;
+        pthread_cond_broadcast(&q->cv);
+        pthread_mutex_unlock(&q->mu);
+    }
+}
+
 /* Runs the pending transformations and delivers the results in the order the events came.
- * Each (destination, transformation) gets one sandbox call with all its events, or with
- * enough of them two calls at once on two workers (a helper thread makes the second).
- * Returns false only when stopping. */
+ * Each (destination, transformation) gets its own calls (tx_calls_t). Returns false only when
+ * stopping. */
 static bool flush_pending(pr_processor_t *pr)
 {
     bool ok = true;
@@ -519,6 +547,11 @@ static bool flush_pending(pr_processor_t *pr)
     size_t *idx = sl_malloc(n * sizeof(size_t));
     const char **evs = sl_malloc(n * sizeof(char *)), **metas = sl_malloc(n * sizeof(char *));
     pr_usertx_result_t *res = sl_calloc(n, sizeof(*res));
+    size_t maxcalls = (n + PR_TX_CHUNK - 1) / PR_TX_CHUNK;
+    tx_calls_t q = {.calls = sl_calloc(maxcalls, sizeof(tx_call_t)),
+                    .finished = sl_calloc(maxcalls, sizeof(bool))};
+    pthread_mutex_init(&q.mu, NULL);
+    pthread_cond_init(&q.cv, NULL);
     for (size_t i = 0; i < n && ok; i++) {
         if (done[i])
             continue;
@@ -537,29 +570,61 @@ static bool flush_pending(pr_processor_t *pr)
         }
         char err[512] = "";
         pr_usertx_pool_t *pool = usertx_pool(pr, err, sizeof(err));
-        size_t half = pool && g >= PR_TX_SPLIT_MIN && pr_usertx_pool_size(pool) >= 2 ? g / 2 : 0;
-        tx_call_t a = {pool, first->version_id, first->code, evs, metas, g - half, res, NULL};
-        tx_call_t b = {pool, first->version_id, first->code, evs + (g - half), metas + (g - half),
-                       half, res + (g - half),  NULL};
-        if (!pool) {
-            a.err = b.err = *err ? err : "the JavaScript sandbox could not start";
-        } else {
-            pthread_t t;
-            bool threaded = half && pthread_create(&t, NULL, tx_call_run, &b) == 0;
-            if (threaded)
-                sl_debug("processor", "transformation %s: %zu events in two calls at once",
-                         first->version_id, g);
-            tx_call_run(&a);
-            if (threaded)
-                pthread_join(t, NULL);
-            else if (half)
-                tx_call_run(&b);
+        q.n = (g + PR_TX_CHUNK - 1) / PR_TX_CHUNK;
+        q.next = 0;
+        for (size_t c = 0; c < q.n; c++) {
+            size_t from = c * PR_TX_CHUNK, len = g - from < PR_TX_CHUNK ? g - from : PR_TX_CHUNK;
+            q.calls[c] = (tx_call_t){pool, first->version_id, first->code, evs + from, metas + from,
+                                     len,  res + from,        NULL};
+            q.finished[c] = false;
         }
-        for (size_t k = 0; k < g && ok; k++)
-            ok = transformed(pr, &pr->pending[idx[k]], &res[k], k < g - half ? a.err : b.err,
-                             &pr->job);
+        pthread_t helpers[PR_TX_THREADS_MAX];
+        size_t nhelpers = 0;
+        if (!pool) {
+            for (size_t c = 0; c < q.n; c++) {
+                q.calls[c].err = *err ? err : "the JavaScript sandbox could not start";
+                q.finished[c] = true;
+            }
+            q.next = q.n;
+        } else if (q.n == 1) {
+            tx_call_run(&q.calls[0]);
+            q.finished[0] = true;
+            q.next = 1;
+        } else {
+            size_t want = pr_usertx_pool_size(pool);
+            if (want > q.n)
+                want = q.n;
+            if (want > PR_TX_THREADS_MAX)
+                want = PR_TX_THREADS_MAX;
+            while (nhelpers < want &&
+                   pthread_create(&helpers[nhelpers], NULL, tx_calls_helper, &q) == 0)
+                nhelpers++;
+            if (!nhelpers) /* no thread: the calls one after the other, here */
+                tx_calls_helper(&q);
+        }
+        for (size_t c = 0; c < q.n; c++) {
+            pthread_mutex_lock(&q.mu);
+            while (!q.finished[c])
+                pthread_cond_wait(&q.cv, &q.mu);
+            pthread_mutex_unlock(&q.mu);
+            size_t from = c * PR_TX_CHUNK;
+            for (size_t k = from; ok && k < from + q.calls[c].n; k++)
+                ok = transformed(pr, &pr->pending[idx[k]], &res[k], q.calls[c].err, &pr->job);
+            if (!ok) { /* stopping: no new calls; those under way finish */
+                pthread_mutex_lock(&q.mu);
+                q.next = q.n;
+                pthread_mutex_unlock(&q.mu);
+                break;
+            }
+        }
+        for (size_t h = 0; h < nhelpers; h++)
+            pthread_join(helpers[h], NULL);
         pr_usertx_results_free(res, g);
     }
+    pthread_cond_destroy(&q.cv);
+    pthread_mutex_destroy(&q.mu);
+    free(q.calls);
+    free(q.finished);
     free(done);
     free(idx);
     free(evs);
