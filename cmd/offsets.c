@@ -4,11 +4,10 @@
  * clamping into each partition's earliest..latest, same table).
  *
  * The group is read with DescribeGroups (rd_kafka_list_groups) and its offsets read and written
- * through a consumer named after it that never joins it (rd_kafka_committed, rd_kafka_commit),
- * as a consumer that assigns its own partitions does; not with the Admin API's
- * DescribeConsumerGroups, ListConsumerGroupOffsets and AlterConsumerGroupOffsets, which in
- * librdkafka 2.0.2 abort the process when the connection to the group's coordinator drops
- * under them (librdkafka issue 4605; common/lag.c).
+ * through sl_kafka_group_reader_new's consumer; not with the Admin API's DescribeConsumerGroups,
+ * ListConsumerGroupOffsets and AlterConsumerGroupOffsets, which in librdkafka 2.0.2 abort the
+ * process when the connection to the group's coordinator drops under them (librdkafka issue
+ * 4605).
  */
 #include "cmd/cmd.h"
 #include "common/kafka.h"
@@ -274,22 +273,13 @@ fail:
     return NULL;
 }
 
-/* The consumer named after the group, made on first use (NULL with c->err). It never
- * subscribes, so it never joins the group: Kafka takes its commits as those of a consumer that
- * assigns its own partitions, which it accepts while the group has no active members. */
+/* The group's reader (sl_kafka_group_reader_new), made on first use (NULL with c->err). Kafka
+ * takes its commits while the group has no active members. */
 static rd_kafka_t *group_consumer(ctx_t *c)
 {
-    if (c->group_rk)
-        return c->group_rk;
-    rd_kafka_conf_t *kconf =
-        sl_kafka_conf_new(c->conf, SL_KAFKA_CONSUMER, c->a->group, c->err, sizeof(c->err));
-    if (!kconf)
-        return NULL;
-    rd_kafka_conf_set(kconf, "client.id", "sluice-offsets", NULL, 0);
-    rd_kafka_conf_set(kconf, "enable.auto.commit", "false", NULL, 0);
-    c->group_rk = rd_kafka_new(RD_KAFKA_CONSUMER, kconf, c->err, sizeof(c->err));
     if (!c->group_rk)
-        rd_kafka_conf_destroy(kconf);
+        c->group_rk = sl_kafka_group_reader_new(c->conf, c->a->group, "sluice-offsets", c->err,
+                                                sizeof(c->err));
     return c->group_rk;
 }
 
@@ -710,8 +700,7 @@ out:
         rd_kafka_topic_partition_list_destroy(c.committed);
     if (c.md)
         rd_kafka_metadata_destroy(c.md);
-    if (c.group_rk) /* it never joined: nothing to leave */
-        rd_kafka_destroy_flags(c.group_rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    sl_kafka_group_reader_destroy(c.group_rk);
     if (c.rk)
         rd_kafka_destroy(c.rk);
     if (conf)

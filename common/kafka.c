@@ -267,6 +267,26 @@ rd_kafka_t *sl_kafka_admin_new(const sl_conf_t *conf, char *errstr, size_t errst
     return rk;
 }
 
+rd_kafka_t *sl_kafka_group_reader_new(const sl_conf_t *conf, const char *group,
+                                      const char *client_id, char *errstr, size_t errstr_size)
+{
+    rd_kafka_conf_t *kconf = sl_kafka_conf_new(conf, SL_KAFKA_CONSUMER, group, errstr, errstr_size);
+    if (!kconf)
+        return NULL;
+    rd_kafka_conf_set(kconf, "client.id", client_id, NULL, 0);
+    rd_kafka_conf_set(kconf, "enable.auto.commit", "false", NULL, 0);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kconf, errstr, errstr_size);
+    if (!rk)
+        rd_kafka_conf_destroy(kconf);
+    return rk;
+}
+
+void sl_kafka_group_reader_destroy(rd_kafka_t *rk)
+{
+    if (rk) /* it never joined: nothing to leave */
+        rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+}
+
 rd_kafka_AdminOptions_t *sl_kafka_admin_options(rd_kafka_t *rk, rd_kafka_admin_op_t op)
 {
     rd_kafka_AdminOptions_t *opts = rd_kafka_AdminOptions_new(rk, op);

@@ -72,6 +72,15 @@ void sl_kafka_topic_status_clear(sl_kafka_topic_status_t *st, size_t n);
  */
 #define SL_KAFKA_ADMIN_TIMEOUT_MS 10000
 rd_kafka_t *sl_kafka_admin_new(const sl_conf_t *conf, char *errstr, size_t errstr_size);
+/* A consumer named after group that never subscribes, so never joins it: a group's committed
+ * offsets are read (rd_kafka_committed) and written (rd_kafka_commit) through it, as Kafka
+ * takes them from a consumer that assigns its own partitions. Not the Admin API's
+ * ListConsumerGroupOffsets or AlterConsumerGroupOffsets, which in librdkafka 2.0.2 abort the
+ * process when the connection to the group's coordinator drops under them (issue 4605).
+ * Destroy it with sl_kafka_group_reader_destroy. */
+rd_kafka_t *sl_kafka_group_reader_new(const sl_conf_t *conf, const char *group,
+                                      const char *client_id, char *errstr, size_t errstr_size);
+void sl_kafka_group_reader_destroy(rd_kafka_t *rk);
 /* AdminOptions for op with SL_KAFKA_ADMIN_TIMEOUT_MS as request (and operation) timeout; the
  * caller destroys them. */
 rd_kafka_AdminOptions_t *sl_kafka_admin_options(rd_kafka_t *rk, rd_kafka_admin_op_t op);

@@ -383,23 +383,6 @@ static void set_str(char **dst, const char *src)
     *dst = src ? sl_strdup(src) : NULL;
 }
 
-/* A consumer named after group g that never joins it, to read the group's committed offsets
- * (NULL with *e set when it can't be made). It lives for one sample: an idle handle's broker
- * threads cost a role about 0.1% of a core each between samples, more than making one anew
- * every 30 s. */
-static rd_kafka_t *offsets_reader(const sl_lag_t *l, const group_t *g, char *e, size_t esz)
-{
-    rd_kafka_conf_t *kconf = sl_kafka_conf_new(l->conf, SL_KAFKA_CONSUMER, g->name, e, esz);
-    if (!kconf)
-        return NULL;
-    rd_kafka_conf_set(kconf, "client.id", "sluice-lag", NULL, 0);
-    rd_kafka_conf_set(kconf, "enable.auto.commit", "false", NULL, 0);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kconf, e, esz);
-    if (!rk)
-        rd_kafka_conf_destroy(kconf);
-    return rk;
-}
-
 /* The committed offsets of every group: got[i] is group i's list (the caller destroys it),
  * or NULL with the group's error set. A group on a topic asks for every partition of it;
  * another group for every partition of every topic, keeping those it committed. Asked with
@@ -426,20 +409,21 @@ static void fetch_committed(sl_lag_t *l, const rd_kafka_metadata_t *md,
         if (g->topic && !found)
             snprintf(e, sizeof(e), "topic %s does not exist", g->topic);
         else
-            rk = offsets_reader(l, g, e, sizeof(e));
-        bool asked = rk != NULL;
+            /* Made for each sample: an idle handle's broker threads cost a role about 0.1%
+             * of a core between samples, more than making one anew every 30 s. */
+            rk = sl_kafka_group_reader_new(l->conf, g->name, "sluice-lag", e, sizeof(e));
         rd_kafka_resp_err_t err = rk ? rd_kafka_committed(rk, ask, l->timeout_ms) : 0;
-        if (rk) /* it never joined: nothing to leave */
-            rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
-        if (asked && err)
+        if (rk && err)
             snprintf(e, sizeof(e), "OffsetFetch: %s", rd_kafka_err2str(err));
-        for (int k = 0; asked && !err && k < ask->cnt; k++)
+        for (int k = 0; rk && !err && k < ask->cnt; k++)
             if (ask->elems[k].err && ask->elems[k].err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
                 snprintf(e, sizeof(e), "OffsetFetch: %s [%d]: %s", ask->elems[k].topic,
                          (int)ask->elems[k].partition, rd_kafka_err2str(ask->elems[k].err));
                 err = ask->elems[k].err;
             }
-        if (!asked || err) {
+        bool failed = !rk || err;
+        sl_kafka_group_reader_destroy(rk);
+        if (failed) {
             set_str(&g->error, e);
             rd_kafka_topic_partition_list_destroy(ask);
             continue;

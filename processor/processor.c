@@ -585,11 +585,9 @@ static bool flush_pending(pr_processor_t *pr)
                 q.calls[c].err = *err ? err : "the JavaScript sandbox could not start";
                 q.finished[c] = true;
             }
-            q.next = q.n;
         } else if (q.n == 1) {
             tx_call_run(&q.calls[0]);
             q.finished[0] = true;
-            q.next = 1;
         } else {
             size_t want = pr_usertx_pool_size(pool);
             if (want > q.n)
